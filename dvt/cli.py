@@ -1,0 +1,74 @@
+"""The `dvt` command: one subcommand per pipeline stage, each a thin wrapper over a `run()`.
+
+Both engines (DVC and Snakemake) call exactly these subcommands. Bad input (`DvtError`) becomes a
+single line on stderr and exit status 2; other exceptions are bugs and keep their traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Callable
+
+from dvt.errors import DvtError
+
+# stage name -> (module with run(), one-line help, takes --run)
+STAGES: dict[str, tuple[str, str, bool]] = {
+    "fetch": ("dvt.data.fetch", "fetch or index the dataset named in params (data.*) into data/<dataset>/", False),
+    "train": ("dvt.train", "train one run (a single-token model or a DVT cascade) into runs/<run>/", True),
+    "collect": ("dvt.collect", "write every exit's logits on the calibration and test splits to Parquet", True),
+    "flops": ("dvt.flops", "count GMACs (fvcore convention) and parameters per exit", True),
+    "budget": ("dvt.budget", "fit early-exit thresholds for the paper's budgets and evaluate them", True),
+    "speed": ("dvt.speed", "measure static and early-exit throughput", True),
+    "report": ("dvt.report", "render the tables and figures into reports/", False),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dvt",
+        description="Dynamic Vision Transformers (DVT) reproduction: one subcommand per pipeline stage.",
+    )
+    sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    for name, (_, help_text, takes_run) in STAGES.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--params", default="params.yaml", help="configuration file (default: params.yaml)")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override one params value, e.g. --set train.lr=0.001 (repeatable)")
+        if takes_run:
+            p.add_argument("--run", required=True, help="run name from the runs: section of params")
+        if name == "budget":
+            p.add_argument("--target-gmacs", type=float, default=None,
+                           help="also report thresholds for this average cost per image")
+            p.add_argument("--target-accuracy", type=float, default=None,
+                           help="also report the cheapest thresholds reaching this top-1 (percent)")
+    return parser
+
+
+def _stage_entry(name: str) -> Callable[..., object]:
+    module = importlib.import_module(STAGES[name][0])
+    return module.run
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        from dvt.config import load_config
+
+        config = load_config(args.params, args.overrides)
+        kwargs = {k: v for k, v in vars(args).items() if k not in ("stage", "params", "overrides")}
+        if "run" in kwargs:
+            config.run(kwargs["run"])  # unknown run names fail here, before any work
+        _stage_entry(args.stage)(config, **kwargs)
+    except DvtError as err:
+        print(f"dvt {args.stage}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"dvt {args.stage}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,361 @@
+"""The whole configuration as frozen dataclasses, loaded strictly from `params.yaml`.
+
+Strict means: an unknown key, a value of the wrong type or a value out of range is a `ConfigError`
+naming the key, the value and what is allowed. Each section's `__post_init__` checks ranges; the
+loader checks names and types from the annotations, so adding a field is one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from dvt.errors import ConfigError
+
+DATASETS = ("fashion-mnist", "cifar10", "cifar100", "imagenet", "synthetic")
+Dataset = Literal["fashion-mnist", "cifar10", "cifar100", "imagenet", "synthetic"]
+
+
+def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key} = {value!r} is not allowed: {allowed}")
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """Deterministic generated images (tests and smoke runs); used when data.dataset is synthetic."""
+
+    train_size: int = 600
+    test_size: int = 200
+    image_size: int = 28
+    channels: int = 1
+    classes: int = 10
+
+    def __post_init__(self) -> None:
+        for name in ("train_size", "test_size", "image_size", "channels", "classes"):
+            _require(getattr(self, name) >= 1, f"data.synthetic.{name}", getattr(self, name), "must be >= 1")
+        _require(self.classes <= 1000, "data.synthetic.classes", self.classes, "must be <= 1000")
+        _require(self.channels in (1, 3), "data.synthetic.channels", self.channels, "1 or 3")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: Dataset = "fashion-mnist"
+    root: str = "data"
+    # Where the raw files already are: required for imagenet (a folder with train/ and val/),
+    # optional for fashion-mnist (IDX files) and cifar (the python tar.gz); null = known places / download.
+    source: str | None = None
+    download: bool = True
+    calibration_size: int = 5000
+    # Side of the square images fed to the model; null keeps the native size (28, 32, 224).
+    image_size: int | None = None
+    num_workers: int = 0
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+    def __post_init__(self) -> None:
+        _require(self.calibration_size >= 0, "data.calibration_size", self.calibration_size, "must be >= 0")
+        if self.image_size is not None:
+            _require(self.image_size >= 1, "data.image_size", self.image_size, "must be >= 1 or null")
+        _require(self.num_workers >= 0, "data.num_workers", self.num_workers, "must be >= 0")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = "vit_tiny"
+    drop_path: float = 0.1
+    drop_rate: float = 0.0
+
+    def __post_init__(self) -> None:
+        _require(0.0 <= self.drop_path < 1.0, "model.drop_path", self.drop_path, "must be in [0, 1)")
+        _require(0.0 <= self.drop_rate < 1.0, "model.drop_rate", self.drop_rate, "must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One trained model: a single token grid (one exit) or a DVT cascade (several exits)."""
+
+    grids: tuple[int, ...] = (7,)
+    feature_reuse: bool = True
+    relation_reuse: bool = True
+    # Start from this checkpoint (ours or an official *.pth.tar) and fine-tune it.
+    init: str | None = None
+    # Use this checkpoint as it is and skip training (e.g. the released official DVT weights).
+    checkpoint: str | None = None
+
+    def __post_init__(self) -> None:
+        _require(len(self.grids) >= 1, "runs.*.grids", list(self.grids), "at least one grid")
+        _require(all(g >= 1 for g in self.grids), "runs.*.grids", list(self.grids), "grids must be >= 1")
+        _require(list(self.grids) == sorted(set(self.grids)), "runs.*.grids", list(self.grids),
+                 "grids must grow strictly from exit to exit")
+        _require(self.init is None or self.checkpoint is None, "runs.*.init", self.init,
+                 "set init (fine-tune) or checkpoint (use as is), not both")
+
+    @property
+    def num_exits(self) -> int:
+        return len(self.grids)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    min_lr: float = 1e-5
+    warmup_lr: float = 1e-6
+    warmup_epochs: int = 1
+    weight_decay: float = 0.05
+    label_smoothing: float = 0.1
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    randaugment: str | None = None
+    random_erasing: float = 0.0
+    ema_decay: float | None = None
+    clip_grad: float | None = None
+    # Use at most this many training images per epoch (null = all); for quick runs.
+    subset: int | None = None
+    seed: int = 42
+    amp: bool = True
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        _require(self.epochs >= 1, "train.epochs", self.epochs, "must be >= 1")
+        _require(self.batch_size >= 1, "train.batch_size", self.batch_size, "must be >= 1")
+        _require(self.lr > 0, "train.lr", self.lr, "must be > 0")
+        _require(self.min_lr >= 0, "train.min_lr", self.min_lr, "must be >= 0")
+        _require(self.warmup_lr >= 0, "train.warmup_lr", self.warmup_lr, "must be >= 0")
+        _require(0 <= self.warmup_epochs < self.epochs, "train.warmup_epochs", self.warmup_epochs,
+                 f"must be in [0, train.epochs={self.epochs})")
+        _require(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, "must be >= 0")
+        _require(0 <= self.label_smoothing < 1, "train.label_smoothing", self.label_smoothing, "must be in [0, 1)")
+        _require(self.mixup >= 0, "train.mixup", self.mixup, "must be >= 0 (0 = off)")
+        _require(self.cutmix >= 0, "train.cutmix", self.cutmix, "must be >= 0 (0 = off)")
+        _require(0 <= self.random_erasing <= 1, "train.random_erasing", self.random_erasing, "must be in [0, 1]")
+        if self.ema_decay is not None:
+            _require(0 < self.ema_decay < 1, "train.ema_decay", self.ema_decay, "must be in (0, 1) or null")
+        if self.clip_grad is not None:
+            _require(self.clip_grad > 0, "train.clip_grad", self.clip_grad, "must be > 0 or null")
+        if self.subset is not None:
+            _require(self.subset >= 1, "train.subset", self.subset, "must be >= 1 or null")
+        _require(self.threads >= 1, "train.threads", self.threads, "must be >= 1")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    # The paper's protocol: budgets p = 1..num_budgets, q = p * q_step, exit k gets a q^k share.
+    num_budgets: int = 59
+    q_step: float = 0.05
+    # Which images fit the thresholds: the held-out calibration split, or (as the authors did)
+    # augmented training images.
+    threshold_split: Literal["calibration", "train-augmented"] = "calibration"
+    batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        _require(self.num_budgets >= 1, "eval.num_budgets", self.num_budgets, "must be >= 1")
+        _require(self.q_step > 0, "eval.q_step", self.q_step, "must be > 0")
+        _require(self.batch_size >= 1, "eval.batch_size", self.batch_size, "must be >= 1")
+
+
+@dataclass(frozen=True)
+class SpeedConfig:
+    batch_size: int = 128
+    device: str = "auto"
+    warmup: int = 2
+    repeats: int = 5
+    # Budget indices p (1-based, as in budget.csv) at which real early exit is timed.
+    budgets: tuple[int, ...] = (10, 20, 30)
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        _require(self.batch_size >= 1, "speed.batch_size", self.batch_size, "must be >= 1")
+        _require(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "speed.device",
+                 self.device, "auto, cpu, cuda or cuda:N")
+        _require(self.warmup >= 0, "speed.warmup", self.warmup, "must be >= 0")
+        _require(self.repeats >= 1, "speed.repeats", self.repeats, "must be >= 1")
+        _require(all(p >= 1 for p in self.budgets), "speed.budgets", list(self.budgets), "budget indices are >= 1")
+        _require(self.threads >= 1, "speed.threads", self.threads, "must be >= 1")
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    dir: str = "reports"
+    gallery_size: int = 8
+
+    def __post_init__(self) -> None:
+        _require(self.gallery_size >= 0, "report.gallery_size", self.gallery_size, "must be >= 0")
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    runs: dict[str, RunConfig] = field(default_factory=dict)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+    runs_dir: str = "runs"
+
+    def run(self, name: str) -> RunConfig:
+        if name not in self.runs:
+            raise ConfigError(f"unknown run {name!r}; runs in params.yaml: {', '.join(self.runs) or '(none)'}")
+        return self.runs[name]
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# Strict conversion between plain YAML data and the dataclasses above.
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (types.UnionType, typing.Union):
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return "a mapping"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(tp: Any, value: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp` and build dataclasses; raise ConfigError if off."""
+    origin = typing.get_origin(tp)
+    bad = ConfigError(f"{key} = {value!r} has the wrong type: expected {_type_name(tp)}")
+    if origin in (types.UnionType, typing.Union):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(arg, value, key)
+            except ConfigError as err:
+                # A value of the right type that fails a range check should say so, not "wrong type".
+                if "wrong type" not in str(err):
+                    raise
+        raise bad
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{key} = {value!r} is not one of {_type_name(tp)}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise bad
+        (item,) = typing.get_args(tp)[:1]
+        return tuple(_convert(item, v, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise bad
+        _, item = typing.get_args(tp)
+        return {str(k): _convert(item, v, f"{key}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            raise bad
+        return _build(tp, value, key)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    raise TypeError(f"config annotation not handled: {tp!r}")
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            where = f"{prefix}.{key}" if prefix else str(key)
+            raise ConfigError(f"unknown key {where}; valid keys here: {', '.join(sorted(names))}")
+    kwargs = {k: _convert(hints[k], v, f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
+    try:
+        obj = cls(**kwargs)
+    except ConfigError as err:
+        # Range checks inside a run know only "runs.*": put the run's name in.
+        raise ConfigError(str(err).replace("runs.*", prefix)) from None
+    return obj
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain data (dicts, lists, scalars) for YAML/JSON, the inverse of `from_dict`."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    if not isinstance(data, dict):
+        raise ConfigError(f"params must be a mapping of sections, got {type(data).__name__}")
+    return _build(Config, data, "")
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `key.sub=value` strings (value parsed as YAML) to nested plain data, in order."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. train.lr=0.001")
+        dotted, raw = item.split("=", 1)
+        keys = dotted.strip().split(".")
+        if not all(keys):
+            raise ConfigError(f"--set {item!r}: empty key")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {item!r}: value is not valid YAML") from None
+        node = data
+        for k in keys[:-1]:
+            child = node.get(k)
+            if child is None:
+                child = node[k] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: {k} is not a section")
+            node = child
+        node[keys[-1]] = value
+    return data
+
+
+def read_params(path: str | Path = "params.yaml") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"params file {str(path)!r} not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    return data or {}
+
+
+def load_config(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Config:
+    """Read `path`, apply `--set` overrides, and validate everything."""
+    return from_dict(apply_overrides(read_params(path), list(overrides or [])))

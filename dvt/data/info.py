@@ -1,0 +1,33 @@
+"""What a model needs to know about a dataset before any file is read: size, channels, classes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dvt.config import DataConfig
+
+# name -> (native image side, channels, classes)
+NATIVE = {
+    "fashion-mnist": (28, 1, 10),
+    "cifar10": (32, 3, 10),
+    "cifar100": (32, 3, 100),
+    "imagenet": (224, 3, 1000),
+}
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    image_size: int  # side of the square image the model sees (after any resize)
+    channels: int
+    num_classes: int
+
+
+def dataset_info(data: DataConfig) -> DatasetInfo:
+    if data.dataset == "synthetic":
+        s = data.synthetic
+        native, channels, classes = s.image_size, s.channels, s.classes
+    else:
+        native, channels, classes = NATIVE[data.dataset]
+    return DatasetInfo(name=data.dataset, image_size=data.image_size or native, channels=channels,
+                       num_classes=classes)
