@@ -36,6 +36,7 @@ class SyntheticConfig:
     image_size: int = 28
     channels: int = 1
     classes: int = 10
+    seed: int = 0
 
     def __post_init__(self) -> None:
         for name in ("train_size", "test_size", "image_size", "channels", "classes"):

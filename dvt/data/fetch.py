@@ -1,0 +1,220 @@
+"""`dvt fetch`: bring the dataset named in params into `data/<dataset>/` with a MANIFEST.json.
+
+Small datasets (Fashion-MNIST, CIFAR, synthetic) are stored as uint8 `.npy` arrays per split, so the
+later stages load them into memory in a fraction of a second. ImageNet is validated and indexed in
+place (CSV of relative paths). In both cases a calibration split is held out of train
+deterministically for the threshold search (paper §5 fits thresholds on held-out images).
+
+Everything is written into a temporary folder that replaces `data/<dataset>/` only once complete
+(manifest last), so a killed fetch leaves no manifest and the next run starts over cleanly.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from dvt.atomic import atomic_dir
+from dvt.config import Config, DataConfig
+from dvt.data import cifar, idx, imagenet
+from dvt.data.manifest import Manifest, file_checksums, is_current, write_manifest
+from dvt.errors import DvtError
+
+CALIBRATION_SEED = 0
+# Debian's dataset-fashion-mnist package puts the four IDX files here (recompressed: their md5
+# differs from upstream's, so they are validated by structure instead).
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+FASHION_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+
+
+def fingerprint(data: DataConfig) -> dict[str, object]:
+    """The params that determine the fetched bytes; a manifest with the same ones is up to date."""
+    fp: dict[str, object] = {"dataset": data.dataset, "source": data.source,
+                             "calibration_size": data.calibration_size}
+    if data.dataset == "synthetic":
+        fp["synthetic"] = {k: getattr(data.synthetic, k) for k in data.synthetic.__dataclass_fields__}
+    return fp
+
+
+def calibration_split(n: int, size: int, *, seed: int = CALIBRATION_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted (train indices, calibration indices): a fixed random `size` of range(n) is held out."""
+    if size >= n:
+        raise DvtError(f"data.calibration_size = {size} is not allowed: the train split has {n} images "
+                       f"and must keep at least one (valid: 0..{n - 1})")
+    perm = np.random.default_rng(seed).permutation(n)
+    return np.sort(perm[size:]), np.sort(perm[:size])
+
+
+# --- sources -----------------------------------------------------------------------------------
+
+def _fashion_mnist(data: DataConfig) -> tuple[dict, list[str], str]:
+    from torchvision.datasets import FashionMNIST
+
+    upstream_md5 = dict(FashionMNIST.resources)
+    candidates = [Path(data.source).expanduser()] if data.source else [DEBIAN_FASHION_MNIST]
+    folder = next((c for c in candidates if all((c / f).is_file() for fs in FASHION_FILES.values() for f in fs)),
+                  None)
+    if folder is None and data.source:
+        raise DvtError(f"data.source = {data.source!r}: expected the four Fashion-MNIST IDX files "
+                       f"({', '.join(f for fs in FASHION_FILES.values() for f in fs)})")
+    if folder is None:
+        folder = Path(data.root) / "raw" / "fashion-mnist"
+        if not data.download:
+            raise DvtError("Fashion-MNIST not found in /usr/share/datasets/fashion-mnist (apt-get install "
+                           "dataset-fashion-mnist) and data.download is false")
+        _download_fashion_mnist(folder, FashionMNIST.mirrors, upstream_md5)
+    splits = {}
+    for split, (images_file, labels_file) in FASHION_FILES.items():
+        x, y = idx.read_idx(folder / images_file), idx.read_idx(folder / labels_file)
+        if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
+            raise DvtError(f"{folder / images_file}: images {x.shape} and labels {y.shape} do not pair up")
+        splits[split] = (x[..., None], y.astype(np.int64))  # (N, 28, 28, 1)
+    source = str(folder)
+    if folder == DEBIAN_FASHION_MNIST:
+        source += " (Debian package dataset-fashion-mnist)"
+    return splits, list(FashionMNIST.classes), source
+
+
+def _download_fashion_mnist(folder: Path, mirrors: list[str], md5: dict[str, str]) -> None:
+    from torchvision.datasets.utils import check_integrity, download_url
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, digest in md5.items():
+        if check_integrity(str(folder / name), digest):
+            continue
+        errors = []
+        for mirror in mirrors:
+            try:
+                download_url(mirror + name, str(folder), filename=name, md5=digest)
+                break
+            except (OSError, RuntimeError) as err:
+                errors.append(f"{mirror}: {err}")
+        else:
+            raise DvtError(f"could not download {name} ({'; '.join(errors)}); install Debian's "
+                           "dataset-fashion-mnist or set data.source to a folder with the IDX files")
+
+
+def _cifar(data: DataConfig) -> tuple[dict, list[str], str]:
+    archive = cifar.archives()[data.dataset]
+    if data.source:
+        path = Path(data.source).expanduser()
+        path = path / archive.filename if path.is_dir() else path
+        if not path.is_file():
+            raise DvtError(f"data.source = {data.source!r}: no {archive.filename} there")
+    else:
+        path = Path(data.root) / "raw" / archive.filename
+        if not path.is_file():
+            if not data.download:
+                raise DvtError(f"{path} not found and data.download is false")
+            from torchvision.datasets.utils import download_url
+
+            try:
+                download_url(archive.url, str(path.parent), filename=archive.filename, md5=archive.md5)
+            except (OSError, RuntimeError) as err:
+                raise DvtError(f"could not download {archive.url} ({err}); download it by hand and set "
+                               "data.source to the file") from None
+    parsed = cifar.read_cifar(path, archive)
+    return {"train": parsed["train"], "test": parsed["test"]}, parsed["classes"], str(path)
+
+
+def _synthetic(data: DataConfig) -> tuple[dict, list[str], str]:
+    from dvt.data import synthetic  # imports torch: only when needed
+
+    s = data.synthetic
+    return synthetic.generate(s), [f"class_{i}" for i in range(s.classes)], f"generated (seed {s.seed})"
+
+
+# --- writers -----------------------------------------------------------------------------------
+
+def _channel_stats(x: np.ndarray, chunk: int = 4096) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 images (N, H, W, C) in [0, 1], accumulated in float64."""
+    total = np.zeros(x.shape[-1])
+    sq = np.zeros(x.shape[-1])
+    for start in range(0, len(x), chunk):
+        block = x[start:start + chunk].astype(np.float64) / 255.0
+        total += block.sum(axis=(0, 1, 2))
+        sq += (block ** 2).sum(axis=(0, 1, 2))
+    count = x.shape[0] * x.shape[1] * x.shape[2]
+    mean = total / count
+    std = np.sqrt(np.maximum(sq / count - mean ** 2, 1e-12))
+    return mean.round(6).tolist(), std.round(6).tolist()
+
+
+def _prepare_arrays(data: DataConfig) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, object]]:
+    loader = {"fashion-mnist": _fashion_mnist, "cifar10": _cifar, "cifar100": _cifar,
+              "synthetic": _synthetic}[data.dataset]
+    splits, classes, source = loader(data)
+    x_train, y_train = splits["train"]
+    keep, held = calibration_split(len(x_train), data.calibration_size)
+    arrays = {"train": (x_train[keep], y_train[keep]), "calibration": (x_train[held], y_train[held]),
+              "test": splits["test"]}
+    labels = np.concatenate([y for _, y in arrays.values()])
+    if labels.min() < 0 or labels.max() >= len(classes):
+        raise DvtError(f"{source}: labels span {labels.min()}..{labels.max()} but there are {len(classes)} classes")
+    mean, std = _channel_stats(arrays["train"][0])
+    return arrays, {"format": "arrays", "source": source, "classes": classes,
+                    "counts": {k: int(len(v[1])) for k, v in arrays.items()},
+                    "image_size": int(x_train.shape[1]), "channels": int(x_train.shape[-1]), "mean": mean, "std": std}
+
+
+def _write_arrays(tmp: Path, arrays: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+    for split, (x, y) in arrays.items():
+        np.save(tmp / f"{split}_images.npy", np.ascontiguousarray(x, dtype=np.uint8))
+        np.save(tmp / f"{split}_labels.npy", np.asarray(y, dtype=np.int64))
+
+
+def _prepare_imagenet(data: DataConfig) -> tuple[dict[str, list[tuple[str, int]]], dict[str, object]]:
+    if not data.source:
+        raise DvtError("data.source is not set: for imagenet it must name the ILSVRC2012 folder "
+                       "(with train/ and val/)")
+    classes, index = imagenet.scan(data.source)
+    keep, held = calibration_split(len(index["train"]), data.calibration_size)
+    rows = {"train": [index["train"][i] for i in keep], "calibration": [index["train"][i] for i in held],
+            "test": index["test"]}
+    return rows, {"format": "imagefolder-index", "source": str(Path(data.source).expanduser().resolve()),
+                  "classes": classes, "counts": {k: len(v) for k, v in rows.items()}, "image_size": 224,
+                  "channels": 3}
+
+
+def _write_index(tmp: Path, rows: dict[str, list[tuple[str, int]]]) -> None:
+    for split, items in rows.items():
+        lines = ["path,label"] + [f"{path},{label}" for path, label in items]
+        (tmp / f"{split}.csv").write_text("\n".join(lines) + "\n")
+
+
+def run(config: Config) -> Manifest:
+    data = config.data
+    out = Path(data.root) / data.dataset
+    fp = fingerprint(data)
+    current = is_current(out, fp)
+    if current is not None:
+        print(f"dvt fetch: {out} is up to date ({_counts(current)})")
+        return current
+    start = time.perf_counter()
+    # Read and validate the source completely before anything is written.
+    if data.dataset == "imagenet":
+        content, body = _prepare_imagenet(data)
+        write = _write_index
+    else:
+        content, body = _prepare_arrays(data)
+        write = _write_arrays
+    for stale in out.parent.glob(f".{out.name}.*.tmp"):  # left by a killed fetch
+        shutil.rmtree(stale, ignore_errors=True)
+    with atomic_dir(out) as tmp:
+        write(tmp, content)
+        manifest = write_manifest(tmp, {"dataset": data.dataset, **body, "params": fp,
+                                        "calibration_seed": CALIBRATION_SEED, "files": file_checksums(tmp)})
+    print(f"dvt fetch: {data.dataset} -> {out}: {_counts(manifest)}, {len(manifest['classes'])} classes, "
+          f"{manifest['image_size']}x{manifest['image_size']}x{manifest['channels']} "
+          f"({time.perf_counter() - start:.1f} s)")
+    return manifest
+
+
+def _counts(manifest: Manifest) -> str:
+    return ", ".join(f"{n} {split}" for split, n in manifest["counts"].items())

@@ -1,0 +1,64 @@
+"""params.yaml is loaded strictly: names, types and ranges are checked, errors name the key."""
+
+import pytest
+
+from dvt.cli import main
+from dvt.config import Config, from_dict, load_config, to_dict
+from dvt.errors import ConfigError
+from tests.conftest import REPO
+
+
+def test_default_params_load_and_round_trip():
+    config = load_config(REPO / "params.yaml")
+    assert isinstance(config, Config)
+    assert config.data.dataset == "fashion-mnist"
+    assert config.runs["dvt"].grids == (4, 7, 14)
+    assert from_dict(to_dict(config)) == config
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"trian": {}}, "unknown key trian"),
+    ({"train": {"lrr": 1}}, "unknown key train.lrr"),
+    ({"train": {"lr": "fast"}}, "train.lr = 'fast' has the wrong type"),
+    ({"train": {"epochs": 2.5}}, "train.epochs = 2.5 has the wrong type"),
+    ({"train": {"lr": -0.1}}, "train.lr = -0.1 is not allowed"),
+    ({"train": {"lr": 0}}, "train.lr = 0.0 is not allowed"),
+    ({"train": {"epochs": 0}}, "train.epochs = 0 is not allowed"),
+    ({"data": {"dataset": "mnist"}}, "data.dataset = 'mnist' is not one of"),
+    ({"data": {"calibration_size": -1}}, "data.calibration_size = -1 is not allowed"),
+    ({"runs": {"a": {"grids": [7, 4]}}}, "runs.a.grids = [7, 4] is not allowed"),
+    ({"runs": {"a": {"grids": "7"}}}, "runs.a.grids = '7' has the wrong type"),
+    ({"runs": {"a": {"feature_reuse": "yes"}}}, "runs.a.feature_reuse = 'yes' has the wrong type"),
+    ({"speed": {"device": "tpu"}}, "speed.device = 'tpu' is not allowed"),
+])
+def test_bad_values_name_the_key(data, message):
+    with pytest.raises(ConfigError, match=None) as err:
+        from_dict(data)
+    assert message in str(err.value)
+
+
+def test_overrides_parse_yaml_values(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("train:\n  lr: 0.1\n")
+    config = load_config(path, ["train.lr=0.002", "runs.x.grids=[2, 4]", "train.ema_decay=null"])
+    assert config.train.lr == 0.002
+    assert config.runs["x"].grids == (2, 4)
+    assert config.train.ema_decay is None
+    with pytest.raises(ConfigError, match="expected key=value"):
+        load_config(path, ["train.lr"])
+
+
+def test_unknown_run_is_refused():
+    with pytest.raises(ConfigError, match="unknown run 'nope'; runs in params.yaml: a"):
+        from_dict({"runs": {"a": {}}}).run("nope")
+
+
+def test_cli_reports_one_line_and_exit_2(tmp_path, capsys):
+    path = tmp_path / "params.yaml"
+    path.write_text("train:\n  lr: -1\n")
+    assert main(["fetch", "--params", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["dvt fetch: error: train.lr = -1.0 is not allowed: must be > 0"]
+    path.write_text("train: [\n")
+    assert main(["fetch", "--params", str(path)]) == 2
+    assert "not valid YAML" in capsys.readouterr().err

@@ -1,0 +1,248 @@
+"""`dvt fetch` on files written in the true formats: IDX, CIFAR python tar.gz, ImageNet folders."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dvt.cli import main
+from dvt.data import cifar, fetch, idx
+from dvt.data.fetch import FASHION_FILES, calibration_split
+from dvt.data.loading import load_split, load_splits, make_loader
+from dvt.errors import DvtError
+from tests.conftest import make_config, random_images
+
+
+def write_fashion(folder: Path, rng, n_train=120, n_test=30) -> dict[str, np.ndarray]:
+    folder.mkdir(parents=True)
+    arrays = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        x = random_images(rng, n, 28, 1)[..., 0]
+        y = rng.integers(0, 10, n).astype(np.uint8)
+        images_file, labels_file = FASHION_FILES[split]
+        idx.write_idx(folder / images_file, x)
+        idx.write_idx(folder / labels_file, y)
+        arrays[split] = x
+    return arrays
+
+
+def test_idx_round_trip_and_truncation(tmp_path):
+    x = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    idx.write_idx(tmp_path / "a.gz", x)
+    np.testing.assert_array_equal(idx.read_idx(tmp_path / "a.gz"), x)
+    data = (tmp_path / "a.gz").read_bytes()
+    (tmp_path / "b.gz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DvtError, match="delete it and fetch again"):
+        idx.read_idx(tmp_path / "b.gz")
+
+
+def test_fashion_mnist_from_idx_folder(tmp_path):
+    rng = np.random.default_rng(0)
+    raw = write_fashion(tmp_path / "raw", rng)
+    config = make_config(tmp_path, data={"source": str(tmp_path / "raw"), "calibration_size": 20})
+    manifest = fetch.run(config)
+    assert manifest["counts"] == {"train": 100, "calibration": 20, "test": 30}
+    assert (manifest["image_size"], manifest["channels"], len(manifest["classes"])) == (28, 1, 10)
+    out = tmp_path / "data" / "fashion-mnist"
+    train = np.load(out / "train_images.npy")
+    cal = np.load(out / "calibration_images.npy")
+    keep, held = calibration_split(120, 20)
+    # The stored splits are exactly the source rows named by the deterministic split.
+    np.testing.assert_array_equal(train[..., 0], raw["train"][keep])
+    np.testing.assert_array_equal(cal[..., 0], raw["train"][held])
+    np.testing.assert_array_equal(np.load(out / "test_images.npy")[..., 0], raw["test"])
+    assert json.loads((out / "MANIFEST.json").read_text())["files"] == manifest["files"]
+
+
+def test_calibration_split_is_deterministic_and_disjoint():
+    a_train, a_cal = calibration_split(1000, 100)
+    b_train, b_cal = calibration_split(1000, 100)
+    np.testing.assert_array_equal(a_cal, b_cal)
+    assert len(a_cal) == 100 and len(a_train) == 900
+    assert not set(a_cal) & set(a_train)
+    assert sorted(set(a_cal) | set(a_train)) == list(range(1000))
+    with pytest.raises(DvtError, match="calibration_size = 1000 is not allowed"):
+        calibration_split(1000, 1000)
+
+
+def test_rerun_is_a_noop_and_a_change_refetches(tmp_path, capsys):
+    config = make_config(tmp_path, data={"dataset": "synthetic", "calibration_size": 10,
+                                         "synthetic": {"train_size": 50, "test_size": 10}})
+    fetch.run(config)
+    manifest = tmp_path / "data" / "synthetic" / "MANIFEST.json"
+    stamp = manifest.stat().st_mtime_ns
+    fetch.run(config)
+    assert manifest.stat().st_mtime_ns == stamp
+    assert "up to date" in capsys.readouterr().out
+    bigger = dataclasses.replace(config, data=dataclasses.replace(config.data, calibration_size=20))
+    assert fetch.run(bigger)["counts"]["calibration"] == 20
+
+
+def test_synthetic_is_deterministic(tmp_path):
+    from dvt.data.synthetic import generate
+    from dvt.config import SyntheticConfig
+
+    a, b = generate(SyntheticConfig(train_size=30, test_size=5)), generate(SyntheticConfig(train_size=30, test_size=5))
+    np.testing.assert_array_equal(a["train"][0], b["train"][0])
+    assert a["train"][0].shape == (30, 28, 28, 1) and a["train"][0].dtype == np.uint8
+    c = generate(SyntheticConfig(train_size=4, test_size=2, image_size=32, channels=3, classes=100, seed=1))
+    assert c["test"][0].shape == (2, 32, 32, 3)
+
+
+def _cifar_files(tmp_path: Path, name: str, monkeypatch) -> tuple[Path, cifar.CifarArchive]:
+    rng = np.random.default_rng(1)
+    archive = cifar.archives()[name]
+    classes = 10 if name == "cifar10" else 100
+    path = tmp_path / archive.filename
+    cifar.write_cifar(path, archive, train=(random_images(rng, 50, 32, 3), rng.integers(0, classes, 50)),
+                      test=(random_images(rng, 10, 32, 3), rng.integers(0, classes, 10)),
+                      classes=[f"c{i}" for i in range(classes)])
+    # The generated archive stands in for the real one: make its md5 the published one.
+    archive = dataclasses.replace(archive, md5=cifar.md5sum(path))
+    monkeypatch.setattr(cifar, "archives", lambda: {name: archive})
+    return path, archive
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_cifar_archive(tmp_path, monkeypatch, name):
+    path, archive = _cifar_files(tmp_path, name, monkeypatch)
+    parsed = cifar.read_cifar(path, archive)
+    x, y = parsed["train"]
+    assert x.shape == (50, 32, 32, 3) and y.shape == (50,)
+    config = make_config(tmp_path, data={"dataset": name, "source": str(tmp_path), "calibration_size": 5})
+    manifest = fetch.run(config)
+    assert manifest["counts"] == {"train": 45, "calibration": 5, "test": 10}
+    assert len(manifest["classes"]) == (10 if name == "cifar10" else 100)
+    # The channel-major pickle layout is undone correctly: pixel (r, c) of image i keeps its RGB.
+    train = np.load(tmp_path / "data" / name / "train_images.npy")
+    keep, _ = calibration_split(50, 5)
+    np.testing.assert_array_equal(train, x[keep])
+
+
+def test_corrupt_cifar_archive_is_refused(tmp_path, monkeypatch, capsys):
+    path, _ = _cifar_files(tmp_path, "cifar10", monkeypatch)
+    path.write_bytes(path.read_bytes()[:-100])
+    params = tmp_path / "params.yaml"
+    params.write_text(f"data:\n  dataset: cifar10\n  source: {tmp_path}\n  root: {tmp_path / 'data'}\n"
+                      "  calibration_size: 5\n")
+    assert main(["fetch", "--params", str(params)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not match the published" in err[0]
+    assert not (tmp_path / "data" / "cifar10").exists()
+
+
+def write_imagenet(root: Path, *, classes: int = 1000, per_class: int = 1) -> None:
+    for split in ("train", "val"):
+        for c in range(classes):
+            folder = root / split / f"n{c:08d}"
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                Image.new("RGB", (8, 8), (c % 256, i, 0)).save(folder / f"img{i}.JPEG")
+
+
+def test_imagenet_folder_is_indexed_not_copied(tmp_path):
+    write_imagenet(tmp_path / "ilsvrc")
+    config = make_config(tmp_path, data={"dataset": "imagenet", "source": str(tmp_path / "ilsvrc"),
+                                         "calibration_size": 100})
+    manifest = fetch.run(config)
+    assert manifest["counts"] == {"train": 900, "calibration": 100, "test": 1000}
+    out = tmp_path / "data" / "imagenet"
+    assert sorted(p.name for p in out.iterdir()) == ["MANIFEST.json", "calibration.csv", "test.csv", "train.csv"]
+    test = load_split(config, "test")
+    x, y = test[5]
+    assert x.shape == (3, 224, 224) and y == 5
+    assert len(load_split(config, "calibration")) == 100
+
+
+@pytest.mark.parametrize("setup, message", [
+    (lambda root: None, "no such folder"),
+    (lambda root: (root / "train").mkdir(parents=True), "missing val/"),
+    (lambda root: write_imagenet(root, classes=3), "found 3 class folders, ImageNet has 1000"),
+])
+def test_bad_imagenet_folders(tmp_path, capsys, setup, message):
+    root = tmp_path / "ilsvrc"
+    setup(root)
+    params = tmp_path / "params.yaml"
+    params.write_text(f"data:\n  dataset: imagenet\n  source: {root}\n  root: {tmp_path / 'data'}\n")
+    assert main(["fetch", "--params", str(params)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "data").exists()
+
+
+def test_empty_imagenet_and_unreadable_images(tmp_path):
+    root = tmp_path / "ilsvrc"
+    for split in ("train", "val"):
+        for c in range(1000):
+            (root / split / f"n{c:08d}").mkdir(parents=True)
+    config = make_config(tmp_path, data={"dataset": "imagenet", "source": str(root), "calibration_size": 0})
+    with pytest.raises(DvtError, match="no images found"):
+        fetch.run(config)
+    for split in ("train", "val"):
+        for c in range(1000):
+            (root / split / f"n{c:08d}" / "x.JPEG").write_bytes(b"not a jpeg")
+    with pytest.raises(DvtError, match="unreadable image"):
+        fetch.run(config)
+
+
+def test_cli_unknown_dataset_writes_nothing(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text(f"data:\n  dataset: mnist\n  root: {tmp_path / 'data'}\n")
+    proc = subprocess.run([sys.executable, "-m", "dvt.cli", "fetch", "--params", str(params)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "dvt fetch: error: data.dataset = 'mnist' is not one of "
+        "'fashion-mnist' | 'cifar10' | 'cifar100' | 'imagenet' | 'synthetic'"]
+    assert "Traceback" not in proc.stderr and not (tmp_path / "data").exists()
+
+
+KILL_MIDWAY = """
+import os, signal, sys
+from dvt.cli import main
+from dvt.data import fetch
+real = fetch._write_arrays
+def write_then_die(tmp, arrays):
+    real(tmp, {"train": arrays["train"]})  # one split on disk, then SIGKILL: no cleanup runs
+    os.kill(os.getpid(), signal.SIGKILL)
+fetch._write_arrays = write_then_die
+sys.exit(main(["fetch", "--params", sys.argv[1]]))
+"""
+
+
+def test_killed_fetch_leaves_no_manifest_and_rerun_completes(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text(f"data:\n  dataset: synthetic\n  root: {tmp_path / 'data'}\n  calibration_size: 10\n"
+                      "  synthetic:\n    train_size: 60\n    test_size: 10\n")
+    proc = subprocess.run([sys.executable, "-c", KILL_MIDWAY, str(params)], capture_output=True)
+    assert proc.returncode == -signal.SIGKILL
+    assert not (tmp_path / "data" / "synthetic" / "MANIFEST.json").exists()
+    assert list((tmp_path / "data").glob(".synthetic.*.tmp"))  # the half-written folder
+    assert main(["fetch", "--params", str(params)]) == 0
+    assert (tmp_path / "data" / "synthetic" / "MANIFEST.json").is_file()
+    assert not list((tmp_path / "data").glob(".synthetic.*.tmp"))
+
+
+def test_loaders_give_normalised_batches(synthetic_config):
+    import torch
+
+    fetch.run(synthetic_config)
+    splits = load_splits(synthetic_config)
+    assert (len(splits.train), len(splits.calibration), len(splits.test)) == (300, 100, 100)
+    torch.manual_seed(0)
+    x, y = next(iter(make_loader(splits.train, batch_size=64, shuffle=True)))
+    assert x.shape == (64, 1, 28, 28) and x.dtype == torch.float32 and y.dtype == torch.int64
+    # Evaluation batches are deterministic and equal to the per-item path.
+    xb, yb = next(iter(make_loader(splits.test, batch_size=4, shuffle=False)))
+    assert torch.equal(xb[2], splits.test[2][0]) and int(yb[2]) == splits.test[2][1]
+    assert abs(float(xb.mean())) < 1.0
