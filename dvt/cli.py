@@ -38,6 +38,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="override one params value, e.g. --set train.lr=0.001 (repeatable)")
         if takes_run:
             p.add_argument("--run", required=True, help="run name from the runs: section of params")
+        if name == "train":
+            p.add_argument("--restart", action="store_true",
+                           help="start over if runs/<run>/checkpoint.pt was trained with other settings "
+                                "(the pipeline engines pass this: they re-run train only when a setting changed)")
         if name == "budget":
             p.add_argument("--target-gmacs", type=float, default=None,
                            help="also report thresholds for this average cost per image")

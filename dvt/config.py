@@ -8,6 +8,7 @@ loader checks names and types from the annotations, so adding a field is one lin
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ import yaml
 
 from dvt.errors import ConfigError
 
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 DATASETS = ("fashion-mnist", "cifar10", "cifar100", "imagenet", "synthetic")
 Dataset = Literal["fashion-mnist", "cifar10", "cifar100", "imagenet", "synthetic"]
 
@@ -105,12 +107,19 @@ class RunConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 10
+    # Global batch size (split evenly over torchrun processes).
     batch_size: int = 128
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    momentum: float = 0.9  # sgd only
     lr: float = 1e-3
     min_lr: float = 1e-5
     warmup_lr: float = 1e-6
     warmup_epochs: int = 1
+    # Final epochs held at min_lr after the cosine (the paper: 300 cosine + 10 cooldown).
+    cooldown_epochs: int = 0
     weight_decay: float = 0.05
+    # When fine-tuning (runs.*.init), everything but the classifier heads trains at lr * this.
+    backbone_lr_scale: float = 1.0
     label_smoothing: float = 0.1
     mixup: float = 0.0
     cutmix: float = 0.0
@@ -132,6 +141,10 @@ class TrainConfig:
         _require(self.warmup_lr >= 0, "train.warmup_lr", self.warmup_lr, "must be >= 0")
         _require(0 <= self.warmup_epochs < self.epochs, "train.warmup_epochs", self.warmup_epochs,
                  f"must be in [0, train.epochs={self.epochs})")
+        _require(0 <= self.cooldown_epochs < self.epochs - self.warmup_epochs, "train.cooldown_epochs",
+                 self.cooldown_epochs, "must be >= 0 and leave at least one cosine epoch after warmup")
+        _require(self.momentum >= 0, "train.momentum", self.momentum, "must be >= 0")
+        _require(self.backbone_lr_scale > 0, "train.backbone_lr_scale", self.backbone_lr_scale, "must be > 0")
         _require(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, "must be >= 0")
         _require(0 <= self.label_smoothing < 1, "train.label_smoothing", self.label_smoothing, "must be in [0, 1)")
         _require(self.mixup >= 0, "train.mixup", self.mixup, "must be >= 0 (0 = off)")
@@ -276,6 +289,9 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
             raise bad
         return value
     if tp is float:
+        # PyYAML (YAML 1.1) reads `1e-3` as a string; accept what is plainly a number.
+        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+            return float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad
         return float(value)

@@ -1,0 +1,95 @@
+"""Our checkpoint format: weights plus everything needed to resume bit-for-bit and to trust the file.
+
+A checkpoint is a dict with `model` (state_dict), `config` (the settings that shaped the weights),
+`epoch` (finished epochs), `optimizer`, `scheduler`, `ema`, `rng` (python, numpy, torch and the data
+order generator), `log` (per-epoch rows so far), `git_commit` and `format`. Written atomically.
+"""
+
+from __future__ import annotations
+
+import random
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dvt.atomic import atomic_path
+from dvt.config import Config, to_dict
+from dvt.data.fetch import fingerprint
+from dvt.data.manifest import sha256
+from dvt.errors import DvtError
+
+FORMAT = "dvt-checkpoint-v1"
+__all__ = ["FORMAT", "run_fingerprint", "describe_difference", "save", "load", "sha256",
+           "rng_state", "set_rng_state", "git_commit"]
+
+
+def run_fingerprint(config: Config, run: str) -> dict[str, Any]:
+    """The settings that determine a run's weights; a checkpoint resumes only under the same ones.
+
+    Thread counts are left out (they change speed, not the recipe).
+    """
+    train = to_dict(config.train)
+    train.pop("threads")
+    return {"data": {**fingerprint(config.data), "image_size": config.data.image_size},
+            "model": to_dict(config.model), "run": to_dict(config.run(run)), "train": train}
+
+
+def describe_difference(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> str:
+    """The first differing key, e.g. 'train.lr: 0.001 in the checkpoint, 0.002 now'."""
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found = describe_difference(a, b, f"{prefix}{key}.")
+            if found:
+                return found
+        elif a != b:
+            return f"{prefix}{key}: {a!r} in the checkpoint, {b!r} now"
+    return ""
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).parent)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def rng_state(data_generator: torch.Generator | None = None) -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    if data_generator is not None:
+        state["data"] = data_generator.get_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any], data_generator: torch.Generator | None = None) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if data_generator is not None and "data" in state:
+        data_generator.set_state(state["data"])
+
+
+def save(path: str | Path, payload: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        torch.save({"format": FORMAT, "git_commit": git_commit(), **payload}, tmp)
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except (OSError, RuntimeError, EOFError) as err:
+        raise DvtError(f"{path}: not a readable checkpoint ({err})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise DvtError(f"{path}: not a dvt checkpoint (format {ckpt.get('format') if isinstance(ckpt, dict) else '?'})")
+    return ckpt
+

@@ -1,0 +1,51 @@
+"""Batched inference over a dataset: every exit's logits, for evaluation during training and `collect`."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from dvt.data.loading import make_loader
+
+
+def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA when asked (and supported); the CPU path stays float32."""
+    if enabled and device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return contextlib.nullcontext()
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@torch.inference_mode()
+def iterate_logits(model: nn.Module, dataset: Dataset, *, batch_size: int, device: torch.device,
+                   amp: bool = False, desc: str | None = None) -> Iterator[tuple[Tensor, list[Tensor]]]:
+    """Yield (labels (B,), [logits (B, C) float32 per exit]) over `dataset` in order, on the CPU."""
+    model.eval()
+    loader = make_loader(dataset, batch_size=batch_size, shuffle=False)
+    for x, y in tqdm(loader, desc=desc, unit="batch", leave=False, disable=desc is None):
+        with autocast(device, amp):
+            outputs = model(x.to(device, non_blocking=True))
+        yield y, [o.float().cpu() for o in outputs]
+
+
+def top1_per_exit(model: nn.Module, dataset: Dataset, *, batch_size: int, device: torch.device,
+                  amp: bool = False) -> list[float]:
+    """Top-1 accuracy (percent) of each exit on `dataset`."""
+    correct: list[int] | None = None
+    total = 0
+    for y, outputs in iterate_logits(model, dataset, batch_size=batch_size, device=device, amp=amp):
+        hits = [int((o.argmax(dim=1) == y).sum()) for o in outputs]
+        correct = hits if correct is None else [a + b for a, b in zip(correct, hits)]
+        total += len(y)
+    return [100.0 * c / max(total, 1) for c in (correct or [])]

@@ -1,0 +1,282 @@
+"""`dvt train --run R`: joint training of every exit of a run (paper §4 / spec §4).
+
+The loss is the plain sum of the exits' cross-entropies (weights 1:1:1, nothing detached), so a
+one-exit run is the ordinary single-token-count baseline of Table 1. AdamW (or SGD for fine-tuning)
+without weight decay on norms, biases, tokens and position embeddings; warmup + cosine (+ cooldown)
+stepped per update; label smoothing, drop-path, and optionally mixup/cutmix, RandAugment, random
+erasing, EMA and gradient clipping, all from timm.
+
+A checkpoint is written at the end of every epoch; a rerun resumes from it (same settings) and ends
+with exactly the weights of an uninterrupted run, because model, optimiser, scheduler, EMA and every
+random generator are restored. Under `torchrun` the same command trains with DDP.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from dvt import checkpoint
+from dvt.atomic import atomic_path, write_json
+from dvt.config import Config
+from dvt.data.loading import load_split, make_loader
+from dvt.errors import DvtError
+from dvt.inference import autocast, pick_device, top1_per_exit
+from dvt.models import model_for_run
+from dvt.weights import load_weights
+
+
+@dataclass(frozen=True)
+class Distributed:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls) -> Distributed:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world == 1:
+            return cls()
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if not torch.distributed.is_initialized():
+            torch.distributed.init_process_group(backend=backend)
+        return cls(rank=torch.distributed.get_rank(), world=world, local_rank=int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def param_groups(model: nn.Module, *, weight_decay: float, head_lr_only_scale: float) -> list[dict]:
+    """Weight decay on matrices only; when fine-tuning, non-head parameters get lr * scale."""
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        no_decay = p.ndim <= 1 or name.endswith(("cls_token", "pos_embed"))
+        is_head = ".head." in name or name.startswith("head.")
+        groups.setdefault((no_decay, is_head), []).append(p)
+    return [{"params": ps, "weight_decay": 0.0 if no_decay else weight_decay,
+             "lr_scale": 1.0 if is_head else head_lr_only_scale}
+            for (no_decay, is_head), ps in groups.items()]
+
+
+def _outputs(out: Path) -> dict[str, Path]:
+    return {"checkpoint": out / "checkpoint.pt", "log": out / "train_log.csv", "summary": out / "train.json"}
+
+
+def _write_log(path: Path, rows: list[dict]) -> None:
+    with atomic_path(path) as tmp:
+        keys = list(rows[0])
+        lines = [",".join(keys)] + [",".join(_fmt(r[k]) for k in keys) for r in rows]
+        tmp.write_text("\n".join(lines) + "\n")
+
+
+def _fmt(v) -> str:
+    return f"{v:.6g}" if isinstance(v, float) else str(v)
+
+
+def _summary(config: Config, run: str, rows: list[dict], extra: dict | None = None) -> dict:
+    k = config.run(run).num_exits
+    last = rows[-1] if rows else {}
+    return {"run": run, "grids": list(config.run(run).grids), "epochs": last.get("epoch", 0),
+            "top1": {f"exit{i + 1}": last.get(f"top1_exit{i + 1}") for i in range(k)},
+            "seconds_per_epoch": statistics.median(r["seconds"] for r in rows) if rows else None,
+            "images_per_second": statistics.median(r["images_per_s"] for r in rows) if rows else None,
+            **(extra or {})}
+
+
+def _import_checkpoint(config: Config, run: str, files: dict[str, Path]) -> None:
+    """runs.R.checkpoint: take given weights as they are (e.g. official DVT) instead of training."""
+    rc = config.run(run)
+    model = model_for_run(config, run)
+    source = load_weights(model, rc.checkpoint, strict=True)
+    device = pick_device()
+    model.to(device)
+    cal = load_split(config, "calibration")
+    top1 = top1_per_exit(model, cal, batch_size=config.eval.batch_size, device=device, amp=config.train.amp) \
+        if len(cal) else [float("nan")] * rc.num_exits
+    row = {"epoch": 0, **{f"top1_exit{i + 1}": t for i, t in enumerate(top1)}, "seconds": 0.0, "images_per_s": 0.0}
+    checkpoint.save(files["checkpoint"], {"model": model.state_dict(), "config": checkpoint.run_fingerprint(config, run),
+                                          "epoch": config.train.epochs, "log": [row], "imported_from": source})
+    _write_log(files["log"], [row])
+    write_json(files["summary"], _summary(config, run, [row], {"imported_from": source}))
+    print(f"dvt train: {run}: imported {rc.checkpoint}; calibration top-1 per exit "
+          + " / ".join(f"{t:.2f}" for t in top1))
+
+
+def run(config: Config, *, run: str, restart: bool = False) -> dict:
+    rc = config.run(run)
+    tc = config.train
+    out = Path(config.runs_dir) / run
+    files = _outputs(out)
+    if rc.checkpoint:
+        _import_checkpoint(config, run, files)
+        return {}
+    dist = Distributed.from_env()
+    device = pick_device("auto")
+    if device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+        torch.cuda.set_device(device)
+    torch.set_num_threads(tc.threads)
+
+    # Resume or refuse before anything is built, so a mismatch costs nothing.
+    fingerprint = checkpoint.run_fingerprint(config, run)
+    state = None
+    if files["checkpoint"].is_file():
+        state = checkpoint.load(files["checkpoint"])
+        diff = checkpoint.describe_difference(state["config"], fingerprint)
+        if diff and not restart:
+            raise DvtError(f"{files['checkpoint']} was trained with other settings ({diff}); delete it, "
+                           "rename the run, or pass --restart")
+        if diff:
+            state = None
+        elif state["epoch"] >= tc.epochs:
+            if dist.main:
+                _write_log(files["log"], state["log"])
+                write_json(files["summary"], _summary(config, run, state["log"]))
+            print(f"dvt train: {run} is already trained ({state['epoch']} epochs); nothing to do")
+            return _summary(config, run, state["log"])
+
+    train_set = load_split(config, "train")
+    cal_set = load_split(config, "calibration")
+    if tc.subset is not None and tc.subset < len(train_set):
+        keep = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(tc.seed))[: tc.subset]
+        train_set = torch.utils.data.Subset(train_set, keep.sort().values.tolist())
+    if tc.batch_size > len(train_set):
+        raise DvtError(f"train.batch_size = {tc.batch_size} is larger than the train split ({len(train_set)} "
+                       "images); lower it")
+    if tc.batch_size % dist.world:
+        raise DvtError(f"train.batch_size = {tc.batch_size} does not split over {dist.world} processes")
+
+    torch.manual_seed(tc.seed)
+    model = model_for_run(config, run)
+    if rc.init:
+        load_weights(model, rc.init, strict=False)
+    model.to(device)
+    data_gen = torch.Generator().manual_seed(tc.seed)
+    sampler = None
+    if dist.world > 1:
+        sampler = torch.utils.data.DistributedSampler(train_set, num_replicas=dist.world, rank=dist.rank,
+                                                      shuffle=True, seed=tc.seed, drop_last=True)
+    loader = make_loader(train_set, batch_size=tc.batch_size // dist.world, shuffle=True, sampler=sampler,
+                         generator=data_gen, num_workers=config.data.num_workers, drop_last=True)
+    steps = len(loader)
+
+    from timm.data import Mixup
+    from timm.loss import SoftTargetCrossEntropy
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import CosineLRScheduler
+    from timm.utils import ModelEmaV3
+
+    optimizer = create_optimizer_v2(
+        param_groups(model, weight_decay=tc.weight_decay, head_lr_only_scale=tc.backbone_lr_scale if rc.init else 1.0),
+        opt=tc.optimizer, lr=tc.lr, momentum=tc.momentum)
+    scheduler = CosineLRScheduler(optimizer, t_initial=(tc.epochs - tc.cooldown_epochs) * steps, lr_min=tc.min_lr,
+                                  warmup_t=tc.warmup_epochs * steps, warmup_lr_init=tc.warmup_lr, t_in_epochs=False)
+    ema = ModelEmaV3(model, decay=tc.ema_decay) if tc.ema_decay else None
+    num_classes = model.num_classes
+    mixup = None
+    if tc.mixup > 0 or tc.cutmix > 0:
+        mixup = Mixup(mixup_alpha=tc.mixup, cutmix_alpha=tc.cutmix, label_smoothing=tc.label_smoothing,
+                      num_classes=num_classes)
+        criterion: nn.Module = SoftTargetCrossEntropy()
+    else:
+        criterion = nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing)
+    scaler = torch.amp.GradScaler("cuda", enabled=tc.amp and device.type == "cuda"
+                                  and not torch.cuda.is_bf16_supported())
+    train_model: nn.Module = model
+    if dist.world > 1:
+        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    rows: list[dict] = []
+    start_epoch = 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if ema is not None:
+            ema.module.load_state_dict(state["ema"])
+        if scaler.is_enabled() and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        checkpoint.set_rng_state(state["rng"], data_gen)
+        rows, start_epoch = list(state["log"]), state["epoch"]
+        print(f"dvt train: {run}: resuming after epoch {start_epoch} of {tc.epochs}")
+
+    from tqdm import tqdm
+
+    grids = rc.grids
+    for epoch in range(start_epoch, tc.epochs):
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        train_model.train()
+        loss_sums = torch.zeros(len(grids), dtype=torch.float64)
+        seen, tic = 0, time.perf_counter()
+        bar = tqdm(loader, desc=f"{run} epoch {epoch + 1}/{tc.epochs}", unit="batch", leave=False,
+                   disable=not dist.main, mininterval=1.0)
+        for step, (x, y) in enumerate(bar):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            target = y
+            if mixup is not None:
+                x, target = mixup(x, y)
+            with autocast(device, tc.amp):
+                outputs = train_model(x)
+            losses = [criterion(o.float(), target) for o in outputs]
+            for k, loss_k in enumerate(losses):
+                if not torch.isfinite(loss_k):
+                    raise DvtError(f"the loss of exit {k + 1} (grid {grids[k]}x{grids[k]}) became {loss_k.item()} "
+                                   f"at epoch {epoch + 1}, step {step + 1}; the last good checkpoint "
+                                   f"(epoch {start_epoch if not rows else rows[-1]['epoch']}) is kept. "
+                                   "Lower train.lr or set train.clip_grad")
+            loss = torch.stack(losses).sum()
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if tc.clip_grad is not None:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), tc.clip_grad)
+            scaler.step(optimizer)
+            scaler.update()
+            if ema is not None:
+                ema.update(model)
+            scheduler.step_update(epoch * steps + step + 1)
+            loss_sums += torch.stack(losses).detach().double().cpu()
+            seen += len(x) * dist.world
+            if dist.main and step % 20 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{seen / (time.perf_counter() - tic):.0f}")
+        seconds = time.perf_counter() - tic
+
+        eval_model = ema.module if ema is not None else model
+        top1 = top1_per_exit(eval_model, cal_set, batch_size=config.eval.batch_size, device=device, amp=tc.amp) \
+            if len(cal_set) and dist.main else [float("nan")] * len(grids)
+        row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
+               **{f"loss_exit{k + 1}": float(loss_sums[k] / steps) for k in range(len(grids))},
+               "loss": float(loss_sums.sum() / steps),
+               **{f"top1_exit{k + 1}": t for k, t in enumerate(top1)},
+               "seconds": seconds, "images_per_s": seen / seconds}
+        rows.append(row)
+        if dist.main:
+            checkpoint.save(files["checkpoint"], {
+                "model": model.state_dict(),
+                "ema": ema.module.state_dict() if ema is not None else None,
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+                "rng": checkpoint.rng_state(data_gen), "config": fingerprint, "epoch": epoch + 1, "log": rows})
+            _write_log(files["log"], rows)
+            print(f"dvt train: {run} epoch {epoch + 1}/{tc.epochs}: loss {row['loss']:.4f}, calibration top-1 "
+                  + " / ".join(f"{t:.2f}" for t in top1) + f" ({seconds:.1f} s, {row['images_per_s']:.0f} img/s)")
+        if dist.world > 1:
+            torch.distributed.barrier()
+
+    summary = _summary(config, run, rows, {"ema": ema is not None, "processes": dist.world})
+    if dist.main:
+        write_json(files["summary"], summary)
+    if dist.world > 1:
+        torch.distributed.destroy_process_group()
+    return summary
+
