@@ -1,0 +1,64 @@
+"""Backbone specifications: the shape of one exit, shared by every exit of a cascade (spec §1.3).
+
+Numbers for the T2T-ViT family follow the T2T-ViT paper (their published parameters and GMACs are
+checked in tests/test_flops.py against spec §6); DeiT-S follows DeiT. The `vit_*` backbones are ours:
+small patch-embedding ViTs that train on a CPU on 28x28 / 32x32 images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str
+    tokenizer: Literal["t2t", "patch"]  # T2T module with Token-Performers, or one strided conv
+    embed_dim: int
+    depth: int
+    num_heads: int
+    mlp_ratio: float
+    qkv_bias: bool
+    norm_eps: float
+    pos_embed: Literal["sinusoid", "learned"]  # T2T-ViT uses a fixed table, DeiT learns it
+    # Feature reuse (spec §2): per block LN + MLP embed_dim -> reuse_hidden -> reuse_dim.
+    reuse_hidden: int = 128
+    reuse_dim: int = 48
+    # T2T only: width of the Token-Performer layers and their (fixed, T2T-ViT) dropout.
+    token_dim: int = 64
+    tokenizer_drop: float = 0.1
+
+    @property
+    def head_dim(self) -> int:
+        return self.embed_dim // self.num_heads
+
+
+def _t2t(name: str, dim: int, depth: int, heads: int, mlp_ratio: float) -> BackboneSpec:
+    return BackboneSpec(name=name, tokenizer="t2t", embed_dim=dim, depth=depth, num_heads=heads,
+                        mlp_ratio=mlp_ratio, qkv_bias=False, norm_eps=1e-5, pos_embed="sinusoid")
+
+
+def _vit(name: str, dim: int, depth: int, heads: int, mlp_ratio: float, reuse_hidden: int,
+         reuse_dim: int) -> BackboneSpec:
+    return BackboneSpec(name=name, tokenizer="patch", embed_dim=dim, depth=depth, num_heads=heads,
+                        mlp_ratio=mlp_ratio, qkv_bias=True, norm_eps=1e-6, pos_embed="learned",
+                        reuse_hidden=reuse_hidden, reuse_dim=reuse_dim)
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    spec.name: spec
+    for spec in (
+        _t2t("t2t_vit_7", 256, 7, 4, 2.0),
+        _t2t("t2t_vit_10", 256, 10, 4, 2.0),
+        _t2t("t2t_vit_12", 256, 12, 4, 2.0),
+        _t2t("t2t_vit_14", 384, 14, 6, 3.0),
+        _t2t("t2t_vit_19", 448, 19, 7, 3.0),
+        _t2t("t2t_vit_24", 512, 24, 8, 3.0),
+        _vit("deit_small", 384, 12, 6, 4.0, 128, 48),
+        # CPU-sized; the reuse width shrinks with the model (the paper's 128 -> 48 is for D >= 256).
+        _vit("vit_micro", 64, 4, 4, 2.0, 32, 16),
+        _vit("vit_mini", 128, 6, 4, 2.0, 64, 24),
+        _vit("vit_tiny", 192, 12, 3, 4.0, 128, 48),
+    )
+}

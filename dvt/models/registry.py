@@ -1,0 +1,71 @@
+"""Build cascades by backbone name, and from a run of params.yaml.
+
+Reuse flags on a one-exit model: a single-exit run keeps `feature_reuse` / `relation_reuse` at their
+defaults (true) in params.yaml, so building is lenient: reuse modules exist only from exit 2 on and a
+one-exit cascade is a plain ViT whatever the flags say. `check_reuse(..., strict=True)` is the
+strict check for callers where the user set the flags explicitly and a no-op would be surprising.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+from dvt.errors import DvtError
+from dvt.models.backbone import BACKBONES, BackboneSpec
+from dvt.models.cascade import Cascade
+from dvt.models.tokenizer import check_grid
+
+if TYPE_CHECKING:
+    from dvt.config import Config
+
+
+def list_models() -> list[str]:
+    return list(BACKBONES)
+
+
+def get_spec(backbone: str) -> BackboneSpec:
+    if backbone not in BACKBONES:
+        raise DvtError(f"unknown backbone {backbone!r}; valid backbones: {', '.join(BACKBONES)}")
+    return BACKBONES[backbone]
+
+
+def check_grids(backbone: str, grids: Sequence[int], img_size: int) -> None:
+    """DvtError unless `grids` is non-empty, strictly growing and every grid is makeable."""
+    spec = get_spec(backbone)
+    grids = list(grids)
+    if not grids or any(b <= a for a, b in zip(grids, grids[1:])):
+        raise DvtError(f"grids {grids} must be a non-empty list growing strictly from exit to exit")
+    for g in grids:
+        check_grid(backbone=backbone, tokenizer=spec.tokenizer, img_size=img_size, grid=g)
+
+
+def check_reuse(grids: Sequence[int], feature_reuse: bool, relation_reuse: bool, strict: bool = True) -> None:
+    """Strict mode: reuse asked for on a one-exit model is an error (there is no exit to reuse)."""
+    if strict and len(grids) == 1 and (feature_reuse or relation_reuse):
+        asked = " and ".join(n for n, on in (("feature_reuse", feature_reuse), ("relation_reuse", relation_reuse)) if on)
+        raise DvtError(f"{asked} asked for a single-exit model (grids {list(grids)}): reuse needs at least two "
+                       "exits; set it to false or add grids")
+
+
+def create_model(backbone: str, *, grids: Sequence[int], img_size: int, in_chans: int, num_classes: int,
+                 feature_reuse: bool = True, relation_reuse: bool = True, drop_path_rate: float = 0.0,
+                 drop_rate: float = 0.0) -> Cascade:
+    spec = get_spec(backbone)
+    check_grids(backbone, grids, img_size)
+    if in_chans < 1 or num_classes < 1:
+        raise DvtError(f"in_chans ({in_chans}) and num_classes ({num_classes}) must be >= 1")
+    return Cascade(spec=spec, grids=grids, img_size=img_size, in_chans=in_chans, num_classes=num_classes,
+                   feature_reuse=feature_reuse, relation_reuse=relation_reuse, drop_path_rate=drop_path_rate,
+                   drop_rate=drop_rate)
+
+
+def model_for_run(config: Config, run: str) -> Cascade:
+    """The freshly initialised model of run `run` of `config` (train, collect, flops and speed use this)."""
+    from dvt.data import dataset_info
+
+    info = dataset_info(config.data)
+    r = config.run(run)
+    return create_model(config.model.backbone, grids=r.grids, img_size=info.image_size, in_chans=info.channels,
+                        num_classes=info.num_classes, feature_reuse=r.feature_reuse,
+                        relation_reuse=r.relation_reuse, drop_path_rate=config.model.drop_path,
+                        drop_rate=config.model.drop_rate)

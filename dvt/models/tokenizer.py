@@ -1,0 +1,135 @@
+"""Image -> patch tokens for one exit, and which token grids an image size allows (spec §1.2).
+
+DVT never resizes the image: each exit sees the same pixels and gets its token grid from its own
+tokenizer geometry.
+
+* Patch embedding (DeiT and the small CPU backbones): a conv with kernel = stride = p and zero padding
+  `pad` on every side, p = ceil(S / g) and pad the smallest value with (S + 2 pad - p) // p + 1 = g,
+  i.e. pad = ceil((g p - S) / 2). At S = 224 this is DeiT's 32 / 23-pad-3 / 16 for 7 / 10 / 14. We
+  accept a grid only if pad < p / 2, so every border patch still covers more real pixels than zeros
+  (e.g. at 28 px: 1-7, 10, 14, 28; at 32 px: 1-8, 11, 16, 32).
+* T2T (T2T-ViT backbones): three soft splits (Unfold) with Token-Performers between them. Only the
+  first split depends on the grid; the table below is the official one for 224 px. A grid is valid
+  if it is in the table and the three splits really produce it at the given image size.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from dvt.errors import DvtError
+from dvt.models.performer import TokenPerformer
+
+# grid -> (kernel, stride, padding) of the first soft split; later splits are (3, 2, 1).
+T2T_FIRST_SPLIT: dict[int, tuple[int, int, int]] = {7: (14, 8, 3), 10: (11, 6, 5), 14: (7, 4, 2)}
+T2T_LATER_SPLIT = (3, 2, 1)
+
+
+def _unfold_size(size: int, kernel: int, stride: int, padding: int) -> int:
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def t2t_map_sizes(img_size: int, grid: int) -> tuple[int, int, int] | None:
+    """Side of the token map after each of the three soft splits, or None if `grid` is not made."""
+    if grid not in T2T_FIRST_SPLIT:
+        return None
+    s0 = _unfold_size(img_size, *T2T_FIRST_SPLIT[grid])
+    s1 = _unfold_size(s0, *T2T_LATER_SPLIT)
+    s2 = _unfold_size(s1, *T2T_LATER_SPLIT)
+    return (s0, s1, s2) if min(s0, s1) >= 1 and s2 == grid else None
+
+
+def patch_geometry(img_size: int, grid: int) -> tuple[int, int] | None:
+    """(patch, padding) of the patch-embedding conv for `grid`, or None if the grid is refused."""
+    if not 1 <= grid <= img_size:
+        return None
+    patch = math.ceil(img_size / grid)
+    pad = math.ceil((grid * patch - img_size) / 2)
+    if 2 * pad >= patch:
+        return None
+    assert (img_size + 2 * pad - patch) // patch + 1 == grid
+    return patch, pad
+
+
+def valid_grids(tokenizer: str, img_size: int) -> list[int]:
+    if tokenizer == "t2t":
+        return [g for g in sorted(T2T_FIRST_SPLIT) if t2t_map_sizes(img_size, g) is not None]
+    return [g for g in range(1, img_size + 1) if patch_geometry(img_size, g) is not None]
+
+
+def _ranges(values: list[int]) -> str:
+    """[1, 2, 3, 5, 7, 8] -> '1-3, 5, 7-8' (keeps error lines short)."""
+    out: list[str] = []
+    for v in values:
+        if out and int(out[-1].split("-")[-1]) == v - 1:
+            out[-1] = f"{out[-1].split('-')[0]}-{v}"
+        else:
+            out.append(str(v))
+    return ", ".join(out) or "none"
+
+
+def check_grid(*, backbone: str, tokenizer: str, img_size: int, grid: int) -> None:
+    ok = t2t_map_sizes(img_size, grid) if tokenizer == "t2t" else patch_geometry(img_size, grid)
+    if ok is None:
+        raise DvtError(f"grid {grid} cannot be made from {img_size}x{img_size} images by backbone {backbone!r}; "
+                       f"valid grids at this size: {_ranges(valid_grids(tokenizer, img_size))}")
+
+
+class PatchEmbed(nn.Module):
+    """(B, C, S, S) -> (B, g*g, D) with one strided conv (`proj`, as in timm and DeiT)."""
+
+    def __init__(self, *, img_size: int, grid: int, in_chans: int, embed_dim: int) -> None:
+        super().__init__()
+        geometry = patch_geometry(img_size, grid)
+        if geometry is None:
+            raise DvtError(f"grid {grid} cannot be made from {img_size}x{img_size} images")
+        patch, pad = geometry
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch, stride=patch, padding=pad)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class T2TModule(nn.Module):
+    """Tokens-to-Token tokenizer with Token-Performers: (B, C, S, S) -> (B, g*g, D).
+
+    soft split 0 -> (B, T0, C k0^2) -> performer -> (B, T0, 64) -> map -> soft split 1 (3x3 s2)
+    -> (B, T1, 576) -> performer -> (B, T1, 64) -> map -> soft split 2 -> (B, g*g, 576) -> Linear -> D.
+    """
+
+    def __init__(self, *, img_size: int, grid: int, in_chans: int, embed_dim: int, token_dim: int = 64,
+                 drop: float = 0.1) -> None:
+        super().__init__()
+        sizes = t2t_map_sizes(img_size, grid)
+        if sizes is None:
+            raise DvtError(f"grid {grid} cannot be made from {img_size}x{img_size} images by the T2T tokenizer")
+        self.map_sizes = sizes
+        kernel, stride, padding = T2T_FIRST_SPLIT[grid]
+        self.soft_split0 = nn.Unfold(kernel_size=kernel, stride=stride, padding=padding)
+        self.soft_split1 = nn.Unfold(kernel_size=3, stride=2, padding=1)
+        self.soft_split2 = nn.Unfold(kernel_size=3, stride=2, padding=1)
+        self.attention1 = TokenPerformer(dim=in_chans * kernel * kernel, emb=token_dim, drop=drop)
+        self.attention2 = TokenPerformer(dim=token_dim * 9, emb=token_dim, drop=drop)
+        self.project = nn.Linear(token_dim * 9, embed_dim)
+
+    @staticmethod
+    def _to_map(x: Tensor, side: int) -> Tensor:
+        return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], side, side)  # (B, T, C) -> (B, C, s, s)
+
+    def forward(self, x: Tensor) -> Tensor:
+        s0, s1, _ = self.map_sizes
+        x = self.attention1(self.soft_split0(x).transpose(1, 2))
+        x = self.attention2(self.soft_split1(self._to_map(x, s0)).transpose(1, 2))
+        return self.project(self.soft_split2(self._to_map(x, s1)).transpose(1, 2))
+
+
+def sinusoid_table(num_positions: int, dim: int) -> Tensor:
+    """Fixed (1, n, d) table: sin on even, cos on odd channels, wavelengths 10000^(2i/d) (T2T-ViT)."""
+    pos = torch.arange(num_positions, dtype=torch.float64)[:, None]
+    rate = torch.pow(10000.0, (2 * (torch.arange(dim) // 2)).double() / dim)[None, :]
+    angle = pos / rate
+    table = torch.where(torch.arange(dim) % 2 == 0, torch.sin(angle), torch.cos(angle))
+    return table.float().unsqueeze(0)

@@ -1,0 +1,166 @@
+"""The model family: registry, shapes, errors, step API, reuse-off equivalence, timm parity."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+import dvt.models.attention as attention_module
+from dvt.config import Config, DataConfig, ModelConfig, RunConfig, SyntheticConfig
+from dvt.errors import DvtError
+from dvt.models import (Cascade, ReuseState, check_reuse, create_model, list_models, model_for_run,
+                        valid_grids)
+from dvt.models.tokenizer import patch_geometry
+
+SMALL = ("vit_micro", "vit_mini", "vit_tiny")
+
+
+def micro(grids=(4, 7, 14), **kw) -> Cascade:
+    torch.manual_seed(0)
+    return create_model("vit_micro", grids=grids, img_size=28, in_chans=1, num_classes=10, **kw).double().eval()
+
+
+def images(n: int = 6, size: int = 28, chans: int = 1, dtype=torch.float64) -> torch.Tensor:
+    return torch.randn(n, chans, size, size, generator=torch.Generator().manual_seed(1), dtype=dtype)
+
+
+def test_list_models():
+    assert list_models() == ["t2t_vit_7", "t2t_vit_10", "t2t_vit_12", "t2t_vit_14", "t2t_vit_19", "t2t_vit_24",
+                             "deit_small", "vit_micro", "vit_mini", "vit_tiny"]
+
+
+@pytest.mark.parametrize("name", SMALL)
+@pytest.mark.parametrize("size,chans,grids", [(28, 1, (4, 7, 14)), (32, 3, (4, 8, 16))])
+def test_small_models_forward_backward(name, size, chans, grids):
+    model = create_model(name, grids=grids, img_size=size, in_chans=chans, num_classes=10, drop_path_rate=0.1)
+    model.train()
+    outs = model(torch.randn(2, chans, size, size))
+    assert [tuple(o.shape) for o in outs] == [(2, 10)] * len(grids)
+    sum(o.square().mean() for o in outs).backward()
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n in list_models() if n not in SMALL])
+def test_imagenet_models_forward_backward(name):
+    # Two exits keep it quick while still exercising both kinds of reuse at 224 px.
+    model = create_model(name, grids=(7, 10), img_size=224, in_chans=3, num_classes=1000)
+    outs = model(torch.randn(1, 3, 224, 224))
+    assert [tuple(o.shape) for o in outs] == [(1, 1000), (1, 1000)]
+    (outs[0].sum() + outs[1].sum()).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_patch_geometry_reproduces_deit_and_documented_grids():
+    assert [patch_geometry(224, g) for g in (7, 10, 14)] == [(32, 0), (23, 3), (16, 0)]
+    assert valid_grids("patch", 28) == [1, 2, 3, 4, 5, 6, 7, 10, 14, 28]
+    assert valid_grids("patch", 32) == [1, 2, 3, 4, 5, 6, 7, 8, 11, 16, 32]
+    assert valid_grids("t2t", 224) == [7, 10, 14]
+
+
+def test_unknown_backbone_lists_valid_ones():
+    with pytest.raises(DvtError, match="unknown backbone 'resnet50'.*t2t_vit_12.*deit_small.*vit_micro"):
+        create_model("resnet50", grids=(7,), img_size=224, in_chans=3, num_classes=10)
+
+
+def test_impossible_grid_names_size_and_valid_grids():
+    with pytest.raises(DvtError, match=r"grid 8 .*28x28.*valid grids at this size: 1-7, 10, 14, 28"):
+        create_model("vit_micro", grids=(4, 8), img_size=28, in_chans=1, num_classes=10)
+    with pytest.raises(DvtError, match=r"grid 9 .*224x224.*t2t_vit_12.*: 7, 10, 14"):
+        create_model("t2t_vit_12", grids=(9,), img_size=224, in_chans=3, num_classes=10)
+    with pytest.raises(DvtError, match="growing strictly"):
+        create_model("vit_micro", grids=(7, 4), img_size=28, in_chans=1, num_classes=10)
+
+
+def test_reuse_flags_on_one_exit():
+    # Lenient build: a one-exit model is a plain ViT whatever the flags say.
+    model = create_model("vit_micro", grids=(7,), img_size=28, in_chans=1, num_classes=10)
+    assert not any("reuse" in k for k in model.state_dict())
+    check_reuse((7,), True, True, strict=False)
+    check_reuse((4, 7), True, True)
+    with pytest.raises(DvtError, match="feature_reuse and relation_reuse asked for a single-exit model"):
+        check_reuse((7,), True, True)
+
+
+def test_model_for_run_uses_dataset_and_run():
+    config = Config(data=DataConfig(dataset="synthetic", synthetic=SyntheticConfig(image_size=32, channels=3,
+                                                                                  classes=7)),
+                    model=ModelConfig(backbone="vit_micro"),
+                    runs={"dvt": RunConfig(grids=(4, 8), relation_reuse=False)})
+    model = model_for_run(config, "dvt")
+    assert model.grids == (4, 8) and model.exits[1].has_feature_reuse and not model.exits[1].has_relation_reuse
+    assert model(torch.randn(2, 3, 32, 32))[1].shape == (2, 7)
+
+
+def test_reuse_off_exits_equal_independent_models():
+    model = micro(feature_reuse=False, relation_reuse=False)
+    x = images()
+    outs = model(x)
+    for k, grid in enumerate(model.grids):
+        single = micro(grids=(grid,))
+        single.exits[0].load_state_dict(model.exits[k].state_dict())  # strict: same keys, no reuse modules
+        torch.testing.assert_close(single(x)[0], outs[k], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("feature_reuse,relation_reuse", [(True, True), (True, False), (False, True)])
+def test_step_api_equals_full_forward_also_on_subsets(feature_reuse, relation_reuse):
+    model = micro(feature_reuse=feature_reuse, relation_reuse=relation_reuse)
+    x = images(8)
+    full = model(x)
+    state, rows = None, torch.arange(8)
+    for k in range(model.num_exits):
+        logits, state = model.forward_exit(k, x, state)
+        torch.testing.assert_close(logits, full[k][rows], rtol=0, atol=1e-12)
+        keep = logits[:, 0] < logits[:, 0].median()  # any data-dependent subset
+        x, state, rows = x[keep], state.select(keep), rows[keep]
+    assert state == ReuseState(exit=2)  # nothing is kept after the last exit
+
+
+def test_state_holds_only_what_the_next_exit_reuses():
+    x = images(2)
+    _, state = micro(feature_reuse=True, relation_reuse=False).forward_exit(0, x)
+    assert state.features.shape == (2, 17, 64) and state.relations is None
+    _, state = micro(feature_reuse=False, relation_reuse=True).forward_exit(0, x)
+    assert state.features is None and state.relations.shape == (2, 4 * 4, 17, 17)
+    _, state = micro(feature_reuse=False, relation_reuse=False).forward_exit(0, x)
+    assert state.features is None and state.relations is None
+    with pytest.raises(ValueError, match="pass the state"):
+        micro().forward_exit(1, x, None)
+    with pytest.raises(ValueError, match="select the same rows"):
+        micro().forward_exit(1, x[:1], micro().forward_exit(0, x)[1])
+
+
+def test_fused_attention_unless_logits_are_needed(monkeypatch):
+    calls = []
+    fused = attention_module.F.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("attn_mask") is not None)
+        return fused(*args, **kwargs)
+
+    monkeypatch.setattr(attention_module.F, "scaled_dot_product_attention", spy)
+    micro()(images(2))  # exits 0, 1 feed relations on -> explicit; exit 2 fused with the reuse bias as mask
+    assert calls == [True] * 4
+    calls.clear()
+    micro(relation_reuse=False)(images(2))
+    assert calls == [False] * 12
+
+
+def test_gradients_reach_upstream_exits():
+    for feature_reuse, relation_reuse in [(True, False), (False, True)]:
+        model = micro(feature_reuse=feature_reuse, relation_reuse=relation_reuse)
+        model(images(2))[2].sum().backward()
+        assert model.exits[0].blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+        assert model.exits[0].head.weight.grad is None  # only through the reused tensors
+
+
+def test_deit_small_single_exit_matches_timm():
+    torch.manual_seed(0)
+    reference = timm.create_model("deit_small_patch16_224", pretrained=False).eval()
+    ours = create_model("deit_small", grids=(14,), img_size=224, in_chans=3, num_classes=1000).eval()
+    ours.exits[0].load_state_dict(reference.state_dict())  # strict: identical parameter names and shapes
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        assert (ours(x)[0] - reference(x)).abs().max() < 1e-5

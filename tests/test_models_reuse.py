@@ -1,0 +1,105 @@
+"""Feature and relationship reuse: the resampling operator and the logits handed between exits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dvt.models import create_model
+from dvt.models.reuse import resample_grid, resample_relations, resample_tokens, upsample_size
+
+
+def recipe(x: torch.Tensor, up: int, size: int) -> torch.Tensor:
+    """The official code's explicit steps (spec §2): nearest to up x up, adaptive average to size."""
+    return F.adaptive_avg_pool2d(F.interpolate(x, size=(up, up), mode="nearest"), (size, size))
+
+
+def test_upsample_rule_gives_the_paper_sizes():
+    assert upsample_size(7, 10) == 14 and upsample_size(10, 14) == 20
+    assert upsample_size(7, 14) == 14 and upsample_size(4, 7) == 8
+
+
+@pytest.mark.parametrize("src,dst,up", [(7, 10, 14), (10, 14, 20)])
+def test_resample_grid_is_the_paper_recipe(src, dst, up):
+    x = torch.randn(3, 5, src, src, dtype=torch.float64)
+    torch.testing.assert_close(resample_grid(x, dst), recipe(x, up, dst), rtol=0, atol=0)
+
+
+def test_integer_ratio_is_plain_nearest_upsampling():
+    x = torch.randn(2, 3, 7, 7)
+    torch.testing.assert_close(resample_grid(x, 14), x.repeat_interleave(2, -1).repeat_interleave(2, -2))
+
+
+def test_resample_tokens_zero_cls():
+    t = torch.randn(2, 1 + 49, 6, dtype=torch.float64)
+    out = resample_tokens(t, src=7, dst=10)
+    assert out.shape == (2, 101, 6) and (out[:, 0] == 0).all()
+    grid = t[:, 1:].transpose(1, 2).reshape(2, 6, 7, 7)
+    torch.testing.assert_close(out[:, 1:], recipe(grid, 14, 10).flatten(2).transpose(1, 2), rtol=0, atol=0)
+
+
+def slow_relations(rel: torch.Tensor, src: int, dst: int) -> torch.Tensor:
+    """One 2-D map at a time: the cls-cls entry copied, the cls row resampled along keys only, the cls
+    column along queries only, patch-patch along keys, then along queries."""
+    def R(v: torch.Tensor) -> torch.Tensor:  # (src*src,) -> (dst*dst,)
+        return resample_grid(v.reshape(1, 1, src, src), dst).reshape(-1)
+
+    B, C, n_u, _ = rel.shape
+    out = torch.zeros(B, C, dst * dst + 1, dst * dst + 1, dtype=rel.dtype)
+    for b in range(B):
+        for c in range(C):
+            m = rel[b, c]
+            out[b, c, 0, 0] = m[0, 0]
+            out[b, c, 0, 1:] = R(m[0, 1:])
+            out[b, c, 1:, 0] = R(m[1:, 0])
+            along_keys = torch.stack([R(m[i, 1:]) for i in range(1, n_u)])  # (src^2, dst^2)
+            for j in range(dst * dst):
+                out[b, c, 1:, 1 + j] = R(along_keys[:, j])
+    return out
+
+
+@pytest.mark.parametrize("src,dst", [(7, 10), (10, 14), (3, 5)])
+def test_resample_relations_against_slow_loop(src, dst):
+    rel = torch.randn(2, 3, src * src + 1, src * src + 1, dtype=torch.float64)
+    torch.testing.assert_close(resample_relations(rel, src=src, dst=dst), slow_relations(rel, src, dst))
+
+
+def test_passed_on_logits_include_the_reuse_bias():
+    """Exit 1 receives a bias from exit 0 and hands exit 2 its logits: they must be q k^T / sqrt(d) + bias."""
+    torch.manual_seed(0)
+    model = create_model("vit_micro", grids=(4, 7, 14), img_size=28, in_chans=1, num_classes=10).double().eval()
+    x = torch.randn(3, 1, 28, 28, dtype=torch.float64)
+    _, state0 = model.forward_exit(0, x)
+    logits1, state1 = model.forward_exit(1, x, state0)
+
+    stage = model.exits[1]
+    H, d = 4, 16
+    biases = stage.relation_reuse(state0.relations)
+    h = stage.embed(x)
+    expected, B, N = [], h.shape[0], h.shape[1]
+    for block, bias in zip(stage.blocks, biases):
+        q, k, v = block.attn.qkv(block.norm1(h)).reshape(B, N, 3, H, d).permute(2, 0, 3, 1, 4)
+        logits = torch.einsum("bhnd,bhmd->bhnm", q, k) / d**0.5 + bias
+        expected.append(logits)
+        attended = torch.einsum("bhnm,bhmd->bhnd", logits.softmax(-1), v).transpose(1, 2).reshape(B, N, H * d)
+        h = h + block.attn.proj(attended)
+        reused = block.feature_reuse(state0.features)
+        h = h + block.mlp(block.norm2(torch.cat([h, reused], dim=-1)))
+    torch.testing.assert_close(state1.relations, torch.cat(expected, dim=1))
+    torch.testing.assert_close(logits1, stage.head(stage.norm(h[:, 0])))
+    assert all(b.abs().max() > 1e-3 for b in biases)  # the bias is really there
+
+
+def test_reuse_module_shapes_follow_the_paper():
+    model = create_model("t2t_vit_12", grids=(7, 10, 14), img_size=224, in_chans=3, num_classes=1000)
+    sd = model.state_dict()
+    assert "exits.0.relation_reuse.0.weight" not in sd and "exits.0.blocks.0.feature_reuse.0.weight" not in sd
+    assert sd["exits.2.relation_reuse.0.weight"].shape == (144, 48, 1, 1)
+    assert sd["exits.2.relation_reuse.2.weight"].shape == (48, 144, 1, 1)
+    assert sd["exits.1.blocks.3.feature_reuse.1.fc1.weight"].shape == (128, 256)
+    assert sd["exits.1.blocks.3.feature_reuse.1.fc2.weight"].shape == (48, 128)
+    assert sd["exits.1.blocks.3.norm2.weight"].shape == (304,)
+    assert sd["exits.1.blocks.3.mlp.fc1.weight"].shape == (512, 304)
+    assert sd["exits.2.tokens_to_token.attention1.kqv.weight"].shape == (192, 147)
+    assert sd["exits.0.tokens_to_token.attention1.kqv.weight"].shape == (192, 588)
