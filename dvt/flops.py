@@ -1,0 +1,166 @@
+"""`dvt flops`: multiply-adds and parameters of every exit, counted by fvcore (spec §6).
+
+Conventions are fvcore's, as in the paper: one multiply-add = one flop (so "GFLOPs" are GMACs),
+LayerNorm = 5 x numel, nearest upsampling = output numel, adaptive average pooling = input numel;
+element-wise ops (add, GELU, softmax, exp, ...) are free. We add a rule for the one costly op fvcore
+does not know, fused attention (`scaled_dot_product_attention` = its two matmuls, exactly what the
+explicit path is charged), and refuse to report a number if any other unknown op turns up, so no
+cost is dropped silently.
+
+Per exit k: the stage cost is exit k run on a 1-image batch given exit k-1's state, its reuse
+modules included; the cumulative cost (the cost of exiting at k, as in the official checkpoints'
+`flops` list) is the sum of stages 1..k. Parameters count trainable tensors only: T2T's fixed
+position table and performer random features are buffers, as the published counts assume.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+with warnings.catch_warnings():
+    # fvcore scripts a loss function at import time, which recent torch flags as deprecated.
+    warnings.simplefilter("ignore", FutureWarning)
+    from fvcore.nn import FlopCountAnalysis
+    from fvcore.nn.jit_handles import get_shape
+
+from dvt.atomic import write_json
+from dvt.models import Cascade, ReuseState, model_for_run
+
+if TYPE_CHECKING:
+    from dvt.config import Config
+
+# Ops fvcore has no rule for that cost no multiply-adds by its conventions (element-wise, reductions
+# by addition, copies). Anything else unknown is an error.
+FREE_OPS = frozenset({
+    "aten::add", "aten::add_", "aten::sub", "aten::rsub", "aten::mul", "aten::mul_", "aten::div", "aten::div_",
+    "aten::neg", "aten::exp", "aten::pow", "aten::sum", "aten::gelu", "aten::softmax", "aten::im2col",
+    "aten::dropout", "aten::feature_dropout", "aten::pad", "aten::expand_as", "aten::repeat",
+})
+
+
+def _sdpa_flops(inputs: list[Any], outputs: list[Any]) -> int:
+    """q (..., N, d) k (..., M, d) v (..., M, e): q k^T is N*M*d and (attn) v is N*M*e per batch-head."""
+    q, k, v = (get_shape(t) for t in inputs[:3])
+    batch = 1
+    for s in q[:-2]:
+        batch *= s
+    return batch * q[-2] * k[-2] * (q[-1] + v[-1])
+
+
+@dataclass(frozen=True)
+class ExitCost:
+    grid: int
+    tokens: int  # patch tokens + cls
+    stage_gmacs: float
+    cumulative_gmacs: float
+    params: int
+
+
+@dataclass(frozen=True)
+class CascadeCost:
+    exits: tuple[ExitCost, ...]
+
+    @property
+    def stage_gmacs(self) -> list[float]:
+        return [e.stage_gmacs for e in self.exits]
+
+    @property
+    def cumulative_gmacs(self) -> list[float]:
+        return [e.cumulative_gmacs for e in self.exits]
+
+    @property
+    def params(self) -> list[int]:
+        return [e.params for e in self.exits]
+
+    @property
+    def total_params(self) -> int:
+        return sum(self.params)
+
+    @property
+    def total_gmacs(self) -> float:
+        return self.exits[-1].cumulative_gmacs
+
+
+class _ExitRunner(nn.Module):
+    """Exit k as a module of plain tensors, for tracing: (x, [features], [relations]) -> logits."""
+
+    def __init__(self, model: Cascade, k: int, *, features: bool, relations: bool) -> None:
+        super().__init__()
+        self.model, self.k, self.features, self.relations = model, k, features, relations
+
+    def forward(self, x: Tensor, *reused: Tensor) -> Tensor:
+        it = iter(reused)
+        state = None
+        if self.k:
+            state = ReuseState(exit=self.k - 1, features=next(it) if self.features else None,
+                               relations=next(it) if self.relations else None)
+        return self.model.forward_exit(self.k, x, state)[0]
+
+
+def count_flops(module: nn.Module, inputs: tuple[Tensor, ...]) -> int:
+    """fvcore MACs of module(*inputs); raises if an op with no rule and possible cost was met."""
+    analysis = FlopCountAnalysis(module, inputs)
+    analysis.set_op_handle("aten::scaled_dot_product_attention", _sdpa_flops)
+    analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
+    total = analysis.total()
+    unknown = sorted(set(analysis.unsupported_ops()) - FREE_OPS)
+    if unknown:
+        raise RuntimeError(f"fvcore has no FLOP rule for {', '.join(unknown)}; add one to dvt.flops")
+    return total
+
+
+@torch.no_grad()
+def count_cascade(model: Cascade, img_size: int | None = None, in_chans: int | None = None) -> CascadeCost:
+    """Stage and cumulative GMACs and parameters of every exit, on one image."""
+    img_size = img_size or model.img_size
+    in_chans = in_chans or model.in_chans
+    was_training = model.training
+    model.eval()
+    try:
+        param = next(model.parameters())
+        x = torch.randn(1, in_chans, img_size, img_size, dtype=param.dtype, device=param.device)
+        exits, state, cumulative = [], None, 0.0
+        for k, stage in enumerate(model.exits):
+            reused = () if state is None else tuple(
+                t for t, used in ((state.features, stage.has_feature_reuse), (state.relations, stage.has_relation_reuse))
+                if used)
+            runner = _ExitRunner(model, k, features=stage.has_feature_reuse, relations=stage.has_relation_reuse)
+            gmacs = count_flops(runner, (x, *reused)) / 1e9
+            cumulative += gmacs
+            exits.append(ExitCost(grid=stage.grid, tokens=stage.num_tokens, stage_gmacs=gmacs,
+                                  cumulative_gmacs=cumulative, params=sum(p.numel() for p in stage.parameters())))
+            _, state = model.forward_exit(k, x, state)
+        return CascadeCost(exits=tuple(exits))
+    finally:
+        model.train(was_training)
+
+
+def run(config: Config, *, run: str) -> None:
+    """Write runs/<run>/flops.json for the model of `run` (no checkpoint needed: shapes only)."""
+    from dvt.data import dataset_info
+
+    info = dataset_info(config.data)
+    spec = config.run(run)
+    model = model_for_run(config, run)
+    cost = count_cascade(model)
+    out = Path(config.runs_dir) / run / "flops.json"
+    write_json(out, {
+        "run": run,
+        "backbone": config.model.backbone,
+        "image_size": info.image_size,
+        "in_chans": info.channels,
+        "num_classes": info.num_classes,
+        "feature_reuse": spec.feature_reuse and model.num_exits > 1,
+        "relation_reuse": spec.relation_reuse and model.num_exits > 1,
+        "unit": "GMACs (fvcore: one multiply-add = one flop)",
+        "exits": [{"exit": k + 1, **asdict(e)} for k, e in enumerate(cost.exits)],
+        "total": {"gmacs": cost.total_gmacs, "params": cost.total_params},
+    })
+    per_exit = " / ".join(f"{g:.3f}" for g in cost.cumulative_gmacs)
+    print(f"dvt flops: {run}: cumulative GMACs {per_exit}, {cost.total_params / 1e6:.2f} M parameters -> {out}")
