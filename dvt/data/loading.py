@@ -171,7 +171,9 @@ def _self_collated(batch):
 def make_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, num_workers: int = 0,
                 generator: torch.Generator | None = None, sampler=None, drop_last: bool = False) -> DataLoader:
     """A DataLoader; in-memory arrays are fetched and augmented a whole batch at a time."""
-    collate = _self_collated if isinstance(dataset, ArrayImages) else None
+    # torch's Subset forwards __getitems__ to the dataset it wraps, so look through it.
+    base = dataset.dataset if isinstance(dataset, torch.utils.data.Subset) else dataset
+    collate = _self_collated if isinstance(base, ArrayImages) else None
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else False,
                       sampler=sampler, num_workers=num_workers, generator=generator, collate_fn=collate,
                       drop_last=drop_last, persistent_workers=num_workers > 0)
