@@ -88,11 +88,15 @@ class CascadeCost:
 
 
 class _ExitRunner(nn.Module):
-    """Exit k as a module of plain tensors, for tracing: (x, [features], [relations]) -> logits."""
+    """Exit k as a module of plain tensors, for tracing: (x, [features], [relations]) -> logits.
+
+    The state exit k hands on is kept from the traced run itself, so counting a cascade runs every
+    exit once."""
 
     def __init__(self, model: Cascade, k: int, *, features: bool, relations: bool) -> None:
         super().__init__()
         self.model, self.k, self.features, self.relations = model, k, features, relations
+        self.state: ReuseState | None = None
 
     def forward(self, x: Tensor, *reused: Tensor) -> Tensor:
         it = iter(reused)
@@ -100,7 +104,8 @@ class _ExitRunner(nn.Module):
         if self.k:
             state = ReuseState(exit=self.k - 1, features=next(it) if self.features else None,
                                relations=next(it) if self.relations else None)
-        return self.model.forward_exit(self.k, x, state)[0]
+        logits, self.state = self.model.forward_exit(self.k, x, state)
+        return logits
 
 
 def count_flops(module: nn.Module, inputs: tuple[Tensor, ...]) -> int:
@@ -135,7 +140,7 @@ def count_cascade(model: Cascade, img_size: int | None = None, in_chans: int | N
             cumulative += gmacs
             exits.append(ExitCost(grid=stage.grid, tokens=stage.num_tokens, stage_gmacs=gmacs,
                                   cumulative_gmacs=cumulative, params=sum(p.numel() for p in stage.parameters())))
-            _, state = model.forward_exit(k, x, state)
+            state = runner.state
         return CascadeCost(exits=tuple(exits))
     finally:
         model.train(was_training)

@@ -52,7 +52,7 @@ class Stage(nn.Module):
             self.register_buffer("pos_embed", sinusoid_table(self.num_tokens, D))
         self.pos_drop = nn.Dropout(drop_rate)
         # Stochastic depth grows linearly 0 -> rate over this exit's own blocks (spec §1.3).
-        rates = torch.linspace(0, drop_path_rate, spec.depth).tolist()
+        rates = [drop_path_rate * i / max(spec.depth - 1, 1) for i in range(spec.depth)]
         self.blocks = nn.ModuleList(
             Block(dim=D, num_heads=spec.num_heads, mlp_ratio=spec.mlp_ratio, qkv_bias=spec.qkv_bias,
                   norm_eps=spec.norm_eps, drop=drop_rate, drop_path=rate,
