@@ -130,6 +130,9 @@ def test_state_holds_only_what_the_next_exit_reuses():
         micro().forward_exit(1, x, None)
     with pytest.raises(ValueError, match="select the same rows"):
         micro().forward_exit(1, x[:1], micro().forward_exit(0, x)[1])
+    assert micro().forward_exit(0, x)[1][:1].features.shape == (1, 17, 64)  # state[idx] == state.select(idx)
+    with pytest.raises(ValueError, match=r"expected images of shape \(B, 1, 28, 28\)"):
+        micro().forward_exit(0, images(2, size=32))
 
 
 def test_fused_attention_unless_logits_are_needed(monkeypatch):

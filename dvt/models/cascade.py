@@ -84,6 +84,10 @@ class Cascade(nn.Module):
         """Run exit k on x given what exit k-1 handed on; return its logits and what exit k+1 needs."""
         if not 0 <= k < self.num_exits:
             raise IndexError(f"exit {k} out of range for a {self.num_exits}-exit cascade")
+        if x.shape[1:] != (self.in_chans, self.img_size, self.img_size):
+            # Another size would silently give another token grid (or fail deep inside).
+            raise ValueError(f"expected images of shape (B, {self.in_chans}, {self.img_size}, {self.img_size}), "
+                             f"got {tuple(x.shape)}")
         stage: Stage = self.exits[k]
         if stage.has_feature_reuse or stage.has_relation_reuse:
             if state is None or state.exit != k - 1:

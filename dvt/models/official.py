@@ -20,7 +20,6 @@ from dvt.models.cascade import Cascade
 
 OFFICIAL_PREFIXES = ("less_less_token.", "less_token.", "normal_token.")
 OFFICIAL_GRIDS = (7, 10, 14)
-OFFICIAL_BACKBONES = ("t2t_vit_12", "t2t_vit_14", "deit_small")
 # (our name piece, official name piece) inside one exit
 _RENAMES = ((".feature_reuse.", ".feature_resuse_mlp."), ("relation_reuse.", "relation_reuse_conv."))
 
