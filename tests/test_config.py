@@ -12,7 +12,7 @@ def test_default_params_load_and_round_trip():
     config = load_config(REPO / "params.yaml")
     assert isinstance(config, Config)
     assert config.data.dataset == "fashion-mnist"
-    assert config.runs["dvt"].grids == (4, 7, 14)
+    assert config.runs["dvt"].grids == (3, 5, 7)
     assert from_dict(to_dict(config)) == config
 
 
