@@ -17,7 +17,13 @@ from dvt.models.attention import Attention
 
 @functools.cache
 def cost(backbone: str, grids: tuple[int, ...]):
-    return count_cascade(create_model(backbone, grids=grids, img_size=224, in_chans=3, num_classes=1000))
+    # Counts depend on shapes only: skip the (slow) random init of these full-size models.
+    with torch.device("meta"):
+        model = create_model(backbone, grids=grids, img_size=224, in_chans=3, num_classes=1000)
+    model = model.to_empty(device="cpu")
+    for tensor in [*model.parameters(), *model.buffers()]:
+        tensor.detach().zero_()
+    return count_cascade(model)
 
 
 # Reference numbers from the paper and spec §6 (GMACs; T2T-ViT-12 14x14/7x7 also Table 1, spec §7.1;

@@ -9,7 +9,6 @@ scaled logits and back-propagates through); only when they are needed do we mate
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
