@@ -167,5 +167,5 @@ def run(config: Config, *, run: str) -> None:
         "exits": [{"exit": k + 1, **asdict(e)} for k, e in enumerate(cost.exits)],
         "total": {"gmacs": cost.total_gmacs, "params": cost.total_params},
     })
-    per_exit = " / ".join(f"{g:.3f}" for g in cost.cumulative_gmacs)
+    per_exit = " / ".join(f"{g:.4g}" for g in cost.cumulative_gmacs)
     print(f"dvt flops: {run}: cumulative GMACs {per_exit}, {cost.total_params / 1e6:.2f} M parameters -> {out}")
