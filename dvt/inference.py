@@ -49,3 +49,21 @@ def top1_per_exit(model: nn.Module, dataset: Dataset, *, batch_size: int, device
         correct = hits if correct is None else [a + b for a, b in zip(correct, hits)]
         total += len(y)
     return [100.0 * c / max(total, 1) for c in (correct or [])]
+
+
+# CPU math libraries compute a batch of a few rows with other kernels, in another summation order,
+# than a larger batch, so an image's logits change in the last bits with the size of its batch. Seen
+# on our CPUs: MKL's linear layers for row counts M = 1..3 (one thread), 1..11 (two threads) and also
+# 17..27 (sixteen threads), i.e. small M not a multiple of 4; oneDNN's 1x1 convolutions (relation
+# reuse) for batches below 16 with one thread and of 1 with more. Padding every batch to a multiple
+# of 4 rows and at least 16 avoids all of these, so `collect`'s stored logits and real early exit on
+# subsets of any size agree exactly (tests/test_speed.py). Cost: at most 15 repeated rows per call.
+ROW_MULTIPLE = 4
+MIN_ROWS = 16
+
+
+def pad_rows(index: Tensor, *, multiple: int = ROW_MULTIPLE, minimum: int = MIN_ROWS) -> Tensor:
+    """Batch row indices (B,) followed by copies of the first one up to the padded size: (B',)."""
+    n = len(index)
+    size = max(minimum, -(-n // multiple) * multiple)
+    return torch.cat([index, index[:1].expand(size - n)]) if n and size > n else index

@@ -1,0 +1,104 @@
+"""Real early-exit throughput against static models, on the default Fashion-MNIST setup.
+
+Not a test: run it by hand from the repository root (`python benchmarks/early_exit_speed.py`); it
+needs the fetched dataset (`dvt fetch`). For each cascade run of params.yaml (or those named with
+--runs) it runs the real pipeline stages collect -> budget -> speed in a scratch folder (never
+touching runs/) and times, on speed.batch_size test images with speed.threads threads:
+
+* real early exit (`dvt.speed.early_exit_predict`) at the middle budget p = (eval.num_budgets + 1) // 2
+  (p = 30, q = 1.5 for the paper's 59 budgets);
+* the last exit alone: a plain one-exit model on the last grid (the paper's Table 2 reference);
+* the whole cascade without early exit (exits 1..K on every image);
+
+and prints measured speed-up / GMACs-predicted speed-up against each ("efficiency", 1 = early exit
+costs exactly its multiply-adds), plus the time predicted from the measured per-exit stage times,
+which separates the early-exit mechanism's own cost from how well GMACs predict each stage's time.
+
+Weights (--weights): `auto` takes runs/<run>/checkpoint.pt when it is a finished checkpoint of the
+current settings, else random initial weights; `random` always uses random weights. Time does not
+depend on the weights, and the budget's thresholds, fitted on the calibration split, send the
+budget's target shares out at each exit whatever the weights, so random weights time the same work.
+The printed exit shares say which shares were timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from dvt import checkpoint
+from dvt.budget import run as budget
+from dvt.collect import run as collect
+from dvt.collect import trained_checkpoint
+from dvt.config import Config, load_config
+from dvt.errors import DvtError
+from dvt.models import model_for_run
+from dvt.speed import run as speed
+
+
+def place_weights(source: Config, scratch: Config, run: str, mode: str) -> str:
+    """Put a checkpoint for `run` into the scratch runs folder; returns which kind it is."""
+    target = Path(scratch.runs_dir) / run / "checkpoint.pt"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if mode == "auto":
+        try:
+            shutil.copyfile(trained_checkpoint(source, run), target)
+            return "trained"
+        except DvtError:
+            pass  # not trained (or trained with other settings): time random weights instead
+    torch.manual_seed(scratch.train.seed)
+    model = model_for_run(scratch, run)
+    checkpoint.save(target, {"model": model.state_dict(), "config": checkpoint.run_fingerprint(scratch, run),
+                             "epoch": scratch.train.epochs, "log": []})
+    return "random"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--runs", nargs="*", help="cascade runs to time (default: every multi-exit run)")
+    parser.add_argument("--weights", choices=["auto", "random"], default="auto")
+    parser.add_argument("--workdir", help="scratch folder for the runs' outputs (default: a temporary one)")
+    args = parser.parse_args(argv)
+
+    source = load_config(args.params, args.overrides)
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="dvt-early-exit-"))
+    middle = (source.eval.num_budgets + 1) // 2
+    scratch = load_config(args.params, [*args.overrides, f"runs_dir={workdir / 'runs'}",
+                                        f"speed.budgets=[{middle}]"])
+    runs = args.runs or [name for name, rc in source.runs.items() if rc.num_exits > 1]
+    rows = []
+    for run in runs:
+        weights = place_weights(source, scratch, run, args.weights)
+        collect(scratch, run=run)
+        budget(scratch, run=run)
+        result = speed(scratch, run=run)
+        rows.append((run, weights, result))
+
+    first = rows[0][2]
+    print(f"\nearly exit at budget p = {middle} (q = {middle * source.eval.q_step:g}); {first['device_name']}, "
+          f"torch {first['torch']}, {first['threads']} thread(s), batch {first['batch_size']}, "
+          f"median of {first['repeats']}; outputs in {workdir}")
+    print("| run | weights | grids | exit shares | GMACs | img/s | last exit alone: img/s, measured / ideal = eff. "
+          "| whole cascade: img/s, measured / ideal = eff. | vs stage times: eff. |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for run, weights, r in rows:
+        d = r["dynamic"][f"p{middle}"]
+        s, c = d["vs_standalone"], d["vs_cascade"]
+        print(f"| {run} | {weights} | {r['grids']} | {' / '.join(f'{f:.2f}' for f in d['exit_fractions'])} "
+              f"| {d['gmacs']:.4f} | {d['img_per_s']:.0f} "
+              f"| {r['static']['standalone']['img_per_s']:.0f}: x{s['measured']:.2f} / x{s['ideal']:.2f} = "
+              f"{s['efficiency']:.2f} "
+              f"| {r['static']['cascade']['img_per_s']:.0f}: x{c['measured']:.2f} / x{c['ideal']:.2f} = "
+              f"{c['efficiency']:.2f} | {d['vs_stage_times']['efficiency']:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,235 @@
+"""`dvt budget --run R`: fit the paper's early-exit thresholds and evaluate them on the test split (§5).
+
+Reads runs/R/logits.parquet (refused unless it was written for this run's settings and checkpoint),
+fits one set of thresholds per budget p = 1..eval.num_budgets on eval.threshold_split and evaluates
+them on the test split:
+
+* runs/R/budget.csv, one row per budget: budget (p), q (= p * eval.q_step), gmacs (expected
+  cumulative GMACs per test image), accuracy (test top-1, %), exit_fraction_k and threshold_k
+  (k 0-based). A one-exit run has the single row of its one operating point (q empty).
+* runs/R/eval.json, small and nested for `dvc exp show`: per-exit cumulative GMACs and test top-1;
+  for a cascade the curve's extremes, DVT's accuracy at each exit's cost and the cost at which DVT
+  matches each exit's accuracy; against every one-exit run of params.yaml with outputs, the paper's
+  speed-up annotations (DVT's accuracy at the baseline's cost, the cost DVT needs for the baseline's
+  accuracy, and the ratio); and the operating points for --target-gmacs / --target-accuracy.
+
+Reading the curve: linear interpolation between budgets, plus the family's two limits (everyone
+leaves at exit 1, everyone runs to the last exit), which are real operating points; outside the
+curve's cost range the answer is null (no extrapolation).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dvt import checkpoint, thresholds
+from dvt.atomic import atomic_path, write_json
+from dvt.config import Config
+from dvt.errors import DvtError
+from dvt.logits import SplitLogits, check_matches, read_logits, read_metadata
+from dvt.thresholds import OperatingPoint
+
+TEST = "test"
+
+
+def _number(x: float | None) -> float | None:
+    """JSON has no NaN or inf: an undefined number is null."""
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def _per_exit(values: Any) -> dict[str, float | None]:
+    return {f"exit{k + 1}": _number(float(v)) for k, v in enumerate(values)}
+
+
+def _checkpoint_path(config: Config, run: str) -> Path:
+    path = Path(config.runs_dir) / run / "checkpoint.pt"
+    if not path.is_file():
+        raise DvtError(f"{path} not found: train it first with `dvt train --run {run}`")
+    return path
+
+
+def _read(config: Config, run: str) -> tuple[Path, SplitLogits, SplitLogits, np.ndarray]:
+    """(logits path, threshold split, test split, cumulative GMACs (K,)), checked against this run."""
+    path = Path(config.runs_dir) / run / "logits.parquet"
+    sha = checkpoint.sha256(_checkpoint_path(config, run))
+    check_matches(read_metadata(path), config_dict=checkpoint.run_fingerprint(config, run), checkpoint_sha256=sha,
+                  path=path)
+    split = config.eval.threshold_split
+    table = read_logits(path)
+    for name in (split, TEST):
+        if name not in table.splits:
+            raise DvtError(f"{path} has no {name!r} split (eval.threshold_split = {split!r}; it holds "
+                           f"{', '.join(table.splits) or 'none'}); rerun `dvt collect --run {run}`")
+    return path, table[split], table[TEST], table.cumulative_gmacs
+
+
+def _fit(config: Config, fit: SplitLogits, num_exits: int) -> tuple[np.ndarray, np.ndarray]:
+    """(q (P,), thresholds (P, K)) of the paper's budgets; one row with T = -1e8 for a one-exit run."""
+    if num_exits == 1:
+        return np.array([np.nan]), np.array([[thresholds.EVERYBODY_EXITS]])
+    ev = config.eval
+    q = np.arange(1, ev.num_budgets + 1) * ev.q_step
+    fractions = thresholds.budget_fractions(num_exits, num_budgets=ev.num_budgets, q_step=ev.q_step)
+    try:
+        return q, thresholds.fit_thresholds(fit.confidence, fractions)
+    except DvtError as err:
+        raise DvtError(f"eval.q_step = {ev.q_step} with eval.num_budgets = {ev.num_budgets}: {err}") from None
+
+
+def _curve(test: SplitLogits, F: np.ndarray, budgets: thresholds.BudgetCurve) -> tuple[np.ndarray, np.ndarray]:
+    """The test curve's (GMACs, accuracy) points plus its two limits: all at exit 1, all at exit K."""
+    top1 = 100.0 * test.correct.mean(axis=0)
+    return (np.concatenate([budgets.gmacs, [F[0], F[-1]]]), np.concatenate([budgets.accuracy, [top1[0], top1[-1]]]))
+
+
+def _dvt_summary(curve: tuple[np.ndarray, np.ndarray], F: np.ndarray, top1: np.ndarray,
+                 budgets: thresholds.BudgetCurve) -> dict[str, Any]:
+    g, a = curve
+    best = int(np.argmax(budgets.accuracy))
+    at_cost = thresholds.accuracy_at_gmacs(g, a, F)
+    need = np.array([thresholds.gmacs_for_accuracy(g, a, t) for t in top1])
+    return {
+        "budgets": int(len(budgets.gmacs)),
+        "min_gmacs": _number(budgets.gmacs.min()),
+        "max_gmacs": _number(budgets.gmacs.max()),
+        "max_accuracy": _number(budgets.accuracy[best]),
+        "max_accuracy_gmacs": _number(budgets.gmacs[best]),
+        # DVT's accuracy when it may spend what exiting at k costs (F_k).
+        "accuracy_at_exit_gmacs": _per_exit(at_cost),
+        # What DVT spends to match exit k's own accuracy, and F_k over that.
+        "gmacs_at_exit_accuracy": _per_exit(need),
+        "speedup_at_exit_accuracy": _per_exit(F / need),
+    }
+
+
+def _baseline(config: Config, other: str) -> tuple[dict[str, float] | None, str]:
+    """(GMACs and test top-1 of a one-exit run, None) or (None, why it was skipped)."""
+    folder = Path(config.runs_dir) / other
+    logits, metrics = folder / "logits.parquet", folder / "eval.json"
+    if logits.is_file():
+        try:
+            meta = read_metadata(logits)
+            # Only the settings are compared: that run's checkpoint is its own business.
+            check_matches(meta, config_dict=checkpoint.run_fingerprint(config, other),
+                          checkpoint_sha256=str(meta.get("checkpoint_sha256")), path=logits)
+            test = read_logits(logits, splits=[TEST])[TEST]
+        except DvtError as err:
+            return None, str(err)
+        return {"gmacs": float(meta["cumulative_gmacs"][0]), "top1": float(100.0 * test.correct[:, 0].mean())}, ""
+    if metrics.is_file():
+        try:
+            stored = json.loads(metrics.read_text())
+            return {"gmacs": float(stored["gmacs"]["exit1"]), "top1": float(stored["top1"]["exit1"])}, ""
+        except (ValueError, KeyError, TypeError):
+            return None, f"{metrics} is not an eval.json with gmacs.exit1 and top1.exit1"
+    return None, f"neither {logits} nor {metrics} exists"
+
+
+def _baselines(config: Config, run: str, curve: tuple[np.ndarray, np.ndarray]) -> tuple[dict, dict]:
+    """The paper's speed-up annotations against every other one-exit run: (found, skipped with why)."""
+    g, a = curve
+    found, skipped = {}, {}
+    for other, rc in config.runs.items():
+        if other == run or rc.num_exits != 1:
+            continue
+        base, why = _baseline(config, other)
+        if base is None:
+            skipped[other] = why
+            continue
+        need = thresholds.gmacs_for_accuracy(g, a, base["top1"])
+        found[other] = {
+            "grid": rc.grids[0],
+            "gmacs": _number(base["gmacs"]),
+            "top1": _number(base["top1"]),
+            "dvt_accuracy_at_gmacs": _number(thresholds.accuracy_at_gmacs(g, a, base["gmacs"])),
+            "dvt_gmacs_at_top1": _number(need),
+            "speedup": _number(base["gmacs"] / need) if need > 0 else None,
+        }
+    return found, skipped
+
+
+def _operating_point(point: OperatingPoint, test: SplitLogits, F: np.ndarray, target: float) -> dict[str, Any]:
+    on_test = thresholds.evaluate(test.confidence, test.correct, F, point.thresholds)
+    return {
+        "target": target,
+        "q": _number(point.q),
+        "thresholds": [float(t) for t in point.thresholds],
+        "fit": {"gmacs": _number(point.gmacs), "accuracy": _number(point.accuracy)},
+        "test": {"gmacs": _number(on_test.gmacs[0]), "accuracy": _number(on_test.accuracy[0]),
+                 "exit_fractions": [float(f) for f in on_test.exit_fractions[0]]},
+    }
+
+
+def _targets(fit: SplitLogits, test: SplitLogits, F: np.ndarray, *, target_gmacs: float | None,
+             target_accuracy: float | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if target_gmacs is not None:
+        point = thresholds.thresholds_for_gmacs(fit.confidence, F, target_gmacs, correct_cal=fit.correct)
+        out["gmacs"] = _operating_point(point, test, F, target_gmacs)
+    if target_accuracy is not None:
+        point = thresholds.thresholds_for_accuracy(fit.confidence, fit.correct, F, target_accuracy)
+        out["accuracy"] = _operating_point(point, test, F, target_accuracy)
+    return out
+
+
+def _print_target(run: str, kind: str, found: dict[str, Any]) -> None:
+    unit = "GMACs" if kind == "gmacs" else "% top-1"
+    shown = ", ".join(f"{t:.6g}" for t in found["thresholds"])
+    print(f"dvt budget: {run}: target {found['target']:g} {unit} -> thresholds [{shown}] "
+          f"(test: {found['test']['gmacs']:.4g} GMACs, {found['test']['accuracy']:.2f}% top-1)")
+
+
+def run(config: Config, *, run: str, target_gmacs: float | None = None,
+        target_accuracy: float | None = None) -> dict[str, Any]:
+    """Write runs/<run>/budget.csv and runs/<run>/eval.json; returns the eval.json content."""
+    rc = config.run(run)
+    path, fit, test, F = _read(config, run)
+    K = len(F)
+    if K != rc.num_exits:
+        raise DvtError(f"{path} has {K} exits but run {run} has {rc.num_exits}; rerun `dvt collect --run {run}`")
+    # Targets first: an impossible target fails before any output is written.
+    targets = _targets(fit, test, F, target_gmacs=target_gmacs, target_accuracy=target_accuracy)
+    q, T = _fit(config, fit, K)
+    budgets = thresholds.evaluate(test.confidence, test.correct, F, T)
+    frame = budgets.to_frame()
+    frame.insert(1, "q", q)
+    top1 = 100.0 * test.correct.mean(axis=0)
+    metrics: dict[str, Any] = {
+        "run": run,
+        "grids": list(rc.grids),
+        "threshold_split": config.eval.threshold_split,
+        "test_images": int(len(test.labels)),
+        "gmacs": _per_exit(F),
+        "top1": _per_exit(top1),
+    }
+    if K > 1:
+        curve = _curve(test, F, budgets)
+        metrics["dvt"] = _dvt_summary(curve, F, top1, budgets)
+        found, skipped = _baselines(config, run, curve)
+        metrics["baselines"] = found
+        if skipped:
+            metrics["baselines_skipped"] = skipped
+    if targets:
+        metrics["targets"] = targets
+
+    folder = Path(config.runs_dir) / run
+    with atomic_path(folder / "budget.csv") as tmp:
+        frame.to_csv(tmp, index=False)
+    write_json(folder / "eval.json", metrics)
+    for kind, found_point in targets.items():
+        _print_target(run, kind, found_point)
+    if K > 1:
+        d = metrics["dvt"]
+        vs = "; ".join(f"{name} x{b['speedup']:.2f}" for name, b in metrics["baselines"].items()
+                       if b["speedup"] is not None)
+        print(f"dvt budget: {run}: {len(frame)} budgets, {d['min_gmacs']:.4g}-{d['max_gmacs']:.4g} GMACs, "
+              f"best {d['max_accuracy']:.2f}% (exits alone {' / '.join(f'{t:.2f}' for t in top1)})"
+              + (f"; speed-up at equal accuracy: {vs}" if vs else "") + f" -> {folder / 'budget.csv'}")
+    else:
+        print(f"dvt budget: {run}: one exit, {F[0]:.4g} GMACs, {top1[0]:.2f}% top-1 -> {folder / 'eval.json'}")
+    return metrics

@@ -1,0 +1,136 @@
+"""`dvt budget`: one row per budget, thresholds meeting their shares, a small eval.json, refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dvt import thresholds
+from dvt.budget import run as budget
+from dvt.cli import main
+from dvt.config import load_config
+from dvt.logits import read_logits
+from tests.test_collect import build_pipeline
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory) -> Path:
+    return build_pipeline(tmp_path_factory.mktemp("budget"))
+
+
+def outputs(params: Path, run: str = "dvt") -> tuple[pd.DataFrame, dict]:
+    folder = Path(load_config(params).runs_dir) / run
+    return pd.read_csv(folder / "budget.csv"), json.loads((folder / "eval.json").read_text())
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_one_row_per_budget_and_thresholds_meet_their_shares(pipeline):
+    config = load_config(pipeline)
+    budget(config, run="dvt")
+    frame, _ = outputs(pipeline)
+    K = 3
+    assert list(frame.columns) == (["budget", "q", "gmacs", "accuracy"] + [f"exit_fraction_{k}" for k in range(K)]
+                                   + [f"threshold_{k}" for k in range(K)])
+    assert len(frame) == config.eval.num_budgets == 20
+    assert frame["budget"].tolist() == list(range(1, 21))
+    assert np.allclose(frame["q"], np.arange(1, 21) * 0.1)
+    assert (frame["threshold_2"] == thresholds.EVERYBODY_EXITS).all()
+    assert np.allclose(frame[[f"exit_fraction_{k}" for k in range(K)]].sum(axis=1), 1.0)
+    # Expected cost rises with q (shares move to later exits), up to one-sample wobbles.
+    assert frame["gmacs"].iloc[-1] > frame["gmacs"].iloc[0]
+
+    # On the split they were fitted on, the thresholds send floor(n * pi_k) samples out at exit k,
+    # give or take one sample (ties at a threshold leave together).
+    cal = read_logits(Path(config.runs_dir) / "dvt" / "logits.parquet")["calibration"]
+    n = len(cal.labels)
+    T = frame[[f"threshold_{k}" for k in range(K)]].to_numpy()
+    exits = thresholds.assign_exits(cal.confidence, T)  # (P, n)
+    counts = np.stack([(exits == k).sum(axis=1) for k in range(K)], axis=1)
+    target = np.floor(n * thresholds.budget_fractions(K, num_budgets=20, q_step=0.1) + 1e-6)
+    assert np.abs(counts[:, :-1] - target[:, :-1]).max() <= 1
+
+
+def test_eval_json_is_small_nested_and_compares_with_one_exit_runs(pipeline):
+    config = load_config(pipeline)
+    budget(config, run="single")
+    metrics = budget(config, run="dvt")
+    _, stored = outputs(pipeline)
+    assert stored == metrics
+    assert len(json.dumps(stored)) < 4000
+    assert set(stored["gmacs"]) == set(stored["top1"]) == {"exit1", "exit2", "exit3"}
+    dvt = stored["dvt"]
+    frame, _ = outputs(pipeline)
+    assert dvt["budgets"] == 20 and dvt["max_accuracy"] == frame["accuracy"].max()
+    assert set(dvt["accuracy_at_exit_gmacs"]) == {"exit1", "exit2", "exit3"}
+    # At exit 1's cost the only operating point is "everyone leaves at exit 1".
+    assert dvt["accuracy_at_exit_gmacs"]["exit1"] == pytest.approx(stored["top1"]["exit1"])
+    base = stored["baselines"]["single"]
+    _, single = outputs(pipeline, "single")
+    assert base["gmacs"] == pytest.approx(single["gmacs"]["exit1"]) and base["top1"] == single["top1"]["exit1"]
+    assert set(base) == {"grid", "gmacs", "top1", "dvt_accuracy_at_gmacs", "dvt_gmacs_at_top1", "speedup"}
+    if base["dvt_gmacs_at_top1"] is not None:
+        assert base["speedup"] == pytest.approx(base["gmacs"] / base["dvt_gmacs_at_top1"])
+    # A one-exit run of params.yaml without outputs is skipped, and eval.json says why.
+    assert "untrained" in stored["baselines_skipped"] and "exists" in stored["baselines_skipped"]["untrained"]
+
+
+def test_single_exit_run_has_its_one_point(pipeline):
+    budget(load_config(pipeline), run="single")
+    frame, stored = outputs(pipeline, "single")
+    assert len(frame) == 1 and frame["exit_fraction_0"].tolist() == [1.0]
+    assert set(stored) == {"run", "grids", "threshold_split", "test_images", "gmacs", "top1"}
+    assert frame["accuracy"][0] == pytest.approx(stored["top1"]["exit1"])
+
+
+def test_targets_print_and_store_thresholds(pipeline, capsys):
+    config = load_config(pipeline)
+    F = read_logits(Path(config.runs_dir) / "dvt" / "logits.parquet").cumulative_gmacs
+    middle = float((F[0] + F[-1]) / 2)
+    metrics = budget(config, run="dvt", target_gmacs=middle, target_accuracy=0.0)
+    out = capsys.readouterr().out
+    assert f"target {middle:g} GMACs -> thresholds [" in out
+    found = metrics["targets"]["gmacs"]
+    assert found["target"] == middle and len(found["thresholds"]) == 3
+    assert found["fit"]["gmacs"] <= middle + 1e-12
+    # Any accuracy reaches 0%: the cheapest point is everyone at exit 1.
+    assert metrics["targets"]["accuracy"]["test"]["gmacs"] == pytest.approx(F[0])
+
+
+@pytest.mark.parametrize("which", ["below", "above"])
+def test_target_gmacs_outside_the_cascade_is_refused(pipeline, capsys, which):
+    config = load_config(pipeline)
+    F = read_logits(Path(config.runs_dir) / "dvt" / "logits.parquet").cumulative_gmacs
+    target = float(F[0] / 2 if which == "below" else F[-1] * 2)
+    assert main(["budget", "--params", str(pipeline), "--run", "dvt", "--target-gmacs", repr(target)]) == 2
+    assert "is outside what this cascade can spend per image" in one_error_line(capsys)
+
+
+def test_logits_from_another_config_are_refused(pipeline, capsys):
+    assert main(["budget", "--params", str(pipeline), "--run", "dvt", "--set", "model.drop_path=0.2"]) == 2
+    line = one_error_line(capsys)
+    assert "logits.parquet was written for another config" in line and "model.drop_path" in line
+    assert "rerun dvt collect" in line
+
+
+def test_budget_fractions_outside_unit_interval_are_refused(pipeline, capsys):
+    folder = Path(load_config(pipeline).runs_dir) / "dvt"
+    before = (folder / "budget.csv").read_bytes() if (folder / "budget.csv").exists() else None
+    assert main(["budget", "--params", str(pipeline), "--run", "dvt", "--set", "eval.q_step=1e-200"]) == 2
+    line = one_error_line(capsys)
+    assert "eval.q_step = 1e-200" in line and "exit fractions must lie in (0, 1]" in line
+    after = (folder / "budget.csv").read_bytes() if (folder / "budget.csv").exists() else None
+    assert after == before
+
+
+def test_missing_checkpoint_is_refused(pipeline, capsys):
+    assert main(["budget", "--params", str(pipeline), "--run", "untrained"]) == 2
+    assert "train it first with `dvt train --run untrained`" in one_error_line(capsys)

@@ -1,0 +1,156 @@
+"""`dvt collect`: the long-format logits file, its metadata, determinism, and refusals.
+
+`build_pipeline` (also used by test_budget.py and test_speed.py) makes a tiny synthetic dataset,
+trains a 3-exit cascade and a one-exit baseline for one epoch and collects their logits: seconds.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+
+from dvt import checkpoint
+from dvt.cli import main
+from dvt.collect import run as collect
+from dvt.config import Config, load_config
+from dvt.data import fetch
+from dvt.data.loading import load_split
+from dvt.flops import count_cascade
+from dvt.logits import read_logits, read_metadata
+from dvt.models import model_for_run
+from dvt.train import run as train
+from dvt.weights import load_weights
+
+PARAMS = {
+    "data": {"dataset": "synthetic", "calibration_size": 100,
+             "synthetic": {"train_size": 420, "test_size": 100, "image_size": 16}},
+    "model": {"backbone": "vit_micro", "drop_path": 0.0},
+    "runs": {"dvt": {"grids": [2, 4, 8]}, "single": {"grids": [4]}, "untrained": {"grids": [8]}},
+    "train": {"epochs": 1, "warmup_epochs": 0, "batch_size": 32, "lr": 0.003, "threads": 1},
+    "eval": {"batch_size": 64, "num_budgets": 20, "q_step": 0.1},
+    "speed": {"batch_size": 32, "warmup": 0, "repeats": 1, "budgets": [5, 10]},
+}
+
+
+def write_params(root: Path, **changes) -> Path:
+    """params.yaml under root; changes are dotted keys with "__" for ".", e.g. eval__q_step=0.2."""
+    params = yaml.safe_load(yaml.safe_dump(PARAMS))
+    params["data"]["root"] = str(root / "data")
+    params["runs_dir"] = str(root / "runs")
+    for dotted, value in changes.items():
+        node = params
+        *keys, last = dotted.split("__")
+        for k in keys:
+            node = node.setdefault(k, {})
+        node[last] = value
+    path = root / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def build_pipeline(root: Path, *, runs: tuple[str, ...] = ("dvt", "single"), **changes) -> Path:
+    """Fetch, train and collect `runs` under root; returns the params file."""
+    params = write_params(root, **changes)
+    config = load_config(params)
+    fetch.run(config)
+    for name in runs:
+        train(config, run=name)
+        collect(config, run=name)
+    return params
+
+
+def save_random_checkpoint(config: Config, run: str, *, seed: int = 0) -> Path:
+    """An untrained model saved as a finished run: collect, budget and speed accept it."""
+    torch.manual_seed(seed)
+    model = model_for_run(config, run)
+    path = Path(config.runs_dir) / run / "checkpoint.pt"
+    checkpoint.save(path, {"model": model.state_dict(), "config": checkpoint.run_fingerprint(config, run),
+                           "epoch": config.train.epochs, "log": []})
+    return path
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory) -> Path:
+    return build_pipeline(tmp_path_factory.mktemp("collect"))
+
+
+def test_long_format_readable_with_pandas_and_metadata_records_provenance(pipeline):
+    config = load_config(pipeline)
+    path = Path(config.runs_dir) / "dvt" / "logits.parquet"
+    frame = pd.read_parquet(path)
+    assert list(frame.columns) == ["split", "sample", "label", "exit", "grid", "logits", "confidence", "pred"]
+    assert len(frame) == (100 + 100) * 3
+    assert frame.groupby("split").size().to_dict() == {"calibration": 300, "test": 300}
+    assert sorted(frame["grid"].unique()) == [2, 4, 8] and sorted(frame["exit"].unique()) == [0, 1, 2]
+    assert frame["logits"].map(len).eq(10).all()
+    first = frame.iloc[0]
+    assert first["pred"] == int(np.argmax(first["logits"]))
+
+    meta = read_metadata(path)
+    assert meta["config"] == json.loads(json.dumps(checkpoint.run_fingerprint(config, "dvt")))
+    assert meta["checkpoint_sha256"] == checkpoint.sha256(Path(config.runs_dir) / "dvt" / "checkpoint.pt")
+    assert meta["grids"] == [2, 4, 8]
+    assert meta["cumulative_gmacs"] == pytest.approx(count_cascade(model_for_run(config, "dvt")).cumulative_gmacs)
+    # The same key is visible to plain pyarrow, without our reader.
+    assert b"dvt" in pq.read_schema(path).metadata
+
+
+def test_stored_logits_are_the_models_logits(pipeline):
+    config = load_config(pipeline)
+    model = model_for_run(config, "dvt")
+    load_weights(model, Path(config.runs_dir) / "dvt" / "checkpoint.pt", strict=True)
+    model.eval()
+    test = load_split(config, "test")
+    x, y = test.__getitems__(list(range(len(test))))
+    with torch.inference_mode():
+        expected = torch.stack(model(x)).numpy()  # (K, n, C), one batch of 100 (collect used 64 + 36)
+    stored = read_logits(Path(config.runs_dir) / "dvt" / "logits.parquet", logits=True)["test"]
+    assert np.array_equal(stored.labels, y.numpy())
+    assert np.array_equal(stored.logits, expected.transpose(1, 0, 2))
+
+
+def test_collect_is_deterministic(pipeline, tmp_path):
+    config = load_config(pipeline)
+    path = Path(config.runs_dir) / "dvt" / "logits.parquet"
+    before = pd.read_parquet(path)
+    collect(config, run="dvt")
+    pd.testing.assert_frame_equal(pd.read_parquet(path), before)
+
+
+def test_train_augmented_split_is_a_fixed_subset_through_the_training_transform(tmp_path):
+    params = write_params(tmp_path, eval__threshold_split="train-augmented", train__seed=3)
+    config = load_config(params)
+    fetch.run(config)
+    save_random_checkpoint(config, "dvt")
+    collect(config, run="dvt")
+    path = Path(config.runs_dir) / "dvt" / "logits.parquet"
+    first = read_logits(path, logits=True)
+    augmented = first["train-augmented"]
+    assert len(augmented.sample) == 320 and set(first.splits) == {"calibration", "test", "train-augmented"}
+    collect(config, run="dvt")
+    again = read_logits(path, logits=True)["train-augmented"]
+    assert np.array_equal(again.logits, augmented.logits)  # seeded augmentation
+    # The training transform really ran: the same images without it give other logits.
+    model = model_for_run(config, "dvt")
+    load_weights(model, Path(config.runs_dir) / "dvt" / "checkpoint.pt", strict=True)
+    plain = load_split(config, "train", training=False)
+    x, _ = plain.__getitems__(augmented.sample[:16].tolist())
+    with torch.inference_mode():
+        logits = model.eval()(x)[0].numpy()
+    assert not np.array_equal(logits, augmented.logits[:16, 0])
+
+
+def test_missing_or_foreign_checkpoint_is_one_clear_line(pipeline, capsys):
+    assert main(["collect", "--params", str(pipeline), "--run", "untrained"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "checkpoint.pt not found: train it first with `dvt train --run untrained`" in err[0]
+    assert main(["collect", "--params", str(pipeline), "--run", "dvt", "--set", "train.lr=0.01"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "trained with other settings (train.lr: 0.003 in the checkpoint, 0.01 now)" in err[0]
