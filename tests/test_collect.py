@@ -14,7 +14,6 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
-import yaml
 
 from dvt import checkpoint
 from dvt.cli import main
@@ -27,6 +26,7 @@ from dvt.logits import read_logits, read_metadata
 from dvt.models import model_for_run
 from dvt.train import run as train
 from dvt.weights import load_weights
+from tests.conftest import write_params_file
 
 PARAMS = {
     "data": {"dataset": "synthetic", "calibration_size": 100,
@@ -40,19 +40,7 @@ PARAMS = {
 
 
 def write_params(root: Path, **changes) -> Path:
-    """params.yaml under root; changes are dotted keys with "__" for ".", e.g. eval__q_step=0.2."""
-    params = yaml.safe_load(yaml.safe_dump(PARAMS))
-    params["data"]["root"] = str(root / "data")
-    params["runs_dir"] = str(root / "runs")
-    for dotted, value in changes.items():
-        node = params
-        *keys, last = dotted.split("__")
-        for k in keys:
-            node = node.setdefault(k, {})
-        node[last] = value
-    path = root / "params.yaml"
-    path.write_text(yaml.safe_dump(params))
-    return path
+    return write_params_file(root, PARAMS, **changes)
 
 
 def build_pipeline(root: Path, *, runs: tuple[str, ...] = ("dvt", "single"), **changes) -> Path:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from dvt import checkpoint
 from dvt.cli import main
@@ -18,6 +17,7 @@ from dvt.config import load_config
 from dvt.data import fetch
 from dvt.errors import DvtError
 from dvt.train import run as train
+from tests.conftest import write_params_file
 
 PARAMS = {
     "data": {"dataset": "synthetic", "calibration_size": 64,
@@ -30,17 +30,7 @@ PARAMS = {
 
 
 def write_params(tmp_path: Path, **changes) -> Path:
-    params = yaml.safe_load(yaml.safe_dump(PARAMS))
-    params["data"]["root"] = str(tmp_path / "data")
-    params["runs_dir"] = str(tmp_path / "runs")
-    for dotted, value in changes.items():
-        node = params
-        *keys, last = dotted.split("__")
-        for k in keys:
-            node = node.setdefault(k, {})
-        node[last] = value
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(params))
+    path = write_params_file(tmp_path, PARAMS, **changes)
     fetch.run(load_config(path))
     return path
 
