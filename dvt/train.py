@@ -53,7 +53,7 @@ class Distributed:
         return cls(rank=torch.distributed.get_rank(), world=world, local_rank=int(os.environ.get("LOCAL_RANK", 0)))
 
 
-def param_groups(model: nn.Module, *, weight_decay: float, head_lr_only_scale: float) -> list[dict]:
+def param_groups(model: nn.Module, *, weight_decay: float, backbone_lr_scale: float) -> list[dict]:
     """Weight decay on matrices only; when fine-tuning, non-head parameters get lr * scale."""
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
@@ -63,7 +63,7 @@ def param_groups(model: nn.Module, *, weight_decay: float, head_lr_only_scale: f
         is_head = ".head." in name or name.startswith("head.")
         groups.setdefault((no_decay, is_head), []).append(p)
     return [{"params": ps, "weight_decay": 0.0 if no_decay else weight_decay,
-             "lr_scale": 1.0 if is_head else head_lr_only_scale}
+             "lr_scale": 1.0 if is_head else backbone_lr_scale}
             for (no_decay, is_head), ps in groups.items()]
 
 
@@ -176,7 +176,7 @@ def run(config: Config, *, run: str, restart: bool = False) -> dict:
     from timm.utils import ModelEmaV3
 
     optimizer = create_optimizer_v2(
-        param_groups(model, weight_decay=tc.weight_decay, head_lr_only_scale=tc.backbone_lr_scale if rc.init else 1.0),
+        param_groups(model, weight_decay=tc.weight_decay, backbone_lr_scale=tc.backbone_lr_scale if rc.init else 1.0),
         opt=tc.optimizer, lr=tc.lr, momentum=tc.momentum)
     scheduler = CosineLRScheduler(optimizer, t_initial=(tc.epochs - tc.cooldown_epochs) * steps, lr_min=tc.min_lr,
                                   warmup_t=tc.warmup_epochs * steps, warmup_lr_init=tc.warmup_lr, t_in_epochs=False)

@@ -7,6 +7,7 @@ the classifier heads when the class count changes, keep their fresh initialisati
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -39,15 +40,10 @@ def state_in_our_names(model: Cascade, obj: dict, path: str | Path) -> tuple[dic
         if tuple(model.grids) != OFFICIAL_GRIDS:
             raise DvtError(f"{path} is an official DVT checkpoint (exits {list(OFFICIAL_GRIDS)}); this run has grids "
                            f"{list(model.grids)}")
-        scratch = load_official(_fresh_copy(model), obj)
+        # Load into a copy so a refused checkpoint leaves `model` untouched.
+        scratch = load_official(copy.deepcopy(model), obj)
         return scratch.state_dict(), "official DVT checkpoint"
     raise DvtError(f"{path}: neither a dvt checkpoint nor an official DVT checkpoint (no 'model_state_dict')")
-
-
-def _fresh_copy(model: Cascade) -> Cascade:
-    import copy
-
-    return copy.deepcopy(model)
 
 
 def load_weights(model: Cascade, path: str | Path, *, strict: bool) -> str:
