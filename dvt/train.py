@@ -6,9 +6,13 @@ without weight decay on norms, biases, tokens and position embeddings; warmup + 
 stepped per update; label smoothing, drop-path, and optionally mixup/cutmix, RandAugment, random
 erasing, EMA and gradient clipping, all from timm.
 
-A checkpoint is written at the end of every epoch; a rerun resumes from it (same settings) and ends
-with exactly the weights of an uninterrupted run, because model, optimiser, scheduler, EMA and every
-random generator are restored. Under `torchrun` the same command trains with DDP.
+The training state is written to runs/R/resume.pt at the end of every epoch and becomes
+runs/R/checkpoint.pt (one rename) when the last epoch ends, so checkpoint.pt always means "finished".
+A rerun resumes from resume.pt (same settings) and ends with exactly the weights of an uninterrupted
+run, because model, optimiser, scheduler, EMA and every random generator are restored. resume.pt is
+not a declared pipeline output on purpose: DVC and Snakemake delete a stage's declared outputs before
+re-running it, and an interrupted job must still find its last epoch. Under `torchrun` the same
+command trains with DDP.
 """
 
 from __future__ import annotations
@@ -68,7 +72,8 @@ def param_groups(model: nn.Module, *, weight_decay: float, backbone_lr_scale: fl
 
 
 def _outputs(out: Path) -> dict[str, Path]:
-    return {"checkpoint": out / "checkpoint.pt", "log": out / "train_log.csv", "summary": out / "train.json"}
+    return {"checkpoint": out / "checkpoint.pt", "log": out / "train_log.csv", "summary": out / "train.json",
+            "resume": out / "resume.pt"}
 
 
 def _write_log(path: Path, rows: list[dict]) -> None:
@@ -129,15 +134,18 @@ def run(config: Config, *, run: str, restart: bool = False) -> dict:
     # Resume or refuse before anything is built, so a mismatch costs nothing.
     fingerprint = checkpoint.run_fingerprint(config, run)
     state = None
-    if files["checkpoint"].is_file():
-        state = checkpoint.load(files["checkpoint"])
+    for kind in ("checkpoint", "resume"):
+        if state is not None or not files[kind].is_file():
+            continue
+        state = checkpoint.load(files[kind])
         diff = checkpoint.describe_difference(state["config"], fingerprint)
         if diff and not restart:
-            raise DvtError(f"{files['checkpoint']} was trained with other settings ({diff}); delete it, "
+            raise DvtError(f"{files[kind]} was trained with other settings ({diff}); delete it, "
                            "rename the run, or pass --restart")
-        if diff:
+        if diff:  # --restart: start over, and drop the stale file so a later resume cannot pick it up
+            files[kind].unlink()
             state = None
-        elif state["epoch"] >= tc.epochs:
+        elif kind == "checkpoint":
             if dist.main:
                 _write_log(files["log"], state["log"])
                 write_json(files["summary"], _summary(config, run, state["log"]))
@@ -231,8 +239,8 @@ def run(config: Config, *, run: str, restart: bool = False) -> dict:
             for k, loss_k in enumerate(losses):
                 if not torch.isfinite(loss_k):
                     raise DvtError(f"the loss of exit {k + 1} (grid {grids[k]}x{grids[k]}) became {loss_k.item()} "
-                                   f"at epoch {epoch + 1}, step {step + 1}; the last good checkpoint "
-                                   f"(epoch {start_epoch if not rows else rows[-1]['epoch']}) is kept. "
+                                   f"at epoch {epoch + 1}, step {step + 1}; the last good state "
+                                   f"(epoch {start_epoch if not rows else rows[-1]['epoch']}) is kept in {files['resume']}. "
                                    "Lower train.lr or set train.clip_grad")
             loss = torch.stack(losses).sum()
             optimizer.zero_grad(set_to_none=True)
@@ -261,7 +269,7 @@ def run(config: Config, *, run: str, restart: bool = False) -> dict:
                "seconds": seconds, "images_per_s": seen / seconds}
         rows.append(row)
         if dist.main:
-            checkpoint.save(files["checkpoint"], {
+            checkpoint.save(files["resume"], {
                 "model": model.state_dict(),
                 "ema": ema.module.state_dict() if ema is not None else None,
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
@@ -275,7 +283,9 @@ def run(config: Config, *, run: str, restart: bool = False) -> dict:
 
     summary = _summary(config, run, rows, {"ema": ema is not None, "processes": dist.world})
     if dist.main:
+        _write_log(files["log"], rows)
         write_json(files["summary"], summary)
+        files["resume"].replace(files["checkpoint"])  # last: checkpoint.pt appears only when all is written
     if dist.world > 1:
         torch.distributed.destroy_process_group()
     return summary

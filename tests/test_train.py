@@ -76,7 +76,7 @@ def test_kill_9_mid_training_then_resume_matches_uninterrupted(tmp_path):
     reference.mkdir(), killed.mkdir()
     train(load_config(write_params(reference)), run="dvt")
     params = write_params(killed)
-    ckpt = killed / "runs" / "dvt" / "checkpoint.pt"
+    ckpt = killed / "runs" / "dvt" / "resume.pt"
     proc = subprocess.Popen([sys.executable, "-m", "dvt.cli", "train", "--params", str(params), "--run", "dvt"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
@@ -86,7 +86,9 @@ def test_kill_9_mid_training_then_resume_matches_uninterrupted(tmp_path):
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
     assert checkpoint.load(ckpt)["epoch"] < 3
+    assert not (killed / "runs" / "dvt" / "checkpoint.pt").exists()  # only a finished run has one
     assert main(["train", "--params", str(params), "--run", "dvt"]) == 0
+    assert not ckpt.exists()
     a, b = final_state(reference), final_state(killed)
     assert_same_weights(a["model"], b["model"])
     assert [(r["loss"], r["top1_exit2"]) for r in a["log"]] == [(r["loss"], r["top1_exit2"]) for r in b["log"]]
@@ -138,7 +140,8 @@ def test_nan_loss_stops_naming_the_exit_and_keeps_last_checkpoint(tmp_path, monk
     monkeypatch.setattr(Cascade, "forward", poisoned)
     with pytest.raises(DvtError, match=r"loss of exit 2 \(grid 4x4\) became nan at epoch 2.*epoch 1\) is kept"):
         train(config, run="dvt")
-    assert final_state(tmp_path)["epoch"] == 1
+    assert checkpoint.load(tmp_path / "runs" / "dvt" / "resume.pt")["epoch"] == 1
+    assert not (tmp_path / "runs" / "dvt" / "checkpoint.pt").exists()
 
 
 def test_fine_tuning_from_a_checkpoint_with_another_class_count(tmp_path):
@@ -170,3 +173,16 @@ def test_torchrun_two_processes(tmp_path):
     assert len(ddp) == 2
     # Same global batch and recipe: the losses agree closely though the data order differs.
     assert abs(ddp[-1]["loss"] - one[-1]["loss"]) < 0.5
+
+
+def test_stale_resume_state_from_other_settings_is_refused_then_dropped_by_restart(tmp_path, capsys):
+    params = write_params(tmp_path, train__epochs=2)
+    folder = tmp_path / "runs" / "single"
+    assert main(["train", "--params", str(params), "--run", "single"]) == 0
+    (folder / "checkpoint.pt").replace(folder / "resume.pt")  # as if killed before the last rename
+    capsys.readouterr()
+    assert main(["train", "--params", str(params), "--run", "single", "--set", "train.lr=0.01"]) == 2
+    assert "resume.pt was trained with other settings" in capsys.readouterr().err
+    assert main(["train", "--params", str(params), "--run", "single", "--set", "train.lr=0.01", "--restart"]) == 0
+    assert not (folder / "resume.pt").exists()
+    assert checkpoint.load(folder / "checkpoint.pt")["config"]["train"]["lr"] == 0.01
