@@ -1,0 +1,117 @@
+"""dvc.yaml and the Snakemake workflow describe the same jobs, and both validate params the same way.
+
+These read the engines' own expansion of the default params.yaml (no job runs); the end-to-end
+runs of both engines on a tiny config are in test_pipeline_runs.py.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from dvt.schema import params_schema
+from tests.conftest import REPO
+
+BIN = Path(sys.executable).parent
+
+
+def engine_env() -> dict[str, str]:
+    """The environment the engines' jobs need: this venv's `dvt`, `dvc` and `snakemake` first on PATH."""
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+
+
+def dvc_jobs(root: Path) -> dict[str, str]:
+    """{output path: command} of every stage of dvc.yaml, as DVC expands it."""
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        return {out.def_path: stage.cmd for stage in repo.index.stages for out in stage.outs}
+
+
+def snakemake_jobs(root: Path, *targets: str, args: tuple[str, ...] = ("--forceall",)) -> dict[str, str]:
+    """{output path: shell command} of the jobs a dry run of Snakemake schedules."""
+    out = subprocess.run([str(BIN / "snakemake"), "-n", "--cores", "2", *args, *targets], cwd=root,
+                         capture_output=True, text=True, env=engine_env())
+    assert out.returncode == 0, out.stderr + out.stdout
+    jobs: dict[str, str] = {}
+    for block in re.split(r"\n(?=rule |localrule )", out.stdout):
+        outputs = re.search(r"^\s+output: (.+)$", block, re.M)
+        command = re.search(r"^Shell command: (.+)$", block, re.M)
+        if outputs and command and command.group(1) != "None":
+            jobs.update({path: command.group(1) for path in outputs.group(1).split(", ")})
+    return jobs
+
+
+def test_both_engines_expand_to_the_same_commands_and_outputs():
+    dvc, smk = dvc_jobs(REPO), snakemake_jobs(REPO)
+    assert len(dvc) > 40  # every stage of every run of the default params is there
+    assert dvc == smk
+
+
+def test_snakemake_builds_only_what_a_table_needs():
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    single = [r for r, rc in params["runs"].items() if len(rc["grids"]) == 1]
+    jobs = snakemake_jobs(REPO, "reports/table1.md")
+    # Table 1 shows the one-exit runs: they train, nothing else does, and no other table renders.
+    trained = {p.split("/")[1] for p in jobs if p.endswith("checkpoint.pt")}
+    assert trained == set(single)
+    assert not any(p.startswith("reports/") and p != "reports/table1.md" for p in jobs)
+    assert not any(p.endswith("speed.json") for p in jobs)
+
+
+def test_schema_file_is_the_one_derived_from_the_config_dataclasses():
+    committed = yaml.safe_load((REPO / "workflow" / "schemas" / "params.schema.yaml").read_text())
+    assert committed == params_schema(), "regenerate: python -m dvt.schema > workflow/schemas/params.schema.yaml"
+
+
+def test_schema_accepts_every_shipped_params_file_and_refuses_an_unknown_key():
+    import jsonschema
+
+    schema = params_schema()
+    files = [REPO / "params.yaml", *sorted((REPO / "configs").glob("*.yaml"))]
+    for path in files:
+        jsonschema.validate(yaml.safe_load(path.read_text()), schema)
+    bad = yaml.safe_load((REPO / "params.yaml").read_text())
+    bad["train"]["lrr"] = 1
+    try:
+        jsonschema.validate(bad, schema)
+    except jsonschema.ValidationError as err:
+        assert "lrr" in err.message
+    else:
+        raise AssertionError("the schema accepted an unknown key")
+
+
+def test_snakemake_reports_a_params_error_once_before_any_job(tmp_path):
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["train"]["lr"] = -1
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(params))
+    out = subprocess.run([str(BIN / "snakemake"), "-n", "--configfile", str(bad)], cwd=REPO,
+                         capture_output=True, text=True, env=engine_env())
+    assert out.returncode == 2
+    lines = [line for line in (out.stdout + out.stderr).splitlines() if "train.lr" in line]
+    assert lines == [f"snakemake: error in {bad}: train.lr = -1.0 is not allowed: must be > 0"]
+    assert "Building DAG" not in out.stdout + out.stderr
+
+
+def test_snakemake_refuses_config_overrides_it_cannot_pass_on():
+    out = subprocess.run([str(BIN / "snakemake"), "-n", "--config", "train={lr: 0.01}"], cwd=REPO,
+                         capture_output=True, text=True, env=engine_env())
+    assert out.returncode != 0
+    assert "--config cannot set dvt's nested keys" in out.stdout + out.stderr
+
+
+def test_another_params_file_reaches_every_command(tmp_path):
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["runs"] = {"only": {"grids": [7]}}
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump(params))
+    jobs = snakemake_jobs(REPO, args=("--forceall", "--configfile", str(other)))
+    assert jobs["runs/only/checkpoint.pt"] == f"dvt train --params {other} --run only --restart"
+    assert all(f"--params {other}" in cmd for cmd in jobs.values())
+    assert not any("/dvt/" in p for p in jobs)  # the default runs are gone, not merged in

@@ -1,0 +1,8 @@
+rule fetch:
+    output:
+        directory(DATA),
+    params:
+        settings=settings("data.dataset", "data.root", "data.source", "data.download", "data.calibration_size",
+                          "data.synthetic"),
+    shell:
+        dvt("fetch")

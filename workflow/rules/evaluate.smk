@@ -1,0 +1,53 @@
+# From a trained checkpoint to the numbers the tables need, one job per run and stage.
+
+
+rule flops:
+    output:
+        run_file("flops.json"),
+    params:
+        settings=settings("data.dataset", "data.image_size", "data.synthetic", "model", "runs.{run}"),
+    shell:
+        dvt("flops", "--run {wildcards.run}")
+
+
+rule collect:
+    input:
+        DATA,
+        run_file("checkpoint.pt"),
+        run_file("flops.json"),
+    output:
+        run_file("logits.parquet"),
+    params:
+        settings=settings("eval.threshold_split", "eval.batch_size", "train.seed", "train.amp"),
+    shell:
+        dvt("collect", "--run {wildcards.run}")
+
+
+rule budget:
+    input:
+        run_file("checkpoint.pt"),
+        run_file("logits.parquet"),
+    output:
+        metrics=run_file("eval.json"),
+        curve=run_file("budget.csv"),
+    params:
+        settings=settings("eval.num_budgets", "eval.q_step", "eval.threshold_split"),
+    shell:
+        dvt("budget", "--run {wildcards.run}")
+
+
+# Timing wants the machine to itself: the job takes every core Snakemake was given, so no other job
+# runs beside it (speed.threads still sets torch's threads).
+rule speed:
+    input:
+        DATA,
+        run_file("checkpoint.pt"),
+        run_file("logits.parquet"),
+        run_file("budget.csv"),
+    output:
+        run_file("speed.json"),
+    params:
+        settings=settings("speed", "train.amp"),
+    threads: workflow.cores
+    shell:
+        dvt("speed", "--run {wildcards.run}")

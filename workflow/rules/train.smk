@@ -1,0 +1,15 @@
+# --restart: Snakemake re-runs train only when a setting changed, so a checkpoint of other settings is
+# stale. An interrupted job resumes from runs/<run>/resume.pt, which is not an output (Snakemake
+# deletes a job's outputs before running it) and so survives. GPUs are asked for in the slurm profile.
+rule train:
+    input:
+        DATA,
+    output:
+        checkpoint=run_file("checkpoint.pt"),
+        summary=run_file("train.json"),
+        log=run_file("train_log.csv"),
+    params:
+        settings=settings("data.image_size", "model", "runs.{run}", "train", "eval.batch_size"),
+    threads: CFG.train.threads
+    shell:
+        dvt("train", "--run {wildcards.run}", "--restart")
