@@ -131,7 +131,9 @@ class TrainConfig:
     subset: int | None = None
     seed: int = 42
     amp: bool = True
-    threads: int = 1
+    # CPU threads of torch; null = torch's default, which follows OMP_NUM_THREADS (Snakemake sets it
+    # to the job's threads) and otherwise takes every core (a sequential `dvc repro`).
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "train.epochs", self.epochs, "must be >= 1")
@@ -156,7 +158,8 @@ class TrainConfig:
             _require(self.clip_grad > 0, "train.clip_grad", self.clip_grad, "must be > 0 or null")
         if self.subset is not None:
             _require(self.subset >= 1, "train.subset", self.subset, "must be >= 1 or null")
-        _require(self.threads >= 1, "train.threads", self.threads, "must be >= 1")
+        if self.threads is not None:
+            _require(self.threads >= 1, "train.threads", self.threads, "must be >= 1 or null")
 
 
 @dataclass(frozen=True)

@@ -129,7 +129,8 @@ def run(config: Config, *, run: str, restart: bool = False) -> dict:
     if device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
         torch.cuda.set_device(device)
-    torch.set_num_threads(tc.threads)
+    if tc.threads is not None:
+        torch.set_num_threads(tc.threads)
 
     # Resume or refuse before anything is built, so a mismatch costs nothing.
     fingerprint = checkpoint.run_fingerprint(config, run)

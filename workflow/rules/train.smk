@@ -10,6 +10,8 @@ rule train:
         log=run_file("train_log.csv"),
     params:
         settings=settings("data.image_size", "model", "runs.{run}", "train", "eval.batch_size"),
-    threads: CFG.train.threads
+    # train.threads null: one thread per job, and Snakemake runs --cores jobs side by side (faster on a
+    # CPU than fewer jobs with more threads each); Snakemake passes it on as OMP_NUM_THREADS.
+    threads: CFG.train.threads or 1
     shell:
         dvt("train", "--run {wildcards.run}", "--restart")
