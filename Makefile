@@ -8,8 +8,10 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: repro test install fashion-mnist
 
+# The default pipeline end to end (fetch -> train -> ... -> reports/) with DVC; the stage commands
+# find `dvt` through PATH, so the venv's bin/ goes first.
 repro: $(STAMP) fashion-mnist
-	$(BIN)/dvt fetch
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
