@@ -9,9 +9,9 @@ them on the test split:
   (k 0-based). A one-exit run has the single row of its one operating point (q empty).
 * runs/R/eval.json, small and nested for `dvc exp show`: per-exit cumulative GMACs and test top-1;
   for a cascade the curve's extremes, DVT's accuracy at each exit's cost and the cost at which DVT
-  matches each exit's accuracy; against every one-exit run of params.yaml with outputs, the paper's
-  speed-up annotations (DVT's accuracy at the baseline's cost, the cost DVT needs for the baseline's
-  accuracy, and the ratio); and the operating points for --target-gmacs / --target-accuracy.
+  matches each exit's accuracy; and the operating points for --target-gmacs / --target-accuracy.
+  Only this run's own outputs are read: comparisons with other runs (the paper's speed-ups against
+  one-exit models) are `dvt report`'s, so each run's stage depends on its own files alone.
 
 Reading the curve: linear interpolation between budgets, plus the family's two limits (everyone
 leaves at exit 1, everyone runs to the last exit), which are real operating points; outside the
@@ -20,7 +20,6 @@ curve's cost range the answer is null (no extrapolation).
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -107,52 +106,6 @@ def _dvt_summary(curve: tuple[np.ndarray, np.ndarray], F: np.ndarray, top1: np.n
     }
 
 
-def _baseline(config: Config, other: str) -> tuple[dict[str, float] | None, str]:
-    """(GMACs and test top-1 of a one-exit run, None) or (None, why it was skipped)."""
-    folder = Path(config.runs_dir) / other
-    logits, metrics = folder / "logits.parquet", folder / "eval.json"
-    if logits.is_file():
-        try:
-            meta = read_metadata(logits)
-            # Only the settings are compared: that run's checkpoint is its own business.
-            check_matches(meta, config_dict=checkpoint.run_fingerprint(config, other),
-                          checkpoint_sha256=str(meta.get("checkpoint_sha256")), path=logits)
-            test = read_logits(logits, splits=[TEST])[TEST]
-        except DvtError as err:
-            return None, str(err)
-        return {"gmacs": float(meta["cumulative_gmacs"][0]), "top1": float(100.0 * test.correct[:, 0].mean())}, ""
-    if metrics.is_file():
-        try:
-            stored = json.loads(metrics.read_text())
-            return {"gmacs": float(stored["gmacs"]["exit1"]), "top1": float(stored["top1"]["exit1"])}, ""
-        except (ValueError, KeyError, TypeError):
-            return None, f"{metrics} is not an eval.json with gmacs.exit1 and top1.exit1"
-    return None, f"neither {logits} nor {metrics} exists"
-
-
-def _baselines(config: Config, run: str, curve: tuple[np.ndarray, np.ndarray]) -> tuple[dict, dict]:
-    """The paper's speed-up annotations against every other one-exit run: (found, skipped with why)."""
-    g, a = curve
-    found, skipped = {}, {}
-    for other, rc in config.runs.items():
-        if other == run or rc.num_exits != 1:
-            continue
-        base, why = _baseline(config, other)
-        if base is None:
-            skipped[other] = why
-            continue
-        need = thresholds.gmacs_for_accuracy(g, a, base["top1"])
-        found[other] = {
-            "grid": rc.grids[0],
-            "gmacs": _number(base["gmacs"]),
-            "top1": _number(base["top1"]),
-            "dvt_accuracy_at_gmacs": _number(thresholds.accuracy_at_gmacs(g, a, base["gmacs"])),
-            "dvt_gmacs_at_top1": _number(need),
-            "speedup": _number(base["gmacs"] / need) if need > 0 else None,
-        }
-    return found, skipped
-
-
 def _operating_point(point: OperatingPoint, test: SplitLogits, F: np.ndarray, target: float) -> dict[str, Any]:
     on_test = thresholds.evaluate(test.confidence, test.correct, F, point.thresholds)
     return {
@@ -210,10 +163,6 @@ def run(config: Config, *, run: str, target_gmacs: float | None = None,
     if K > 1:
         curve = _curve(test, F, budgets)
         metrics["dvt"] = _dvt_summary(curve, F, top1, budgets)
-        found, skipped = _baselines(config, run, curve)
-        metrics["baselines"] = found
-        if skipped:
-            metrics["baselines_skipped"] = skipped
     if targets:
         metrics["targets"] = targets
 
@@ -225,11 +174,9 @@ def run(config: Config, *, run: str, target_gmacs: float | None = None,
         _print_target(run, kind, found_point)
     if K > 1:
         d = metrics["dvt"]
-        vs = "; ".join(f"{name} x{b['speedup']:.2f}" for name, b in metrics["baselines"].items()
-                       if b["speedup"] is not None)
         print(f"dvt budget: {run}: {len(frame)} budgets, {d['min_gmacs']:.4g}-{d['max_gmacs']:.4g} GMACs, "
-              f"best {d['max_accuracy']:.2f}% (exits alone {' / '.join(f'{t:.2f}' for t in top1)})"
-              + (f"; speed-up at equal accuracy: {vs}" if vs else "") + f" -> {folder / 'budget.csv'}")
+              f"best {d['max_accuracy']:.2f}% (exits alone {' / '.join(f'{t:.2f}' for t in top1)}) "
+              f"-> {folder / 'budget.csv'}")
     else:
         print(f"dvt budget: {run}: one exit, {F[0]:.4g} GMACs, {top1[0]:.2f}% top-1 -> {folder / 'eval.json'}")
     return metrics

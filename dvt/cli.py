@@ -42,6 +42,10 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--restart", action="store_true",
                            help="start over if runs/<run>/checkpoint.pt was trained with other settings "
                                 "(the pipeline engines pass this: they re-run train only when a setting changed)")
+        if name == "report":
+            p.add_argument("--part", default=None,
+                           help="render only this part: table1, table2, table3, ablation, figures, metrics or index "
+                                "(default: all)")
         if name == "budget":
             p.add_argument("--target-gmacs", type=float, default=None,
                            help="also report thresholds for this average cost per image")

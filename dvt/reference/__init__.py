@@ -1,0 +1,1 @@
+"""The paper's published numbers (paper.yaml), shipped with the package for `dvt report`."""

@@ -1,0 +1,138 @@
+"""`dvt report [--part P]`: the paper's tables and figures from the stage outputs of the runs in params.yaml.
+
+Parts, each one output under report.dir (`--part` renders one; without it, all of them):
+
+| part     | writes        | reads (runs/<run>/...)                                                     |
+|----------|---------------|----------------------------------------------------------------------------|
+| table1   | table1.md     | one-exit runs: eval.json, flops.json                                       |
+| table2   | table2.md     | DVT and one-exit runs: eval.json, budget.csv, speed.json (optional)        |
+| table3   | table3.md     | DVT and one-exit runs: eval.json, budget.csv                               |
+| ablation | ablation.md   | cascades on DVT's grids: eval.json, budget.csv                             |
+| figures  | figures/      | every run: eval.json, budget.csv, train_log.csv; DVT: logits.parquet; the  |
+|          |               | dataset's test images (gallery)                                            |
+| metrics  | metrics.json  | the comparisons of table2, table3 and ablation, for `dvc exp show`         |
+| index    | index.md      | params.yaml, DVT's logits.parquet (gallery ids), speed.json (optional)     |
+
+Pages come from report.dir/templates/<page>.j2; the paper's values from dvt/reference/paper.yaml.
+Which run plays which part is read off params.yaml: one-exit runs are the baselines; "DVT" is the
+first cascade with both reuses (else the first cascade); the cascades on DVT's grids are the ablation.
+
+Everything is read, checked and rendered before anything is written: a missing or stale input is one
+DvtError line naming the stage to run. Figures are drawn into a temporary folder that replaces
+figures/ whole once every other part has been rendered; pages and metrics.json are replaced file by file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from dvt.atomic import atomic_dir, write_json, write_text
+from dvt.checkpoint import git_commit
+from dvt.config import Config
+from dvt.data.info import dataset_info
+from dvt.errors import DvtError
+from dvt.reporting import compare, figures, gallery, pages, reference
+from dvt.reporting.inputs import run_files
+
+PARTS = {"table1": "table1.md", "table2": "table2.md", "table3": "table3.md", "ablation": "ablation.md",
+         "figures": "figures", "metrics": "metrics.json", "index": "index.md"}
+
+
+class Report:
+    """What the parts share, each computed (and its files read) on first use."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.out = Path(config.report.dir)
+        self.runs = run_files(config)
+        self.roles = compare.assign_roles(self.runs)
+        self.dvt = self.roles.dvt
+        self.env = pages.environment(self.out / "templates")  # unreadable templates stop it before any input
+        self.ref = reference.load()
+        self.setting = reference.Setting(dataset=config.data.dataset, backbone=config.model.backbone,
+                                         image_size=dataset_info(config.data).image_size)
+        self.paper_curves = self.ref.curves_for(self.setting, self.dvt.grids) if self.dvt else []
+        self.paper_table1 = self.ref.table1 if self.ref.table1.setting == self.setting else None
+
+    @cached_property
+    def costs(self) -> list[compare.VsCost]:
+        return [compare.vs_cost(self.dvt, s) for s in self.roles.singles] if self.dvt else []
+
+    @cached_property
+    def speeds(self) -> list[compare.VsSpeed]:
+        found = [compare.vs_speed(self.dvt, s) for s in self.roles.singles] if self.dvt else []
+        return [v for v in found if v is not None]
+
+    @cached_property
+    def ablation(self) -> compare.Ablation | None:
+        return compare.compare_reuse(self.roles)
+
+    @cached_property
+    def picks(self) -> gallery.Picks | None:
+        if self.dvt is None or self.config.report.gallery_size == 0:
+            return None
+        return gallery.pick(self.dvt, size=self.config.report.gallery_size)
+
+    def page(self, part: str) -> str:
+        ref, roles, setting = self.ref, self.roles, self.setting
+        context = {
+            "table1": lambda: pages.table1(ref, setting, roles.singles),
+            "table2": lambda: pages.table2(ref, roles, self.runs, self.speeds),
+            "table3": lambda: pages.table3(ref, roles, self.costs),
+            "ablation": lambda: pages.ablation(ref, setting, self.ablation),
+            "index": lambda: pages.index(self.config, runs=self.runs, gallery=self.picks, git_commit=git_commit(),
+                                         paper_overlay=bool(self.paper_curves or self.paper_table1)),
+        }[part]()
+        return pages.render(self.env, PARTS[part], {**pages.common(self.config, setting, roles, ref), **context})
+
+    def metrics(self) -> dict[str, Any]:
+        return compare.metrics(dataset=self.config.data.dataset, roles=self.roles, costs=self.costs,
+                               speeds=self.speeds, ablation=self.ablation)
+
+    def draw(self, folder: Path) -> list[str]:
+        """Every figure into `folder`; returns the file names."""
+        cascades = [r for r in self.runs.values() if r.is_cascade]
+        pictures = gallery.prepare(self.config, self.picks) if self.picks is not None else None
+        title = f"{pages.DATASET_NAMES[self.config.data.dataset]}, {self.config.model.backbone}"
+        drawn = figures.accuracy_vs_gmacs(folder, cascades=cascades, singles=self.roles.singles,
+                                          paper_curves=self.paper_curves, paper_table1=self.paper_table1, title=title)
+        drawn += figures.training_curves(folder, list(self.runs.values()))
+        drawn += figures.exit_fractions(folder, cascades, q_step=self.config.eval.q_step)
+        if pictures is not None:
+            drawn += gallery.draw(folder, pictures)
+        return drawn
+
+
+def run(config: Config, *, part: str | None = None) -> dict[str, Any]:
+    """Render `part` (default: every part) into report.dir; returns what was written, by part."""
+    if part is not None and part not in PARTS:
+        raise DvtError(f"--part {part!r} is not a part of the report; choose from {', '.join(PARTS)}")
+    report = Report(config)
+    wanted = list(PARTS) if part is None else [part]
+    done: dict[str, Any] = {}
+    with contextlib.ExitStack() as stack:
+        for p in wanted:
+            if p == "figures":
+                # Replaces figures/ only when the block ends without error, i.e. after every part rendered.
+                done[p] = report.draw(stack.enter_context(atomic_dir(report.out / PARTS[p])))
+            else:
+                done[p] = report.metrics() if p == "metrics" else report.page(p)
+        for p, content in done.items():
+            if p == "metrics":
+                write_json(report.out / PARTS[p], content)
+            elif p != "figures":
+                write_text(report.out / PARTS[p], content)
+    _summary(report, done)
+    return done
+
+
+def _summary(report: Report, done: dict[str, Any]) -> None:
+    files = ", ".join(f"{PARTS[p]}/ ({len(v)} files)" if p == "figures" else PARTS[p] for p, v in done.items())
+    best = max((c for c in report.costs if c.speedup is not None), key=lambda c: c.speedup, default=None) \
+        if "table3" in done or "metrics" in done else None
+    saving = f"; DVT ({report.dvt.name}) needs {best.speedup:.2f}x fewer GMACs than {best.run} at its top-1" \
+        if best else ""
+    print(f"dvt report: {files} -> {report.out}{saving}")

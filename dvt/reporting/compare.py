@@ -1,0 +1,236 @@
+"""Cross-run comparisons: DVT against the one-exit runs, and the four reuse settings against each other.
+
+* Matched cost (Table 3, the speed-up annotations of Fig. 6): DVT's top-1 at a one-exit run's GMACs,
+  the GMACs DVT needs for its top-1, and their ratio. Read off DVT's budgeted curve (budget.csv plus
+  its two limits) by linear interpolation; outside the curve's range the answer is None (no
+  extrapolation).
+* Matched throughput (Table 2): the same on measured speed: DVT's curve is its timed early-exit budgets
+  (speed.json, accuracy from budget.csv) plus the static first exit and whole cascade (everyone leaves
+  at exit 1 / at the last exit), read in seconds per image.
+* Ablation: the cascades on the same grids as the main DVT run, one per (feature reuse, relation
+  reuse) setting, compared at a few named costs inside the range all of them cover.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from dvt.reporting.inputs import RunFiles
+from dvt.thresholds import accuracy_at_gmacs, gmacs_for_accuracy
+
+# (key, words, feature reuse, relation reuse); the first is the paper's DVT.
+REUSE_SETTINGS = (
+    ("both", "feature and relation reuse", True, True),
+    ("feature", "feature reuse only", True, False),
+    ("relation", "relation reuse only", False, True),
+    ("none", "no reuse", False, False),
+)
+# Where in the cost range shared by all reuse settings they are compared (named by these keys).
+ABLATION_COSTS = (("low", 0.25), ("mid", 0.5), ("high", 0.75))
+
+
+def _num(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or b <= 0 else a / b
+
+
+@dataclass(frozen=True)
+class Roles:
+    """Which run plays which part: one-exit baselines (by grid), the main DVT run, the ablation."""
+
+    singles: tuple[RunFiles, ...]
+    dvt: RunFiles | None
+    ablation: dict[str, RunFiles | None]  # REUSE_SETTINGS key -> run, None when params.yaml has none
+
+
+def assign_roles(runs: dict[str, RunFiles]) -> Roles:
+    """From params.yaml alone: no file is read."""
+    singles = tuple(sorted((r for r in runs.values() if not r.is_cascade), key=lambda r: r.grids[0]))
+    cascades = [r for r in runs.values() if r.is_cascade]
+    both = [r for r in cascades if r.spec.feature_reuse and r.spec.relation_reuse]
+    dvt = (both or cascades or [None])[0]
+    ablation: dict[str, RunFiles | None] = {}
+    for key, _, feature, relation in REUSE_SETTINGS:
+        same = [r for r in cascades if dvt is not None and r.grids == dvt.grids
+                and (r.spec.feature_reuse, r.spec.relation_reuse) == (feature, relation)]
+        ablation[key] = same[0] if same else None
+    return Roles(singles=singles, dvt=dvt, ablation=ablation)
+
+
+@dataclass(frozen=True)
+class VsCost:
+    """DVT against one one-exit run at matched GMACs and at matched top-1."""
+
+    run: str
+    grid: int
+    gmacs: float
+    top1: float
+    dvt_top1_at_gmacs: float | None
+    dvt_gmacs_at_top1: float | None
+    speedup: float | None  # gmacs / dvt_gmacs_at_top1
+
+    @property
+    def gain(self) -> float | None:
+        return None if self.dvt_top1_at_gmacs is None else self.dvt_top1_at_gmacs - self.top1
+
+
+def vs_cost(dvt: RunFiles, single: RunFiles) -> VsCost:
+    g, a = dvt.curve()
+    gmacs, top1 = single.gmacs[0], single.top1[0]
+    need = _num(gmacs_for_accuracy(g, a, top1))
+    return VsCost(run=single.name, grid=single.grids[0], gmacs=gmacs, top1=top1,
+                  dvt_top1_at_gmacs=_num(accuracy_at_gmacs(g, a, gmacs)), dvt_gmacs_at_top1=need,
+                  speedup=_ratio(gmacs, need))
+
+
+@dataclass(frozen=True)
+class SpeedPoint:
+    """One measured operating point of DVT: what it is, img/s, test top-1, expected GMACs."""
+
+    label: str
+    img_per_s: float
+    top1: float
+    gmacs: float
+
+
+def speed_curve(dvt: RunFiles) -> list[SpeedPoint]:
+    """DVT's measured (throughput, top-1) points, cheapest first; empty without speed.json."""
+    if dvt.speed is None:
+        return []
+    exits, top1, last = dvt.speed["static"]["exits"], dvt.top1, dvt.num_exits
+    points = [SpeedPoint("everyone leaves at exit 1", exits["exit1"]["img_per_s"], top1[0],
+                         exits["exit1"]["gmacs"])]
+    for d in sorted(dvt.speed["dynamic"].values(), key=lambda d: d["budget"]):
+        points.append(SpeedPoint(f"budget p = {d['budget']}", d["img_per_s"], d["test"]["accuracy"],
+                                 d["test"]["gmacs"]))
+    points.append(SpeedPoint(f"everyone runs to exit {last}", exits[f"exit{last}"]["img_per_s"], top1[-1],
+                             exits[f"exit{last}"]["gmacs"]))
+    return points
+
+
+@dataclass(frozen=True)
+class VsSpeed:
+    """DVT against one one-exit run at matched measured throughput and at matched top-1."""
+
+    run: str
+    grid: int
+    img_per_s: float
+    top1: float
+    dvt_top1_at_img_per_s: float | None
+    dvt_img_per_s_at_top1: float | None
+    speedup: float | None  # measured: dvt_img_per_s_at_top1 / img_per_s
+    ideal_speedup: float | None  # what GMACs promise at the same top-1 (VsCost.speedup)
+
+    @property
+    def gain(self) -> float | None:
+        return None if self.dvt_top1_at_img_per_s is None else self.dvt_top1_at_img_per_s - self.top1
+
+    @property
+    def efficiency(self) -> float | None:
+        """Measured over ideal speed-up: 1 = the saved multiply-adds are saved time."""
+        return _ratio(self.speedup, self.ideal_speedup)
+
+
+def vs_speed(dvt: RunFiles, single: RunFiles) -> VsSpeed | None:
+    """None when either run has no speed.json."""
+    points = speed_curve(dvt)
+    if not points or single.speed is None:
+        return None
+    seconds = np.array([1.0 / p.img_per_s for p in points])  # time per image: a cost, like GMACs
+    acc = np.array([p.top1 for p in points])
+    ips, top1 = float(single.speed["static"]["cascade"]["img_per_s"]), single.top1[0]
+    need = _num(gmacs_for_accuracy(seconds, acc, top1))
+    dvt_ips = None if need is None else 1.0 / need
+    return VsSpeed(run=single.name, grid=single.grids[0], img_per_s=ips, top1=top1,
+                   dvt_top1_at_img_per_s=_num(accuracy_at_gmacs(seconds, acc, 1.0 / ips)),
+                   dvt_img_per_s_at_top1=dvt_ips, speedup=_ratio(dvt_ips, ips),
+                   ideal_speedup=vs_cost(dvt, single).speedup)
+
+
+def speed_setups(runs: list[RunFiles]) -> list[dict[str, Any]]:
+    """The distinct (device, threads, batch, torch) the speed.json files were measured with."""
+    seen: list[dict[str, Any]] = []
+    for r in runs:
+        if r.speed is None:
+            continue
+        setup = {k: r.speed[k] for k in ("device", "device_name", "threads", "batch_size", "torch", "amp")}
+        if setup not in seen:
+            seen.append(setup)
+    return seen
+
+
+@dataclass(frozen=True)
+class AblationRow:
+    key: str
+    words: str
+    feature_reuse: bool
+    relation_reuse: bool
+    run: RunFiles | None
+    top1_at: tuple[float | None, ...]  # at Ablation.costs
+    best_top1: float | None
+    best_gmacs: float | None
+
+
+@dataclass(frozen=True)
+class Ablation:
+    grids: tuple[int, ...]
+    costs: tuple[float, ...]  # the named GMACs, one per ABLATION_COSTS entry
+    rows: tuple[AblationRow, ...]
+
+    @property
+    def missing(self) -> list[AblationRow]:
+        return [r for r in self.rows if r.run is None]
+
+
+def compare_reuse(roles: Roles) -> Ablation | None:
+    """None without any cascade run."""
+    if roles.dvt is None:
+        return None
+    present = [r for r in roles.ablation.values() if r is not None]
+    curves = {r.name: r.curve() for r in present}
+    # The cost range every present setting covers; each named cost is rounded to 3 significant digits.
+    lo = max(float(g.min()) for g, _ in curves.values())
+    hi = min(float(g.max()) for g, _ in curves.values())
+    costs = tuple(float(f"{lo + f * (hi - lo):.3g}") for _, f in ABLATION_COSTS)
+    rows = []
+    for key, words, feature, relation in REUSE_SETTINGS:
+        run = roles.ablation[key]
+        top1_at: tuple[float | None, ...] = (None,) * len(costs)
+        best_top1 = best_gmacs = None
+        if run is not None:
+            g, a = curves[run.name]
+            top1_at = tuple(_num(accuracy_at_gmacs(g, a, c)) for c in costs)
+            best = int(np.argmax(a))
+            best_top1, best_gmacs = float(a[best]), float(g[best])
+        rows.append(AblationRow(key=key, words=words, feature_reuse=feature, relation_reuse=relation, run=run,
+                                top1_at=top1_at, best_top1=best_top1, best_gmacs=best_gmacs))
+    return Ablation(grids=roles.dvt.grids, costs=costs, rows=tuple(rows))
+
+
+def metrics(*, dataset: str, roles: Roles, costs: list[VsCost], speeds: list[VsSpeed],
+            ablation: Ablation | None) -> dict[str, Any]:
+    """reports/metrics.json: the comparisons above, small and nested for `dvc exp show`."""
+    out: dict[str, Any] = {"dataset": dataset, "dvt_run": roles.dvt.name if roles.dvt else None}
+    out["matched_gmacs"] = {c.run: {"gmacs": c.gmacs, "top1": c.top1, "dvt_top1_at_gmacs": c.dvt_top1_at_gmacs,
+                                    "dvt_gmacs_at_top1": c.dvt_gmacs_at_top1, "speedup": c.speedup}
+                            for c in costs}
+    out["matched_throughput"] = {s.run: {"img_per_s": s.img_per_s, "top1": s.top1,
+                                         "dvt_top1_at_img_per_s": s.dvt_top1_at_img_per_s,
+                                         "dvt_img_per_s_at_top1": s.dvt_img_per_s_at_top1, "speedup": s.speedup,
+                                         "ideal_speedup": s.ideal_speedup, "efficiency": s.efficiency}
+                                 for s in speeds}
+    if ablation is not None:
+        names = [k for k, _ in ABLATION_COSTS]
+        out["ablation"] = {
+            "gmacs": dict(zip(names, ablation.costs)),
+            **{r.key: {"run": r.run.name, "best_top1": r.best_top1, "top1_at": dict(zip(names, r.top1_at))}
+               for r in ablation.rows if r.run is not None},
+        }
+    return out

@@ -1,0 +1,146 @@
+"""The markdown pages: what each template is given, and the Jinja environment that formats numbers.
+
+Templates (reports/templates/*.md.j2) receive raw numbers and format them with the filters below, so
+how a number is printed is decided in one place; an undefined name is an error (StrictUndefined).
+A number that does not exist (DVT never reaches an accuracy, a cost outside its curve) is None and
+prints as a dash.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable
+
+import jinja2
+import yaml
+
+from dvt.config import Config, to_dict
+from dvt.errors import DvtError
+from dvt.reporting import compare
+from dvt.reporting.compare import Ablation, Roles, VsCost, VsSpeed
+from dvt.reporting.gallery import Picks
+from dvt.reporting.inputs import RunFiles
+from dvt.reporting.reference import Reference, Setting
+
+UNIT = "GFLOPs (multiply-adds)"
+PAGES = ("table1.md", "table2.md", "table3.md", "ablation.md", "index.md")
+DATASET_NAMES = {"fashion-mnist": "Fashion-MNIST", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100",
+                 "imagenet": "ImageNet", "synthetic": "synthetic images"}
+DASH = "—"
+# Versions recorded in index.md: what computed and drew the numbers.
+PACKAGES = ("torch", "timm", "numpy", "pandas", "matplotlib", "jinja2", "dvt")
+
+
+def _fmt(spec: str, suffix: str = "") -> Callable[[float | None], str]:
+    def fmt(x: float | None) -> str:
+        return DASH if x is None or not math.isfinite(x) else f"{x:{spec}}{suffix}"
+    return fmt
+
+
+FILTERS: dict[str, Callable[[float | None], str]] = {
+    "pct": _fmt(".2f"),  # top-1, percent
+    "share": lambda x: _fmt(".2f")(None if x is None else 100 * x),  # a fraction, as percent
+    "gmacs": _fmt(".4g"),  # GMACs: 4 significant digits, whatever the model size
+    "paper_gmacs": _fmt(".2f"),  # the paper prints GFLOPs with 2 decimals
+    "times": _fmt(".2f", "×"),  # speed-up ratios
+    "ratio": _fmt(".2f"),  # measured / ideal
+    "ips": _fmt(".0f"),  # images per second
+    "signed": _fmt("+.2f"),  # accuracy gains, points
+    "millions": _fmt(".3f"),  # parameters, M
+}
+
+
+def environment(templates: Path) -> jinja2.Environment:
+    if not sorted(templates.glob("*.md.j2")):
+        raise DvtError(f"{templates} holds no *.md.j2 templates: the report is rendered from "
+                       "report.dir/templates (the repository's reports/templates)")
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(templates), undefined=jinja2.StrictUndefined,
+                             keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True, autoescape=False)
+    env.filters.update(FILTERS)
+    env.globals["DASH"] = DASH
+    return env
+
+
+def render(env: jinja2.Environment, page: str, context: dict[str, Any]) -> str:
+    try:
+        return env.get_template(f"{page}.j2").render(**context)
+    except jinja2.TemplateNotFound as err:
+        raise DvtError(f"template {err.name} is missing from the report templates") from None
+    except (jinja2.TemplateSyntaxError, jinja2.UndefinedError) as err:
+        raise DvtError(f"template {page}.j2: {err}") from None
+
+
+def grid_name(grids: tuple[int, ...]) -> str:
+    return " → ".join(f"{g}x{g}" for g in grids)
+
+
+def common(config: Config, setting: Setting, roles: Roles, reference: Reference) -> dict[str, Any]:
+    """What every page gets."""
+    return {"unit": UNIT, "dataset": DATASET_NAMES[config.data.dataset], "backbone": config.model.backbone,
+            "image_size": setting.image_size, "dvt": roles.dvt, "paper": reference.paper, "grid_name": grid_name}
+
+
+def table1(reference: Reference, setting: Setting, singles: tuple[RunFiles, ...]) -> dict[str, Any]:
+    paper = reference.table1
+    same_setting = paper.setting == setting
+    rows = [{"run": r.name, "grid": r.grids[0], "gmacs": r.gmacs[0], "params_m": r.params / 1e6,
+             "top1": r.top1[0], "paper": paper.row(r.grids[0]) if same_setting else None} for r in singles]
+    spread = None
+    if len(singles) >= 2:
+        small, large = singles[0], singles[-1]
+        spread = {"small": small.grids[0], "large": large.grids[0], "more": large.top1[0] - small.top1[0],
+                  "cost": large.gmacs[0] / small.gmacs[0]}
+    by_grid = sorted(paper.rows, key=lambda r: r.grid)
+    paper_spread = {"small": by_grid[0].grid, "large": by_grid[-1].grid,
+                    "more": by_grid[-1].top1 - by_grid[0].top1, "cost": by_grid[-1].gmacs / by_grid[0].gmacs}
+    # The paper's numbers go beside ours only for the same setting and token grids.
+    return {"rows": rows, "official": any(r["paper"] for r in rows), "same_setting": same_setting,
+            "table1": paper, "spread": spread, "paper_spread": paper_spread}
+
+
+def table2(reference: Reference, roles: Roles, runs: dict[str, RunFiles], speeds: list[VsSpeed]) -> dict[str, Any]:
+    dvt = roles.dvt
+    involved = ([dvt] if dvt else []) + list(roles.singles)
+    dynamic = []
+    if dvt is not None and dvt.speed is not None:
+        dynamic = sorted(dvt.speed["dynamic"].values(), key=lambda d: d["budget"])
+    return {"setups": compare.speed_setups(list(runs.values())), "vs": speeds,
+            "points": compare.speed_curve(dvt) if dvt else [], "dynamic": dynamic,
+            "standalone": dvt.speed["static"]["standalone"] if dvt and dvt.speed else None,
+            "missing": [r.name for r in involved if r.speed is None], "table2": reference.table2}
+
+
+def table3(reference: Reference, roles: Roles, costs: list[VsCost]) -> dict[str, Any]:
+    curve = None
+    if roles.dvt is not None:
+        g, a = roles.dvt.curve()
+        curve = {"min_gmacs": float(g.min()), "max_gmacs": float(g.max()), "best": float(a.max())}
+    return {"vs": costs, "curve": curve, "table3": reference.table3, "fig6": reference.fig6_speedups,
+            "dataset_names": DATASET_NAMES}
+
+
+def ablation(reference: Reference, setting: Setting, result: Ablation | None) -> dict[str, Any]:
+    matched = reference.per_exit_for(setting, result.grids) if result is not None else None
+    return {"ablation": result, "per_exit": matched, "per_exit_all": reference.per_exit, "per_exit_source": reference.per_exit_source,
+            "per_exit_grids": reference.per_exit_setting[2]}
+
+
+def index(config: Config, *, runs: dict[str, RunFiles], gallery: Picks | None, paper_overlay: bool,
+          git_commit: str | None) -> dict[str, Any]:
+    if gallery is not None:
+        note = ""
+    elif config.report.gallery_size == 0:
+        note = "No gallery: report.gallery_size is 0."
+    else:
+        note = "No gallery: params.yaml has no DVT cascade whose exits could sort the test images."
+    return {
+        "runs_dir": config.runs_dir, "gallery": gallery, "gallery_note": note, "paper_overlay": paper_overlay,
+        "runs": [{"name": name, **to_dict(spec)} for name, spec in config.runs.items()],
+        "params_yaml": yaml.safe_dump(config.to_dict(), sort_keys=False),
+        "git_commit": git_commit, "python": platform.python_version(),
+        "packages": {name: metadata.version(name) for name in PACKAGES},
+        "setups": compare.speed_setups(list(runs.values())),
+    }
