@@ -1,36 +1,44 @@
 # `dvt report --part P` renders one part of reports/; each part needs only the runs it shows, so
-# `snakemake reports/table2.md` trains and measures no more than Table 2 needs.
+# `snakemake reports/table2.md` trains and measures no more than Table 2 needs. Which run plays
+# which part (baselines, the DVT run, the ablation) is dvt's own rule, read off the params.
 
-ONE_EXIT = runs_where(lambda rc: rc.num_exits == 1)
-CASCADES = runs_where(lambda rc: rc.num_exits > 1)
+from dvt.reporting.compare import assign_roles
+from dvt.reporting.inputs import run_files
 
-# part -> (output under report.dir, run files it reads, runs it reads them from)
+_roles = assign_roles(run_files(CFG))
+SINGLES = [r.name for r in _roles.singles]
+DVT_RUN = [_roles.dvt.name] if _roles.dvt else []
+ABLATION = [r.name for r in _roles.ablation.values() if r is not None]
+
+
+def files_of(runs: list[str], *names: str) -> list[str]:
+    return [f"runs/{run}/{name}" for run in runs for name in names]
+
+
+# part -> (output under report.dir, the run files it reads)
 REPORT_PARTS = {
-    "table1": ("table1.md", ["eval.json", "flops.json", "train.json"], ONE_EXIT),
-    "table2": ("table2.md", ["eval.json", "budget.csv", "speed.json"], RUNS),
-    "table3": ("table3.md", ["eval.json", "budget.csv"], RUNS),
-    "ablation": ("ablation.md", ["eval.json", "budget.csv"], CASCADES),
-    "figures": ("figures", ["eval.json", "budget.csv", "train_log.csv", "logits.parquet"], RUNS),
-    "metrics": ("metrics.json", ["eval.json", "budget.csv", "speed.json"], RUNS),
+    "table1": ("table1.md", files_of(SINGLES, "eval.json", "flops.json")),
+    "table2": ("table2.md", files_of(DVT_RUN + SINGLES, "eval.json", "budget.csv", "speed.json")),
+    "table3": ("table3.md", files_of(DVT_RUN + SINGLES, "eval.json", "budget.csv")),
+    "ablation": ("ablation.md", files_of(ABLATION, "eval.json", "budget.csv")),
+    "figures": ("figures", files_of(RUNS, "eval.json", "budget.csv", "train_log.csv")
+                + files_of(DVT_RUN, "logits.parquet")),
+    "metrics": ("metrics.json", files_of(DVT_RUN + SINGLES, "eval.json", "budget.csv", "speed.json")
+                + files_of(ABLATION, "eval.json", "budget.csv")),
 }
 
 
 def report_outputs() -> list[str]:
-    return [f"{REPORT}/{out}" for out, _, _ in REPORT_PARTS.values()] + [f"{REPORT}/index.md"]
+    return [f"{REPORT}/{out}" for out, _ in REPORT_PARTS.values()] + [f"{REPORT}/index.md"]
 
 
-def part_inputs(part: str) -> list[str]:
-    _, files, runs = REPORT_PARTS[part]
-    return [f"runs/{run}/{name}" for run in runs for name in files]
-
-
-for _part, (_out, _files, _runs) in REPORT_PARTS.items():
+for _part, (_out, _inputs) in REPORT_PARTS.items():
 
     rule:
         name:
             f"report_{_part}"
         input:
-            runs=part_inputs(_part),
+            runs=sorted(set(_inputs)),
             data=DATA,
             templates="reports/templates",
         output:
@@ -41,9 +49,12 @@ for _part, (_out, _files, _runs) in REPORT_PARTS.items():
             dvt("report", f"--part {_part}")
 
 
+# The index links every other part, so it comes last.
 rule report_index:
     input:
-        [f"{REPORT}/{out}" for part, (out, _, _) in REPORT_PARTS.items()],
+        [f"{REPORT}/{out}" for out, _ in REPORT_PARTS.values()],
+        files_of(DVT_RUN, "logits.parquet"),
+        templates="reports/templates",
     output:
         f"{REPORT}/index.md",
     params:
