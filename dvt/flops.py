@@ -31,6 +31,7 @@ with warnings.catch_warnings():
 
 from dvt.atomic import write_json
 from dvt.models import Cascade, ReuseState, model_for_run
+from dvt.models.reuse import reference_reuse
 
 if TYPE_CHECKING:
     from dvt.config import Config
@@ -109,12 +110,16 @@ class _ExitRunner(nn.Module):
 
 
 def count_flops(module: nn.Module, inputs: tuple[Tensor, ...]) -> int:
-    """fvcore MACs of module(*inputs); raises if an op with no rule and possible cost was met."""
+    """fvcore MACs of module(*inputs); raises if an op with no rule and possible cost was met.
+
+    The reuse modules are traced with the official ops (`reference_reuse`): the models apply R as a
+    matrix, but the paper charges it as nearest upsampling + adaptive pooling (spec §6)."""
     analysis = FlopCountAnalysis(module, inputs)
     analysis.set_op_handle("aten::scaled_dot_product_attention", _sdpa_flops)
     analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
-    total = analysis.total()
-    unknown = sorted(set(analysis.unsupported_ops()) - FREE_OPS)
+    with reference_reuse():
+        total = analysis.total()
+        unknown = sorted(set(analysis.unsupported_ops()) - FREE_OPS)
     if unknown:
         raise RuntimeError(f"fvcore has no FLOP rule for {', '.join(unknown)}; add one to dvt.flops")
     return total

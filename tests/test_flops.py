@@ -13,6 +13,7 @@ from dvt.config import Config, DataConfig, ModelConfig, RunConfig
 from dvt.flops import count_cascade, count_flops, run
 from dvt.models import create_model
 from dvt.models.attention import Attention
+from dvt.models.reuse import FeatureReuse, RelationReuse
 
 
 @functools.cache
@@ -80,6 +81,27 @@ def test_fused_and_explicit_attention_cost_the_same():
     x = torch.randn(2, 17, 64)
     fused, explicit = count_flops(Wrap(False), (x,)), count_flops(Wrap(True), (x,))
     assert fused == explicit == 2 * 17 * 64 * 192 + 2 * 17 * 64 * 64 + 2 * 2 * 4 * 17 * 17 * 16
+
+
+def test_reuse_resampling_is_charged_as_nearest_plus_pooling():
+    """The models resample with a matrix, but R is counted as the paper counts it (spec §6): nearest
+    upsampling = output numel, adaptive pooling = input numel (T2T-12's 7 -> 14 -> 10 here)."""
+    C, n_u = 48, 50  # L*H channels, 7x7 + cls tokens
+
+    class Relations(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.reuse = RelationReuse(depth=12, num_heads=4, src_grid=7, dst_grid=10)
+
+        def forward(self, x):
+            return torch.cat(self.reuse(x), dim=1)
+
+    convs = 2 * (3 * C) * C * n_u * n_u
+    keys, queries = C * n_u * 14 * 14, C * 101 * 14 * 14  # upsampled numel, along keys then queries
+    assert count_flops(Relations(), (torch.randn(1, C, n_u, n_u),)) == convs + 2 * keys + 2 * queries
+    mlp = 5 * n_u * 256 + n_u * 256 * 128 + n_u * 128 * 48
+    features = FeatureReuse(dim=256, hidden=128, out=48, src_grid=7, dst_grid=10, norm_eps=1e-6)
+    assert count_flops(features, (torch.randn(1, n_u, 256),)) == mlp + 2 * 48 * 14 * 14
 
 
 def test_unknown_costly_op_is_refused():

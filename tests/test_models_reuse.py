@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from dvt.models import create_model
-from dvt.models.reuse import resample_grid, resample_relations, resample_tokens, upsample_size
+from dvt.models import reuse
+from dvt.models.reuse import (FeatureReuse, RelationReuse, reference_reuse, resample_grid, resample_relations,
+                              resample_tokens, reuse_matrix, upsample_size)
 
 
 def recipe(x: torch.Tensor, up: int, size: int) -> torch.Tensor:
@@ -63,6 +67,86 @@ def slow_relations(rel: torch.Tensor, src: int, dst: int) -> torch.Tensor:
 def test_resample_relations_against_slow_loop(src, dst):
     rel = torch.randn(2, 3, src * src + 1, src * src + 1, dtype=torch.float64)
     torch.testing.assert_close(resample_relations(rel, src=src, dst=dst), slow_relations(rel, src, dst))
+
+
+# The paper's pairs, an integer ratio, the default Fashion-MNIST cascade's pairs, the identity and one
+# random pair (seeded).
+_rng = random.Random(0)
+_src = _rng.randint(2, 9)
+PAIRS = [(7, 10), (10, 14), (7, 14), (3, 5), (5, 7), (6, 6), (_src, _rng.randint(_src + 1, 16))]
+
+
+@pytest.mark.parametrize("src,dst", PAIRS)
+def test_matrix_is_the_reference_on_tokens(src, dst):
+    tokens = torch.randn(3, src * src + 1, 5, dtype=torch.float64)
+    A = reuse_matrix(src=src, dst=dst, keep_cls=False, dtype=torch.float64)
+    assert A.shape == (dst * dst + 1, src * src + 1)
+    torch.testing.assert_close(A @ tokens, resample_tokens(tokens, src=src, dst=dst), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("src,dst", PAIRS)
+def test_matrix_is_the_reference_on_relations(src, dst):
+    rel = torch.randn(2, 3, src * src + 1, src * src + 1, dtype=torch.float64)
+    A = reuse_matrix(src=src, dst=dst, keep_cls=True, dtype=torch.float64)
+    torch.testing.assert_close(A @ rel @ A.T, resample_relations(rel, src=src, dst=dst), rtol=0, atol=1e-12)
+
+
+def test_identity_pair_is_the_identity_matrix():
+    torch.testing.assert_close(reuse_matrix(src=6, dst=6, keep_cls=True), torch.eye(37), rtol=0, atol=0)
+
+
+def test_matrix_is_cached_per_dtype_and_device():
+    A = reuse_matrix(src=5, dst=7, keep_cls=True)
+    assert A.dtype == torch.float32 and A.device.type == "cpu"
+    assert reuse_matrix(src=5, dst=7, keep_cls=True) is A
+    assert reuse_matrix(src=5, dst=7, keep_cls=True, dtype=torch.float64).dtype == torch.float64
+
+
+@pytest.mark.parametrize("chunk", [None, 3 * 16 * 26 * 26 * 2])  # one chunk / chunks of 2 rows, last one short
+def test_reuse_modules_match_the_official_ops(monkeypatch, chunk):
+    """Outputs and gradients of the matrix path equal those of the official ops."""
+    if chunk is not None:
+        monkeypatch.setattr(reuse, "CPU_CHUNK_ELEMENTS", chunk)
+    torch.manual_seed(0)
+    rel_mod = RelationReuse(depth=4, num_heads=4, src_grid=5, dst_grid=7).double()
+    feat_mod = FeatureReuse(dim=8, hidden=6, out=4, src_grid=5, dst_grid=7, norm_eps=1e-6).double()
+    rel = torch.randn(5, 16, 26, 26, dtype=torch.float64, requires_grad=True)
+    feats = torch.randn(5, 26, 8, dtype=torch.float64, requires_grad=True)
+    inputs = [rel, feats, *rel_mod.parameters(), *feat_mod.parameters()]
+
+    def run():
+        outs = [*rel_mod(rel), feat_mod(feats)]
+        return outs, torch.autograd.grad(sum(o.square().sum() for o in outs), inputs)
+
+    fast, fast_grads = run()
+    with reference_reuse():
+        ref, ref_grads = run()
+    assert [o.shape for o in fast] == [(5, 4, 50, 50)] * 4 + [(5, 50, 4)]
+    for f, r in zip(fast + list(fast_grads), ref + list(ref_grads)):
+        torch.testing.assert_close(f, r, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("grids", [(3, 5, 7), (4, 7, 14)])
+def test_cascade_matches_the_official_ops(grids):
+    torch.manual_seed(0)
+    model = create_model("vit_micro", grids=grids, img_size=28, in_chans=1, num_classes=10).double().eval()
+    x = torch.randn(4, 1, 28, 28, dtype=torch.float64)
+    fast = model(x)
+    with reference_reuse():
+        ref = model(x)
+    for f, r in zip(fast, ref):
+        torch.testing.assert_close(f, r, rtol=0, atol=1e-10)
+
+
+def test_matrix_first_built_in_inference_mode_still_trains():
+    reuse.reuse_matrix.cache_clear()
+    reuse._grid_matrix.cache_clear()
+    model = create_model("vit_micro", grids=(3, 5), img_size=28, in_chans=1, num_classes=10)
+    x = torch.randn(2, 1, 28, 28)
+    with torch.inference_mode():
+        model(x)
+    sum(o.sum() for o in model(x)).backward()  # would fail if the cached matrix were an inference tensor
+    assert model.exits[1].relation_reuse[0].weight.grad is not None
 
 
 def test_passed_on_logits_include_the_reuse_bias():

@@ -8,14 +8,49 @@ downstream grid (s_d x s_d patches + cls) with one spatial operator R:
 with u the smallest multiple of s_u that is >= s_d. For the paper's pairs this gives exactly the
 official recipe (7 -> 14 -> 10 and 10 -> 20 -> 14); for integer ratios (7 -> 14) the pooling is the
 identity and is skipped, which is the plain nearest upsampling of the MindSpore port.
+
+`resample_grid`, `resample_tokens` and `resample_relations` are that definition, step by step, as the
+official code runs it. R is linear, so the models apply it as one precomputed (N_d, N_u) matrix
+instead (`reuse_matrix`, built by pushing the identity through the definition, hence exact up to
+float rounding): on these small grids the interpolate + pool + cat kernels cost many times the
+matmul. Likewise the relation MLP's 1x1 convolutions run as batched matmuls. Inside
+`reference_reuse()` the modules run the official ops again: FLOP counting needs them, because the
+paper's fvcore numbers charge R as nearest upsampling (output numel) plus adaptive pooling (input
+numel), not as a matmul (spec §6), and tests use them as the reference.
 """
 
 from __future__ import annotations
+
+from contextlib import contextmanager
+from functools import lru_cache
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 from timm.layers import Mlp
 from torch import Tensor, nn
+
+# Set inside `reference_reuse()`: the reuse modules then run the official ops.
+_reference = False
+
+# On the CPU, relation reuse runs a few images at a time so that each chunk's hidden activations
+# (rows, 3*L*H, N_u^2) stay within about this many elements (1 MiB of float32) and so in cache: the
+# whole batch's would be tens of MB, written to memory and read back between every step, and their
+# allocation page-faults whenever the allocator has handed the memory back to the system.
+CPU_CHUNK_ELEMENTS = 2**18
+
+
+@contextmanager
+def reference_reuse() -> Iterator[None]:
+    """Within this block the reuse modules run the official code's ops: 1x1 convolutions, and R as
+    nearest upsampling + adaptive average pooling + cat. Used for fvcore counting (dvt.flops) and as
+    the slow reference in tests; the result is the same up to float rounding."""
+    global _reference
+    previous, _reference = _reference, True
+    try:
+        yield
+    finally:
+        _reference = previous
 
 
 def upsample_size(src: int, dst: int) -> int:
@@ -60,6 +95,33 @@ def resample_relations(rel: Tensor, *, src: int, dst: int) -> Tensor:
     return torch.cat([rel[:, :, :1], rows], dim=2)
 
 
+@lru_cache(maxsize=None)
+def _grid_matrix(src: int, dst: int) -> Tensor:
+    """R as a (dst^2, src^2) float64 matrix: column j is R applied to the j-th unit src x src map."""
+    with torch.inference_mode(False):
+        basis = torch.eye(src * src, dtype=torch.float64).reshape(src * src, 1, src, src)
+        return resample_grid(basis, dst).reshape(src * src, dst * dst).T
+
+
+@lru_cache(maxsize=None)
+def reuse_matrix(*, src: int, dst: int, keep_cls: bool, dtype: torch.dtype = torch.float32,
+                 device: torch.device | str = "cpu") -> Tensor:
+    """R on token sequences as one (N_d, N_u) matrix A: patch block = R, cls entry 1 (keep_cls, for
+    relations) or 0 (features get a zero cls vector), nothing mixes cls with patches.
+
+    tokens (B, N_u, C) -> A @ tokens equals `resample_tokens`; relations (B, C, N_u, N_u) ->
+    A @ rel @ A^T equals `resample_relations` (cls row along keys only, cls column along queries
+    only, cls-cls copied). Cached per argument set; callers must not modify it in place.
+    """
+    # Built outside inference mode even when first asked for inside it: an inference tensor could
+    # not be saved for backward by a later training step.
+    with torch.inference_mode(False):
+        A = torch.zeros(dst * dst + 1, src * src + 1, dtype=torch.float64)
+        A[0, 0] = float(keep_cls)
+        A[1:, 1:] = _grid_matrix(src, dst)
+        return A.to(dtype=dtype, device=device)
+
+
 class FeatureReuse(nn.Sequential):
     """One downstream block's view of the upstream features (spec §2).
 
@@ -76,7 +138,12 @@ class FeatureReuse(nn.Sequential):
         self.dst_grid = dst_grid
 
     def forward(self, upstream: Tensor) -> Tensor:
-        return resample_tokens(super().forward(upstream), src=self.src_grid, dst=self.dst_grid)
+        mixed = super().forward(upstream)  # (B, N_u, out)
+        if _reference:
+            return resample_tokens(mixed, src=self.src_grid, dst=self.dst_grid)
+        A = reuse_matrix(src=self.src_grid, dst=self.dst_grid, keep_cls=False, dtype=mixed.dtype,
+                         device=mixed.device)
+        return A @ mixed  # (N_d, N_u) @ (B, N_u, out); A's cls row is zero
 
 
 class RelationReuse(nn.Sequential):
@@ -97,5 +164,28 @@ class RelationReuse(nn.Sequential):
         self.dst_grid = dst_grid
 
     def forward(self, upstream: Tensor) -> tuple[Tensor, ...]:
-        mixed = super().forward(upstream)
-        return resample_relations(mixed, src=self.src_grid, dst=self.dst_grid).split(self.num_heads, dim=1)
+        if _reference:
+            rel = resample_relations(super().forward(upstream), src=self.src_grid, dst=self.dst_grid)
+            return rel.split(self.num_heads, dim=1)
+        B, C, n_u, _ = upstream.shape
+        A = reuse_matrix(src=self.src_grid, dst=self.dst_grid, keep_cls=True, dtype=upstream.dtype,
+                         device=upstream.device)  # (N_d, N_u)
+        rows = max(1, CPU_CHUNK_ELEMENTS // (3 * C * n_u * n_u)) if upstream.device.type == "cpu" else B
+        if rows >= B:
+            rel = self._transform(upstream, A)
+        else:
+            rel = upstream.new_empty(B, C, len(A), len(A))
+            for i in range(0, B, rows):
+                rel[i:i + rows] = self._transform(upstream[i:i + rows], A)
+        return rel.split(self.num_heads, dim=1)  # L views (B, H, N_d, N_d), no copies
+
+    def _transform(self, upstream: Tensor, A: Tensor) -> Tensor:
+        """(b, C, N_u, N_u) -> (b, C, N_d, N_d): the MLP, then A rel A^T."""
+        b, C, n_u, _ = upstream.shape
+        fc1, act, fc2 = self
+        # The 1x1 convs as (C', C) @ (C, N_u^2) matmuls per image: the same multiply-adds, but the
+        # CPU conv kernels run several times slower on these shapes.
+        hidden = torch.baddbmm(fc1.bias[:, None], fc1.weight.flatten(1).expand(b, -1, -1), upstream.flatten(2))
+        mixed = torch.baddbmm(fc2.bias[:, None], fc2.weight.flatten(1).expand(b, -1, -1), act(hidden))
+        # R along keys as one GEMM over all (image, channel, query) rows, then along queries.
+        return A @ (mixed.view(b, C, n_u, n_u) @ A.T)
