@@ -80,7 +80,7 @@ def accuracy_vs_gmacs(folder: Path, *, cascades: Sequence[RunFiles], singles: Se
         ax.set_xlabel(f"average {UNIT} per image")
         ax.set_ylabel("test top-1 (%)")
         ax.set_title(title)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="best")
     return save(fig, folder, "accuracy_vs_gmacs")
 
 

@@ -111,7 +111,7 @@ def draw(folder: Path, gallery: Gallery) -> list[str]:
     picks = gallery.picks
     n = max(1, len(picks.easy), len(picks.hard))
     first, last = picks.grids[0], picks.grids[-1]
-    fig = new_figure(figsize=(1.3 * n + 0.6, 3.6))
+    fig = new_figure(figsize=(1.3 * n + 0.6, 4.0))
     names = gallery.classes
     with matplotlib.rc_context(STYLE):
         axes = fig.subplots(2, n, squeeze=False)
@@ -126,7 +126,7 @@ def draw(folder: Path, gallery: Gallery) -> list[str]:
                 ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest")
                 pred = p.pred_first if row == 0 else p.pred_last
                 said = "\u2713" if pred == p.label else f"\u2717 {names[pred]}"
-                ax.set_title(f"{names[p.label]}\n#{p.sample}  c={p.confidence:.2f}  {said}", fontsize=6.5)
+                ax.set_title(f"{names[p.label]}\n#{p.sample}  c={p.confidence:.2f}\n{said}", fontsize=6.5)
             axes[row][0].text(-0.08, 0.5, what, transform=axes[row][0].transAxes, rotation=90, ha="right",
                               va="center", fontsize=8)
     return save(fig, folder, "gallery")
