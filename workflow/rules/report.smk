@@ -44,9 +44,12 @@ for _part, (_out, _inputs) in REPORT_PARTS.items():
         output:
             directory(f"{REPORT}/{_out}") if _part == "figures" else f"{REPORT}/{_out}",
         params:
+            # The shell command is evaluated when the job runs, after this loop has moved on: the part
+            # must travel as a param, not as the loop variable.
+            part=_part,
             settings=settings("runs", "report"),
         shell:
-            dvt("report", f"--part {_part}")
+            dvt("report", "--part {params.part}")
 
 
 # The index links every other part, so it comes last.
