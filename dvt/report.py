@@ -8,10 +8,10 @@ Parts, each one output under report.dir (`--part` renders one; without it, all o
 | table2   | table2.md     | DVT and one-exit runs: eval.json, budget.csv, speed.json (optional)        |
 | table3   | table3.md     | DVT and one-exit runs: eval.json, budget.csv                               |
 | ablation | ablation.md   | cascades on DVT's grids: eval.json, budget.csv                             |
-| figures  | figures/      | every run: eval.json, budget.csv, train_log.csv; DVT: logits.parquet; the  |
-|          |               | dataset's test images (gallery)                                            |
-| metrics  | metrics.json  | the comparisons of table2, table3 and ablation, for `dvc exp show`         |
-| index    | index.md      | params.yaml, DVT's logits.parquet (gallery ids), speed.json (optional)     |
+| figures  | figures/      | cascades: eval.json, budget.csv; one-exit runs: eval.json; every run:      |
+|          |               | train_log.csv; DVT: logits.parquet and the dataset's test images (gallery) |
+| metrics  | metrics.json  | what table2, table3 and ablation read: their comparisons, for dvc exp show |
+| index    | index.md      | params.yaml; DVT's logits.parquet (gallery ids); any speed.json (optional) |
 
 Pages come from report.dir/templates/<page>.j2; the paper's values from dvt/reference/paper.yaml.
 Which run plays which part is read off params.yaml: one-exit runs are the baselines; "DVT" is the
@@ -80,7 +80,7 @@ class Report:
         ref, roles, setting = self.ref, self.roles, self.setting
         context = {
             "table1": lambda: pages.table1(ref, setting, roles.singles),
-            "table2": lambda: pages.table2(ref, roles, self.runs, self.speeds),
+            "table2": lambda: pages.table2(ref, roles, self.speeds),
             "table3": lambda: pages.table3(ref, roles, self.costs),
             "ablation": lambda: pages.ablation(ref, setting, self.ablation),
             "index": lambda: pages.index(self.config, runs=self.runs, gallery=self.picks, git_commit=git_commit(),

@@ -101,13 +101,13 @@ def table1(reference: Reference, setting: Setting, singles: tuple[RunFiles, ...]
             "table1": paper, "spread": spread, "paper_spread": paper_spread}
 
 
-def table2(reference: Reference, roles: Roles, runs: dict[str, RunFiles], speeds: list[VsSpeed]) -> dict[str, Any]:
+def table2(reference: Reference, roles: Roles, speeds: list[VsSpeed]) -> dict[str, Any]:
     dvt = roles.dvt
-    involved = ([dvt] if dvt else []) + list(roles.singles)
+    involved = ([dvt] if dvt else []) + list(roles.singles)  # the only runs Table 2 reads
     dynamic = []
     if dvt is not None and dvt.speed is not None:
         dynamic = sorted(dvt.speed["dynamic"].values(), key=lambda d: d["budget"])
-    return {"setups": compare.speed_setups(list(runs.values())), "vs": speeds,
+    return {"setups": compare.speed_setups(involved), "vs": speeds,
             "points": compare.speed_curve(dvt) if dvt else [], "dynamic": dynamic,
             "standalone": dvt.speed["static"]["standalone"] if dvt and dvt.speed else None,
             "missing": [r.name for r in involved if r.speed is None], "table2": reference.table2}
