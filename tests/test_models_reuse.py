@@ -102,36 +102,52 @@ def test_matrix_is_cached_per_dtype_and_device():
     assert reuse_matrix(src=5, dst=7, keep_cls=True, dtype=torch.float64).dtype == torch.float64
 
 
-@pytest.mark.parametrize("chunk", [None, 3 * 16 * 26 * 26 * 2])  # one chunk / chunks of 2 rows, last one short
-def test_reuse_modules_match_the_official_ops(monkeypatch, chunk):
-    """Outputs and gradients of the matrix path equal those of the official ops."""
-    if chunk is not None:
-        monkeypatch.setattr(reuse, "CPU_CHUNK_ELEMENTS", chunk)
+def _reuse_modules():
     torch.manual_seed(0)
     rel_mod = RelationReuse(depth=4, num_heads=4, src_grid=5, dst_grid=7).double()
     feat_mod = FeatureReuse(dim=8, hidden=6, out=4, src_grid=5, dst_grid=7, norm_eps=1e-6).double()
     rel = torch.randn(5, 16, 26, 26, dtype=torch.float64, requires_grad=True)
     feats = torch.randn(5, 26, 8, dtype=torch.float64, requires_grad=True)
+    return rel_mod, feat_mod, rel, feats
+
+
+@pytest.mark.parametrize("chunk", [None, 3 * 16 * 26 * 26 * 2])  # one chunk / chunks of 2 rows, last one short
+def test_reuse_modules_match_the_official_ops(monkeypatch, chunk):
+    if chunk is not None:
+        monkeypatch.setattr(reuse, "CPU_CHUNK_ELEMENTS", chunk)
+    rel_mod, feat_mod, rel, feats = _reuse_modules()
+    with torch.no_grad():  # inference: relation reuse runs in chunks on the CPU
+        fast = [*rel_mod(rel), feat_mod(feats)]
+        with reference_reuse():
+            ref = [*rel_mod(rel), feat_mod(feats)]
+    assert [o.shape for o in fast] == [(5, 4, 50, 50)] * 4 + [(5, 50, 4)]
+    for f, r in zip(fast, ref):
+        torch.testing.assert_close(f, r, rtol=0, atol=1e-12)
+
+
+def test_reuse_modules_back_propagate_as_the_official_ops():
+    rel_mod, feat_mod, rel, feats = _reuse_modules()
     inputs = [rel, feats, *rel_mod.parameters(), *feat_mod.parameters()]
 
-    def run():
+    def grads():
         outs = [*rel_mod(rel), feat_mod(feats)]
-        return outs, torch.autograd.grad(sum(o.square().sum() for o in outs), inputs)
+        return torch.autograd.grad(sum(o.square().sum() for o in outs), inputs)
 
-    fast, fast_grads = run()
+    fast = grads()
     with reference_reuse():
-        ref, ref_grads = run()
-    assert [o.shape for o in fast] == [(5, 4, 50, 50)] * 4 + [(5, 50, 4)]
-    for f, r in zip(fast + list(fast_grads), ref + list(ref_grads)):
+        ref = grads()
+    for f, r in zip(fast, ref):
         torch.testing.assert_close(f, r, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("grids", [(3, 5, 7), (4, 7, 14)])
-def test_cascade_matches_the_official_ops(grids):
+def test_cascade_matches_the_official_ops(monkeypatch, grids):
+    monkeypatch.setattr(reuse, "CPU_CHUNK_ELEMENTS", 1)  # one image per chunk in inference
     torch.manual_seed(0)
     model = create_model("vit_micro", grids=grids, img_size=28, in_chans=1, num_classes=10).double().eval()
     x = torch.randn(4, 1, 28, 28, dtype=torch.float64)
-    fast = model(x)
+    with torch.inference_mode():
+        fast = model(x)
     with reference_reuse():
         ref = model(x)
     for f, r in zip(fast, ref):

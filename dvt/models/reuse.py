@@ -33,10 +33,12 @@ from torch import Tensor, nn
 # Set inside `reference_reuse()`: the reuse modules then run the official ops.
 _reference = False
 
-# On the CPU, relation reuse runs a few images at a time so that each chunk's hidden activations
-# (rows, 3*L*H, N_u^2) stay within about this many elements (1 MiB of float32) and so in cache: the
-# whole batch's would be tens of MB, written to memory and read back between every step, and their
-# allocation page-faults whenever the allocator has handed the memory back to the system.
+# Inference on the CPU runs relation reuse a few images at a time, so that each chunk's hidden
+# activations (rows, 3*L*H, N_u^2) stay within about this many elements (1 MiB of float32) and so in
+# cache: the whole batch's are tens of MB, written to memory and read back between every step, and
+# their allocation page-faults whenever the allocator has handed the memory back to the system.
+# (Not under autograd: the backward of writes into slices of one output copies all of its gradient
+# once per chunk.)
 CPU_CHUNK_ELEMENTS = 2**18
 
 
@@ -170,7 +172,8 @@ class RelationReuse(nn.Sequential):
         B, C, n_u, _ = upstream.shape
         A = reuse_matrix(src=self.src_grid, dst=self.dst_grid, keep_cls=True, dtype=upstream.dtype,
                          device=upstream.device)  # (N_d, N_u)
-        rows = max(1, CPU_CHUNK_ELEMENTS // (3 * C * n_u * n_u)) if upstream.device.type == "cpu" else B
+        chunked = upstream.device.type == "cpu" and not torch.is_grad_enabled()
+        rows = max(1, CPU_CHUNK_ELEMENTS // (3 * C * n_u * n_u)) if chunked else B
         if rows >= B:
             rel = self._transform(upstream, A)
         else:
