@@ -14,6 +14,9 @@ and prints measured speed-up / GMACs-predicted speed-up against each ("efficienc
 costs exactly its multiply-adds), plus the time predicted from the measured per-exit stage times,
 which separates the early-exit mechanism's own cost from how well GMACs predict each stage's time.
 
+On a shared machine the load changes from minute to minute: --rounds N times every run N times
+(collect and budget once) and adds a row of per-column medians per run.
+
 Weights (--weights): `auto` takes runs/<run>/checkpoint.pt when it is a finished checkpoint of the
 current settings, else random initial weights; `random` always uses random weights. Time does not
 depend on the weights, and the budget's thresholds, fitted on the calibration split, send the
@@ -25,9 +28,11 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import statistics
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -65,7 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", nargs="*", help="cascade runs to time (default: every multi-exit run)")
     parser.add_argument("--weights", choices=["auto", "random"], default="auto")
     parser.add_argument("--workdir", help="scratch folder for the runs' outputs (default: a temporary one)")
+    parser.add_argument("--rounds", type=int, default=1, help="time every run this many times (default 1)")
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error(f"--rounds must be >= 1, got {args.rounds}")
 
     source = load_config(args.params, args.overrides)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="dvt-early-exit-"))
@@ -73,31 +81,54 @@ def main(argv: list[str] | None = None) -> int:
     scratch = load_config(args.params, [*args.overrides, f"runs_dir={workdir / 'runs'}",
                                         f"speed.budgets=[{middle}]"])
     runs = args.runs or [name for name, rc in source.runs.items() if rc.num_exits > 1]
-    rows = []
+    results: dict[str, tuple[str, list[dict[str, Any]]]] = {}
     for run in runs:
         weights = place_weights(source, scratch, run, args.weights)
         collect(scratch, run=run)
         budget(scratch, run=run)
-        result = speed(scratch, run=run)
-        rows.append((run, weights, result))
+        results[run] = (weights, [])
+    for _ in range(args.rounds):
+        for run in runs:  # in turns, so that a change of load hits every run alike
+            results[run][1].append(speed(scratch, run=run))
 
-    first = rows[0][2]
+    first = results[runs[0]][1][0]
     print(f"\nearly exit at budget p = {middle} (q = {middle * source.eval.q_step:g}); {first['device_name']}, "
           f"torch {first['torch']}, {first['threads']} thread(s), batch {first['batch_size']}, "
-          f"median of {first['repeats']}; outputs in {workdir}")
+          f"median of {first['repeats']}" + (f", {args.rounds} rounds" if args.rounds > 1 else "")
+          + f"; outputs in {workdir}")
     print("| run | weights | grids | exit shares | GMACs | img/s | last exit alone: img/s, measured / ideal = eff. "
           "| whole cascade: img/s, measured / ideal = eff. | vs stage times: eff. |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for run, weights, r in rows:
-        d = r["dynamic"][f"p{middle}"]
-        s, c = d["vs_standalone"], d["vs_cascade"]
-        print(f"| {run} | {weights} | {r['grids']} | {' / '.join(f'{f:.2f}' for f in d['exit_fractions'])} "
-              f"| {d['gmacs']:.4f} | {d['img_per_s']:.0f} "
-              f"| {r['static']['standalone']['img_per_s']:.0f}: x{s['measured']:.2f} / x{s['ideal']:.2f} = "
-              f"{s['efficiency']:.2f} "
-              f"| {r['static']['cascade']['img_per_s']:.0f}: x{c['measured']:.2f} / x{c['ideal']:.2f} = "
-              f"{c['efficiency']:.2f} | {d['vs_stage_times']['efficiency']:.2f} |")
+    for run, (weights, rounds) in results.items():
+        rows = [_row(r, middle) for r in rounds]
+        if len(rows) > 1:
+            rows.append({k: statistics.median(row[k] for row in rows) for k in rows[0]})
+        for i, row in enumerate(rows):
+            label = f"{run} (median)" if i == args.rounds else run
+            print(_format(label, weights, rounds[0]["grids"], rounds[0]["dynamic"][f"p{middle}"], row))
     return 0
+
+
+def _row(result: dict[str, Any], middle: int) -> dict[str, float]:
+    """The numbers of one speed.json that the table shows."""
+    d = result["dynamic"][f"p{middle}"]
+    s, c = d["vs_standalone"], d["vs_cascade"]
+    return {"img_per_s": d["img_per_s"], "standalone_img_per_s": result["static"]["standalone"]["img_per_s"],
+            "s_measured": s["measured"], "s_ideal": s["ideal"], "s_eff": s["efficiency"],
+            "cascade_img_per_s": result["static"]["cascade"]["img_per_s"],
+            "c_measured": c["measured"], "c_ideal": c["ideal"], "c_eff": c["efficiency"],
+            "stage_eff": d["vs_stage_times"]["efficiency"]}
+
+
+def _format(label: str, weights: str, grids: list[int], dynamic: dict[str, Any], row: dict[str, float]) -> str:
+    """One table row; exit shares and GMACs (the same in every round) from the dynamic entry."""
+    return (f"| {label} | {weights} | {grids} | {' / '.join(f'{f:.2f}' for f in dynamic['exit_fractions'])} "
+            f"| {dynamic['gmacs']:.4f} | {row['img_per_s']:.0f} "
+            f"| {row['standalone_img_per_s']:.0f}: x{row['s_measured']:.2f} / x{row['s_ideal']:.2f} = "
+            f"{row['s_eff']:.2f} "
+            f"| {row['cascade_img_per_s']:.0f}: x{row['c_measured']:.2f} / x{row['c_ideal']:.2f} = "
+            f"{row['c_eff']:.2f} "
+            f"| {row['stage_eff']:.2f} |")
 
 
 if __name__ == "__main__":
