@@ -14,7 +14,7 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
-from dvt.config import load_config, to_dict
+from dvt.config import from_dict, read_params, to_dict
 from dvt.errors import DvtError
 
 min_version("9.0")
@@ -29,17 +29,12 @@ def _params_file() -> str:
 
 def _load(path: str):
     """The validated dvt Config of `path`; a bad file stops the workflow with dvt's one-line message."""
-    import yaml
-
     try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise WorkflowError(f"{path}: cannot read it as YAML ({err})") from None
-    if config and config != raw:
-        raise WorkflowError("snakemake --config cannot set dvt's nested keys; edit the parameter file or pass "
-                            "another one with --configfile FILE")
-    try:
-        loaded = load_config(path)
+        raw = read_params(path)
+        if config and config != raw:
+            raise WorkflowError("snakemake --config cannot set dvt's nested keys; edit the parameter file or "
+                                "pass another one with --configfile FILE")
+        loaded = from_dict(raw)
     except DvtError as err:
         print(f"snakemake: error in {path}: {err}", file=sys.stderr)
         sys.exit(2)
@@ -53,6 +48,7 @@ CFG = _load(PARAMS)
 RUNS = list(CFG.runs)
 DATA = f"{CFG.data.root}/{CFG.data.dataset}"
 REPORT = CFG.report.dir
+_TREE = to_dict(CFG)  # the resolved params as plain data, for the rules' `params:`
 
 wildcard_constraints:
     run="|".join(map(re.escape, RUNS)) or "(?!)",
@@ -71,11 +67,10 @@ def settings(*keys: str):
     `runs.{run}` takes the run from the job's wildcards.
     """
     def value(wildcards) -> str:
-        tree = to_dict(CFG)
         out = {}
         for key in keys:
             key = key.format(run=getattr(wildcards, "run", ""))
-            node = tree
+            node = _TREE
             for part in key.split("."):
                 node = node[part]
             out[key] = node
@@ -86,7 +81,3 @@ def settings(*keys: str):
 
 def run_file(name: str):
     return f"runs/{{run}}/{name}"
-
-
-def runs_where(predicate) -> list[str]:
-    return [r for r, rc in CFG.runs.items() if predicate(rc)]
