@@ -41,6 +41,7 @@ def tiny_params() -> dict:
     return params
 
 
+GIT = [str(shutil.which("git")), "-c", "user.name=t", "-c", "user.email=t@t"]
 REPORTS = ["table1.md", "table2.md", "table3.md", "ablation.md", "metrics.json", "index.md", "figures"]
 
 
@@ -60,11 +61,10 @@ def tiny_repo(tmp_path: Path) -> Path:
     shutil.copytree(REPO / "reports" / "templates", root / "reports" / "templates")
     (root / ".gitignore").write_text("/data/\n/runs/\n.snakemake/\n")
     (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
-    git = [str(shutil.which("git")), "-c", "user.name=t", "-c", "user.email=t@t"]
-    sh(root, *git, "init", "-q")
+    sh(root, *GIT, "init", "-q")
     sh(root, str(BIN / "dvc"), "init", "-q")
-    sh(root, *git, "add", "-A")
-    sh(root, *git, "commit", "-qm", "tiny")
+    sh(root, *GIT, "add", "-A")
+    sh(root, *GIT, "commit", "-qm", "tiny")
     return root
 
 
@@ -92,9 +92,8 @@ def test_dvc_end_to_end(tmp_path):
     assert "Running stage 'speed@dvt'" in rerun and "Running stage 'train@" not in rerun
     assert "Running stage 'collect@" not in rerun
 
-    git = [str(shutil.which("git")), "-c", "user.name=t", "-c", "user.email=t@t"]
-    sh(root, *git, "add", "-A")
-    sh(root, *git, "commit", "-qm", "repeats 2")
+    sh(root, *GIT, "add", "-A")
+    sh(root, *GIT, "commit", "-qm", "repeats 2")
     sh(root, str(BIN / "dvc"), "exp", "run", "-S", "train.lr=0.0042", "-n", "lr-test")
     shown = json.loads(sh(root, str(BIN / "dvc"), "exp", "show", "--json").stdout)
     text = json.dumps(shown)
