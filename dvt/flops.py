@@ -4,7 +4,8 @@ Conventions are fvcore's, as in the paper: one multiply-add = one flop (so "GFLO
 LayerNorm = 5 x numel, nearest upsampling = output numel, adaptive average pooling = input numel;
 element-wise ops (add, GELU, softmax, exp, ...) are free. We add a rule for the one costly op fvcore
 does not know, fused attention (`scaled_dot_product_attention` = its two matmuls, exactly what the
-explicit path is charged), and refuse to report a number if any other unknown op turns up, so no
+explicit path is charged), and one it knows only unbatched (`baddbmm`, the explicit path's
+q k^T + bias, charged its matmul as fvcore charges addmm), and refuse to report a number if any other unknown op turns up, so no
 cost is dropped silently.
 
 Per exit k: the stage cost is exit k run on a 1-image batch given exit k-1's state, its reuse
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
 # by addition, copies). Anything else unknown is an error.
 FREE_OPS = frozenset({
     "aten::add", "aten::add_", "aten::sub", "aten::rsub", "aten::mul", "aten::mul_", "aten::div", "aten::div_",
-    "aten::neg", "aten::exp", "aten::pow", "aten::sum", "aten::gelu", "aten::softmax", "aten::im2col",
+    "aten::neg", "aten::exp", "aten::exp_", "aten::amax", "aten::pow", "aten::sum", "aten::gelu", "aten::softmax", "aten::im2col",
     "aten::dropout", "aten::feature_dropout", "aten::pad", "aten::expand_as", "aten::repeat",
 })
 
@@ -52,6 +53,13 @@ def _sdpa_flops(inputs: list[Any], outputs: list[Any]) -> int:
     for s in q[:-2]:
         batch *= s
     return batch * q[-2] * k[-2] * (q[-1] + v[-1])
+
+
+def _baddbmm_flops(inputs: list[Any], outputs: list[Any]) -> int:
+    """bias + b1 @ b2 with b1 (B, n, k), b2 (B, k, m): the batched matmul's B*n*k*m, the add free (as
+    fvcore charges addmm)."""
+    (batch, n, k), m = get_shape(inputs[1]), get_shape(inputs[2])[-1]
+    return batch * n * k * m
 
 
 @dataclass(frozen=True)
@@ -116,6 +124,7 @@ def count_flops(module: nn.Module, inputs: tuple[Tensor, ...]) -> int:
     matrix, but the paper charges it as nearest upsampling + adaptive pooling (spec §6)."""
     analysis = FlopCountAnalysis(module, inputs)
     analysis.set_op_handle("aten::scaled_dot_product_attention", _sdpa_flops)
+    analysis.set_op_handle("aten::baddbmm", _baddbmm_flops)
     analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
     with reference_reuse():
         total = analysis.total()

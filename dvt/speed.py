@@ -24,7 +24,7 @@ What is timed, and the reference each speed-up is measured against:
 Batches are padded as `dvt.inference.pad_rows` says (at most 15 repeated rows per exit), so the
 timed early exit is exactly the one tested against the simulation.
 
-Writes runs/R/speed.json: run, grids, device, device_name, torch, threads, batch_size, amp, warmup,
+Writes runs/R/speed.json: run, grids, device, device_name, torch, threads, batch_size, amp, allocator, warmup,
 repeats; static.exits.exitK / static.cascade / static.standalone {gmacs, img_per_s (, grid)};
 dynamic.pP {budget, thresholds, exit_fractions, gmacs, img_per_s, test {gmacs, accuracy} (budget.csv),
 vs_cascade / vs_standalone {measured, ideal, efficiency}, vs_stage_times {predicted_img_per_s,
@@ -33,6 +33,7 @@ efficiency}}.
 
 from __future__ import annotations
 
+import ctypes
 import platform
 import statistics
 import time
@@ -57,6 +58,25 @@ from dvt.weights import load_weights
 
 # Which test images are timed: a fixed random draw, so every rerun times the same batch.
 BATCH_SEED = 0
+
+# glibc malloc options (malloc.h): serve blocks up to 32 MiB (its maximum) from the heap instead of
+# fresh mmaps, and never hand the heap's free top back to the system.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD_MAX = 32 * 2**20
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc keep freed memory for reuse, as a caching allocator (jemalloc, tcmalloc, PyTorch's
+    CUDA allocator) does. By default a tensor of a few MB is a fresh mmap, or sits at the top of the
+    heap and is returned to the system when freed, so the next pass page-faults it in again: measured
+    here 0-20 ms of system time per 128-image pass, landing on whichever timed function allocates
+    after a trim, which made repeated timings scatter by 40 %. Both the references and the early exit
+    are timed under this setting. Returns whether it took effect (False off glibc)."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
 
 
 @torch.inference_mode()
@@ -209,6 +229,7 @@ def run(config: Config, *, run: str) -> dict[str, Any]:
         standalone_gmacs = count_cascade(standalone).total_gmacs
     device = _device(sc.device)
     amp = config.train.amp and device.type == "cuda"
+    allocator_kept = device.type == "cpu" and keep_freed_memory()
     threads = torch.get_num_threads()
     torch.set_num_threads(sc.threads)
     try:
@@ -268,6 +289,7 @@ def run(config: Config, *, run: str) -> dict[str, Any]:
     result = {
         "run": run, "grids": list(model.grids), "device": device.type, "device_name": _device_name(device),
         "torch": torch.__version__, "threads": sc.threads, "batch_size": len(x), "amp": amp,
+        "allocator": "glibc, freed memory kept (mallopt)" if allocator_kept else "default",
         "warmup": sc.warmup, "repeats": sc.repeats, "static": static, "dynamic": dynamic,
     }
     write_json(folder / "speed.json", result)

@@ -151,6 +151,38 @@ def test_fused_attention_unless_logits_are_needed(monkeypatch):
     assert calls == [False] * 12
 
 
+@pytest.mark.parametrize("width", [1, 10, 15, 16, 26])
+def test_softmax_rows_equals_torch_softmax_with_gradients(width):
+    # Short rows take a hand-written path on the CPU (see attention.SHORT_ROW); values and gradients
+    # must be torch's, with large logits (no overflow) and in every autograd mode.
+    x = torch.randn(3, 4, 5, width, dtype=torch.float64) * 40
+    expected = x.softmax(dim=-1)
+    with torch.inference_mode():
+        torch.testing.assert_close(attention_module.softmax_rows(x), expected)
+    with torch.no_grad():
+        torch.testing.assert_close(attention_module.softmax_rows(x), expected)
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    weights = torch.randn_like(x)
+    (attention_module.softmax_rows(a) * weights).sum().backward()
+    (b.softmax(dim=-1) * weights).sum().backward()
+    torch.testing.assert_close(a.grad, b.grad)
+    assert not attention_module.softmax_rows(x).isnan().any()
+
+
+@pytest.mark.parametrize("tokens", [10, 26])
+def test_explicit_attention_equals_the_fused_one_and_returns_its_logits(tokens):
+    torch.manual_seed(0)
+    attn = attention_module.Attention(dim=32, num_heads=4, qkv_bias=True).double()
+    x, bias = torch.randn(3, tokens, 32, dtype=torch.float64), torch.randn(3, 4, tokens, tokens, dtype=torch.float64)
+    for b in (None, bias):
+        fused, none = attn(x, bias=b)
+        explicit, logits = attn(x, bias=b, need_logits=True)
+        assert none is None
+        torch.testing.assert_close(explicit, fused)
+        q, k, _ = attn.qkv(x).reshape(3, tokens, 3, 4, 8).permute(2, 0, 3, 1, 4)
+        torch.testing.assert_close(logits, q @ k.transpose(-2, -1) / 8**0.5 + (0 if b is None else b))
+
+
 def test_gradients_reach_upstream_exits():
     for feature_reuse, relation_reuse in [(True, False), (False, True)]:
         model = micro(feature_reuse=feature_reuse, relation_reuse=relation_reuse)

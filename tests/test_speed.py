@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import platform
 from pathlib import Path
 from typing import Iterator
 
@@ -122,6 +123,8 @@ def test_speed_json_records_static_and_early_exit_throughput(pipeline):
     stored = json.loads((Path(config.runs_dir) / "dvt" / "speed.json").read_text())
     assert stored == result
     assert stored["device"] == "cpu" and stored["threads"] == 1 and stored["batch_size"] == 32
+    if platform.libc_ver()[0] == "glibc":  # timed with freed memory kept (dvt.speed.keep_freed_memory)
+        assert stored["allocator"] == "glibc, freed memory kept (mallopt)"
     static = stored["static"]
     assert set(static["exits"]) == {"exit1", "exit2", "exit3"}
     assert static["cascade"] == static["exits"]["exit3"] and static["standalone"]["grid"] == 8

@@ -9,8 +9,28 @@ scaled logits and back-propagates through); only when they are needed do we mate
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+# PyTorch's CPU softmax vectorises along each row, a full vector register at a time (16 floats with
+# AVX-512); rows shorter than that take a path about 3.5x slower than exp + sum over the same tensor
+# (measured on this machine: 0.96 vs 0.27 ms for the (128, 4, 10, 10) logits of a 3x3 exit).
+SHORT_ROW = 16
+
+
+def softmax_rows(x: Tensor) -> Tensor:
+    """softmax over the last dim; on the CPU, rows shorter than SHORT_ROW are done by hand."""
+    if x.device.type != "cpu" or x.shape[-1] >= SHORT_ROW:
+        return x.softmax(dim=-1)
+    # Shifting by the row max keeps exp finite; softmax does not depend on the shift, so no gradient
+    # needs to flow through it.
+    e = x - x.detach().amax(dim=-1, keepdim=True)
+    if not torch.is_grad_enabled() or not x.requires_grad:
+        e = e.exp_()  # e is our own temporary: no autograd graph to protect
+        return e.div_(e.sum(dim=-1, keepdim=True))
+    e = e.exp()
+    return e / e.sum(dim=-1, keepdim=True)
 
 
 class Attention(nn.Module):
@@ -36,10 +56,14 @@ class Attention(nn.Module):
         # (B, N, 3D) -> 3 x (B, H, N, d_h)
         q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         if need_logits:
-            logits = (q @ k.transpose(-2, -1)) * self.scale
-            if bias is not None:
-                logits = logits + bias
-            out = logits.softmax(dim=-1) @ v
+            H = self.num_heads
+            qh, kh = q.reshape(B * H, N, self.head_dim), k.reshape(B * H, N, self.head_dim)
+            if bias is None:
+                logits = torch.bmm(qh, kh.transpose(1, 2)).mul_(self.scale).view(B, H, N, N)
+            else:  # scale * q k^T + bias in one GEMM
+                logits = torch.baddbmm(bias.reshape(B * H, N, N), qh, kh.transpose(1, 2), alpha=self.scale)
+                logits = logits.view(B, H, N, N)
+            out = softmax_rows(logits) @ v
         else:
             logits = None
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
