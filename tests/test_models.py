@@ -135,7 +135,7 @@ def test_state_holds_only_what_the_next_exit_reuses():
         micro().forward_exit(0, images(2, size=32))
 
 
-def test_fused_attention_unless_logits_are_needed(monkeypatch):
+def test_fused_attention_unless_logits_are_needed_or_the_bias_trains(monkeypatch):
     calls = []
     fused = attention_module.F.scaled_dot_product_attention
 
@@ -144,9 +144,12 @@ def test_fused_attention_unless_logits_are_needed(monkeypatch):
         return fused(*args, **kwargs)
 
     monkeypatch.setattr(attention_module.F, "scaled_dot_product_attention", spy)
-    micro()(images(2))  # exits 0, 1 feed relations on -> explicit; exit 2 fused with the reuse bias as mask
+    with torch.no_grad():
+        micro()(images(2))  # exits 0, 1 feed relations on -> explicit; exit 2 fused with the reuse bias as mask
     assert calls == [True] * 4
     calls.clear()
+    micro()(images(2))  # with autograd, exit 2's bias needs a gradient -> explicit on the CPU
+    assert calls == []
     micro(relation_reuse=False)(images(2))
     assert calls == [False] * 12
 
