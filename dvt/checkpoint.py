@@ -10,16 +10,18 @@ from __future__ import annotations
 import random
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from dvt.atomic import atomic_path
 from dvt.config import Config, to_dict
 from dvt.data.fetch import fingerprint
 from dvt.data.manifest import sha256
 from dvt.errors import DvtError
+
+if TYPE_CHECKING:
+    import torch
 
 FORMAT = "dvt-checkpoint-v1"
 __all__ = ["FORMAT", "run_fingerprint", "describe_difference", "save", "load", "sha256",
@@ -60,6 +62,8 @@ def git_commit() -> str | None:
 
 
 def rng_state(data_generator: torch.Generator | None = None) -> dict[str, Any]:
+    import torch  # here, not at the top: `dvt budget` and `dvt report` need this module but not torch (~3 s)
+
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -69,6 +73,8 @@ def rng_state(data_generator: torch.Generator | None = None) -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any], data_generator: torch.Generator | None = None) -> None:
+    import torch
+
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
@@ -79,11 +85,15 @@ def set_rng_state(state: dict[str, Any], data_generator: torch.Generator | None 
 
 
 def save(path: str | Path, payload: dict[str, Any]) -> None:
+    import torch
+
     with atomic_path(path) as tmp:
         torch.save({"format": FORMAT, "git_commit": git_commit(), **payload}, tmp)
 
 
 def load(path: str | Path) -> dict[str, Any]:
+    import torch
+
     path = Path(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
