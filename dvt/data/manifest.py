@@ -59,4 +59,13 @@ def read_manifest(data: DataConfig) -> tuple[Path, Manifest]:
     path = folder / MANIFEST
     if not path.is_file():
         raise DvtError(f"{folder} has no {MANIFEST}: run `dvt fetch` first")
-    return folder, json.loads(path.read_text())
+    manifest = json.loads(path.read_text())
+    from dvt.data.fetch import fingerprint  # fetch imports this module
+
+    # Otherwise an edit of, say, data.calibration_size would silently train on the old split.
+    wanted, fetched = fingerprint(data), manifest.get("params", {})
+    stale = [f"{key} = {fetched.get(key)!r}" for key in wanted if fetched.get(key) != wanted[key]]
+    if stale:
+        raise DvtError(f"{folder} was fetched with data.{', data.'.join(stale)}, not what the params say now: "
+                       f"run `dvt fetch` again")
+    return folder, manifest
