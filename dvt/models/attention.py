@@ -5,8 +5,8 @@ the pre-softmax logits of a downstream exit, and the logits themselves (bias inc
 layer of an exit whose successor reuses them. When the logits are not needed we use the fused
 `F.scaled_dot_product_attention` (a bias goes in as a float `attn_mask`). We materialise the logits
 when they are needed, and also when a bias needs a gradient: SDPA then falls back to its math path
-on the CPU, which costs more than ours (it scans the whole mask for fully masked rows: about 4 % of
-a DVT training step on the default setup).
+on the CPU, which costs more than ours (among other things it scans the whole mask for fully masked
+rows); profiled on the default cascade, a 64-image training step went from 278 to 209 ms of CPU.
 """
 
 from __future__ import annotations
