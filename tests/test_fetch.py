@@ -88,6 +88,18 @@ def test_rerun_is_a_noop_and_a_change_refetches(tmp_path, capsys):
     assert fetch.run(bigger)["counts"]["calibration"] == 20
 
 
+def test_stages_refuse_data_fetched_with_other_params(tmp_path):
+    config = make_config(tmp_path, data={"dataset": "synthetic", "calibration_size": 10,
+                                         "synthetic": {"train_size": 50, "test_size": 10}})
+    fetch.run(config)
+    assert len(load_split(config, "calibration")) == 10
+    edited = dataclasses.replace(config, data=dataclasses.replace(config.data, calibration_size=20))
+    with pytest.raises(DvtError, match=r"fetched with data.calibration_size = 10.*run `dvt fetch` again"):
+        load_split(edited, "train")
+    fetch.run(edited)
+    assert len(load_split(edited, "calibration")) == 20
+
+
 def test_synthetic_is_deterministic(tmp_path):
     from dvt.data.synthetic import generate
     from dvt.config import SyntheticConfig

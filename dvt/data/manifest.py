@@ -62,9 +62,10 @@ def read_manifest(data: DataConfig) -> tuple[Path, Manifest]:
     manifest = json.loads(path.read_text())
     from dvt.data.fetch import fingerprint  # fetch imports this module
 
-    # Otherwise an edit of, say, data.calibration_size would silently train on the old split.
+    # Otherwise an edit of, say, data.calibration_size would silently train on the old split. (A
+    # manifest written by hand, without the params `dvt fetch` records, is taken as it is.)
     wanted, fetched = fingerprint(data), manifest.get("params", {})
-    stale = [f"{key} = {fetched.get(key)!r}" for key in wanted if fetched.get(key) != wanted[key]]
+    stale = [f"{key} = {fetched[key]!r}" for key in wanted if key in fetched and fetched[key] != wanted[key]]
     if stale:
         raise DvtError(f"{folder} was fetched with data.{', data.'.join(stale)}, not what the params say now: "
                        f"run `dvt fetch` again")
