@@ -5,8 +5,8 @@ LayerNorm = 5 x numel, nearest upsampling = output numel, adaptive average pooli
 element-wise ops (add, GELU, softmax, exp, ...) are free. We add a rule for the one costly op fvcore
 does not know, fused attention (`scaled_dot_product_attention` = its two matmuls, exactly what the
 explicit path is charged), and one it knows only unbatched (`baddbmm`, the explicit path's
-q k^T + bias, charged its matmul as fvcore charges addmm), and refuse to report a number if any other unknown op turns up, so no
-cost is dropped silently.
+q k^T + bias, charged its matmul as fvcore charges addmm), and refuse to report a number if any
+other unknown op turns up, so no cost is dropped silently.
 
 Per exit k: the stage cost is exit k run on a 1-image batch given exit k-1's state, its reuse
 modules included; the cumulative cost (the cost of exiting at k, as in the official checkpoints'
@@ -41,7 +41,8 @@ if TYPE_CHECKING:
 # by addition, copies). Anything else unknown is an error.
 FREE_OPS = frozenset({
     "aten::add", "aten::add_", "aten::sub", "aten::rsub", "aten::mul", "aten::mul_", "aten::div", "aten::div_",
-    "aten::neg", "aten::exp", "aten::exp_", "aten::amax", "aten::pow", "aten::sum", "aten::gelu", "aten::softmax", "aten::im2col",
+    "aten::neg", "aten::exp", "aten::exp_", "aten::amax", "aten::pow", "aten::sum", "aten::gelu", "aten::softmax",
+    "aten::im2col",
     "aten::dropout", "aten::feature_dropout", "aten::pad", "aten::expand_as", "aten::repeat",
 })
 

@@ -24,8 +24,8 @@ What is timed, and the reference each speed-up is measured against:
 Batches are padded as `dvt.inference.pad_rows` says (at most 15 repeated rows per exit), so the
 timed early exit is exactly the one tested against the simulation.
 
-Writes runs/R/speed.json: run, grids, device, device_name, torch, threads, batch_size, amp, allocator, warmup,
-repeats; static.exits.exitK / static.cascade / static.standalone {gmacs, img_per_s (, grid)};
+Writes runs/R/speed.json: run, grids, device, device_name, torch, threads, batch_size, amp,
+allocator, warmup, repeats; static.exits.exitK / static.cascade / static.standalone {gmacs, img_per_s (, grid)};
 dynamic.pP {budget, thresholds, exit_fractions, gmacs, img_per_s, test {gmacs, accuracy} (budget.csv),
 vs_cascade / vs_standalone {measured, ideal, efficiency}, vs_stage_times {predicted_img_per_s,
 efficiency}}.
