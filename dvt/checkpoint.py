@@ -16,8 +16,7 @@ import numpy as np
 
 from dvt.atomic import atomic_path
 from dvt.config import Config, to_dict
-from dvt.data.fetch import fingerprint
-from dvt.data.manifest import sha256
+from dvt.data.manifest import fingerprint, sha256
 from dvt.errors import DvtError
 
 if TYPE_CHECKING:

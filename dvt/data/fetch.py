@@ -20,7 +20,7 @@ import numpy as np
 from dvt.atomic import atomic_dir
 from dvt.config import Config, DataConfig
 from dvt.data import cifar, idx, imagenet
-from dvt.data.manifest import Manifest, file_checksums, is_current, write_manifest
+from dvt.data.manifest import Manifest, file_checksums, fingerprint, is_current, write_manifest
 from dvt.errors import DvtError
 
 CALIBRATION_SEED = 0
@@ -31,15 +31,6 @@ FASHION_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
-
-
-def fingerprint(data: DataConfig) -> dict[str, object]:
-    """The params that determine the fetched bytes; a manifest with the same ones is up to date."""
-    fp: dict[str, object] = {"dataset": data.dataset, "source": data.source,
-                             "calibration_size": data.calibration_size}
-    if data.dataset == "synthetic":
-        fp["synthetic"] = {k: getattr(data.synthetic, k) for k in data.synthetic.__dataclass_fields__}
-    return fp
 
 
 def calibration_split(n: int, size: int, *, seed: int = CALIBRATION_SEED) -> tuple[np.ndarray, np.ndarray]:

@@ -31,6 +31,15 @@ def file_checksums(folder: Path) -> dict[str, str]:
     return {p.name: f"sha256:{sha256(p)}" for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}
 
 
+def fingerprint(data: DataConfig) -> dict[str, object]:
+    """The params that determine the fetched bytes; a manifest with the same ones is up to date."""
+    fp: dict[str, object] = {"dataset": data.dataset, "source": data.source,
+                             "calibration_size": data.calibration_size}
+    if data.dataset == "synthetic":
+        fp["synthetic"] = {k: getattr(data.synthetic, k) for k in data.synthetic.__dataclass_fields__}
+    return fp
+
+
 def write_manifest(folder: Path, body: Manifest) -> Manifest:
     write_json(folder / MANIFEST, body)
     return body
@@ -60,8 +69,6 @@ def read_manifest(data: DataConfig) -> tuple[Path, Manifest]:
     if not path.is_file():
         raise DvtError(f"{folder} has no {MANIFEST}: run `dvt fetch` first")
     manifest = json.loads(path.read_text())
-    from dvt.data.fetch import fingerprint  # fetch imports this module
-
     # Otherwise an edit of, say, data.calibration_size would silently train on the old split. (A
     # manifest written by hand, without the params `dvt fetch` records, is taken as it is.)
     wanted, fetched = fingerprint(data), manifest.get("params", {})
