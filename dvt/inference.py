@@ -51,19 +51,20 @@ def top1_per_exit(model: nn.Module, dataset: Dataset, *, batch_size: int, device
     return [100.0 * c / max(total, 1) for c in (correct or [])]
 
 
-# CPU math libraries compute a batch of a few rows with other kernels, in another summation order,
-# than a larger batch, so an image's logits change in the last bits with the size of its batch. Seen
-# on our CPUs: MKL's linear layers for row counts M = 1..3 (one thread), 1..11 (two threads) and also
-# 17..27 (sixteen threads), i.e. small M not a multiple of 4; oneDNN's 1x1 convolutions (relation
-# reuse) for batches below 16 with one thread and of 1 with more. Padding every batch to a multiple
-# of 4 rows and at least 16 avoids all of these, so `collect`'s stored logits and real early exit on
-# subsets of any size agree exactly (tests/test_speed.py). Cost: at most 15 repeated rows per call.
-ROW_MULTIPLE = 4
-MIN_ROWS = 16
+# CPU math libraries may compute a batch of a few rows with other kernels, in another summation
+# order, than a larger batch, so an image's logits could change in the last bits with the size of
+# its batch. Checked here (torch 2.14, MKL 2024.2; the dvt, dvt_no_reuse and tokens_7x7 default
+# runs on n = 1..69 and on to 256 images against one 256-image batch): with one or two threads only
+# a lone image differs (MKL's matrix-vector path for one row); with 4 or 16 threads the relation-reuse
+# GEMMs also differ for some sizes, so exact agreement is promised for one or two threads, which
+# `dvt speed` and the tests use. Padding a batch to at least MIN_ROWS rows keeps `collect`'s stored
+# logits and real early exit on subsets of any size bit-identical (tests/test_speed.py). Larger
+# batches run as they are: 65 rows left at an exit cost 65 rows, not the 68 that rounding up to a
+# multiple of 4 (needed by the 1x1 convolutions of earlier versions) cost.
+MIN_ROWS = 4
 
 
-def pad_rows(index: Tensor, *, multiple: int = ROW_MULTIPLE, minimum: int = MIN_ROWS) -> Tensor:
-    """Batch row indices (B,) followed by copies of the first one up to the padded size: (B',)."""
+def pad_rows(index: Tensor, *, minimum: int = MIN_ROWS) -> Tensor:
+    """Batch row indices (B,) followed by copies of the first one up to `minimum` rows: (max(B, minimum),)."""
     n = len(index)
-    size = max(minimum, -(-n // multiple) * multiple)
-    return torch.cat([index, index[:1].expand(size - n)]) if n and size > n else index
+    return torch.cat([index, index[:1].expand(minimum - n)]) if 0 < n < minimum else index
