@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import timm
 import torch
@@ -135,7 +137,21 @@ def test_state_holds_only_what_the_next_exit_reuses():
         micro().forward_exit(0, images(2, size=32))
 
 
-def test_fused_attention_unless_logits_are_needed_or_the_bias_trains(monkeypatch):
+def test_attention_kernel_choice():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    fused = functools.partial(attention_module.use_fused_kernel, bias_grad=False)
+    # Always fused on the GPU; on the CPU only where it measured faster.
+    assert fused(device=cuda, tokens=10, bias=True, grad=True)
+    assert not fused(device=cpu, tokens=26, bias=False, grad=False)
+    assert fused(device=cpu, tokens=50, bias=False, grad=False)
+    assert fused(device=cpu, tokens=50, bias=True, grad=False)
+    assert not fused(device=cpu, tokens=37, bias=True, grad=False)
+    assert not fused(device=cpu, tokens=50, bias=False, grad=True)
+    assert fused(device=cpu, tokens=197, bias=False, grad=True)
+    assert not attention_module.use_fused_kernel(device=cpu, tokens=197, bias=True, grad=True, bias_grad=True)
+
+
+def test_fused_attention_only_where_it_is_faster(monkeypatch):
     calls = []
     fused = attention_module.F.scaled_dot_product_attention
 
@@ -145,13 +161,16 @@ def test_fused_attention_unless_logits_are_needed_or_the_bias_trains(monkeypatch
 
     monkeypatch.setattr(attention_module.F, "scaled_dot_product_attention", spy)
     with torch.no_grad():
-        micro()(images(2))  # exits 0, 1 feed relations on -> explicit; exit 2 fused with the reuse bias as mask
-    assert calls == [True] * 4
+        # 4x4 and 7x7 exits feed relations on (explicit); the 14x14 exit (197 tokens) is fused with
+        # the reuse bias as its mask.
+        micro()(images(2))
+        assert calls == [True] * 4
+        calls.clear()
+        micro(relation_reuse=False)(images(2))  # 17 tokens explicit; 50 and 197 fused, without a mask
+        assert calls == [False] * 8
     calls.clear()
-    micro()(images(2))  # with autograd, exit 2's bias needs a gradient -> explicit on the CPU
+    micro()(images(2))  # with autograd, the 14x14 exit's bias needs a gradient -> explicit on the CPU
     assert calls == []
-    micro(relation_reuse=False)(images(2))
-    assert calls == [False] * 12
 
 
 @pytest.mark.parametrize("width", [1, 10, 15, 16, 26])
