@@ -34,8 +34,8 @@ def softmax_rows(x: Tensor) -> Tensor:
     return e / e.sum(dim=-1, keepdim=True)
 
 
-# On the CPU the fused kernel's blocking is tuned for long sequences, and with a mask it also scans
-# the whole mask. Measured here, 1 thread, 4 heads of 16, ms per call, fused / explicit:
+# On the CPU the fused kernel's blocking is tuned for long sequences. Measured here, 1 thread, 4
+# heads of 16, ms per call, fused / explicit:
 #   inference, no bias, 128 images: N = 10: 1.28 / 0.92, 26: 2.91 / 2.15, 37: 4.17 / 3.51,
 #     50: 4.96 / 5.58, 197: 42 / 150;
 #   inference with a bias, 128 images: N = 26: 3.03 / 2.02, 37: 3.94 / 3.05, 50: 5.61 / 5.81,
