@@ -21,8 +21,8 @@ What is timed, and the reference each speed-up is measured against:
   predicts the early-exit time from the static stage times and the shares of the batch reaching
   each exit; measured against that, it isolates the cost of the mechanism itself.
 
-Batches are padded as `dvt.inference.pad_rows` says (to at least 4 rows), so the
-timed early exit is exactly the one tested against the simulation.
+Batches are padded as `dvt.inference.pad_rows` says (to at least 4 rows), so the timed early exit
+is exactly the one tested against the simulation.
 
 Writes runs/R/speed.json: run, grids, device, device_name, torch, threads, batch_size, amp,
 allocator, warmup, repeats; static.exits.exitK / static.cascade / static.standalone {gmacs, img_per_s (, grid)};

@@ -192,12 +192,26 @@ def test_softmax_rows_equals_torch_softmax_with_gradients(width):
 
 
 @pytest.mark.parametrize("tokens", [10, 26])
-def test_explicit_attention_equals_the_fused_one_and_returns_its_logits(tokens):
+def test_explicit_attention_equals_the_fused_one_and_returns_its_logits(tokens, monkeypatch):
     torch.manual_seed(0)
     attn = attention_module.Attention(dim=32, num_heads=4, qkv_bias=True).double()
     x, bias = torch.randn(3, tokens, 32, dtype=torch.float64), torch.randn(3, 4, tokens, tokens, dtype=torch.float64)
+    # Sequences this short take the explicit path on the CPU; make the fused kernel the choice so that
+    # both paths are compared.
+    for case in attention_module.CPU_FUSED_MIN_TOKENS:
+        monkeypatch.setitem(attention_module.CPU_FUSED_MIN_TOKENS, case, 0)
+    spy = []
+    fused_kernel = attention_module.F.scaled_dot_product_attention
+
+    def counted(*args, **kwargs):
+        spy.append(1)
+        return fused_kernel(*args, **kwargs)
+
+    monkeypatch.setattr(attention_module.F, "scaled_dot_product_attention", counted)
     for b in (None, bias):
+        spy.clear()
         fused, none = attn(x, bias=b)
+        assert spy == [1]
         explicit, logits = attn(x, bias=b, need_logits=True)
         assert none is None
         torch.testing.assert_close(explicit, fused)

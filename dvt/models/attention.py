@@ -79,7 +79,7 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         bias_grad = bias is not None and bias.requires_grad
         if need_logits or not use_fused_kernel(device=x.device, tokens=N, bias=bias is not None,
-                                               grad=q.requires_grad or bias_grad, bias_grad=bias_grad):
+                                               grad=q.requires_grad, bias_grad=bias_grad):
             H = self.num_heads
             qh, kh = q.reshape(B * H, N, self.head_dim), k.reshape(B * H, N, self.head_dim)
             if bias is None:
