@@ -126,6 +126,7 @@ def count_flops(module: nn.Module, inputs: tuple[Tensor, ...]) -> int:
     analysis = FlopCountAnalysis(module, inputs)
     analysis.set_op_handle("aten::scaled_dot_product_attention", _sdpa_flops)
     analysis.set_op_handle("aten::baddbmm", _baddbmm_flops)
+    analysis.set_op_handle("aten::baddbmm_", _baddbmm_flops)  # the same, accumulated into its input
     analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
     with reference_reuse():
         total = analysis.total()

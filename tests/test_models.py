@@ -146,6 +146,9 @@ def test_attention_kernel_choice():
     assert fused(device=cpu, tokens=50, bias=False, grad=False)
     assert fused(device=cpu, tokens=50, bias=True, grad=False)
     assert not fused(device=cpu, tokens=37, bias=True, grad=False)
+    # A bias the explicit path may add into in place spares a copy: explicit up to 63 tokens.
+    assert not fused(device=cpu, tokens=50, bias=True, grad=False, bias_in_place=True)
+    assert fused(device=cpu, tokens=64, bias=True, grad=False, bias_in_place=True)
     assert not fused(device=cpu, tokens=50, bias=False, grad=True)
     assert fused(device=cpu, tokens=197, bias=False, grad=True)
     assert not attention_module.use_fused_kernel(device=cpu, tokens=197, bias=True, grad=True, bias_grad=True)
@@ -217,6 +220,25 @@ def test_explicit_attention_equals_the_fused_one_and_returns_its_logits(tokens, 
         torch.testing.assert_close(explicit, fused)
         q, k, _ = attn.qkv(x).reshape(3, tokens, 3, 4, 8).permute(2, 0, 3, 1, 4)
         torch.testing.assert_close(logits, q @ k.transpose(-2, -1) / 8**0.5 + (0 if b is None else b))
+
+
+def test_attention_overwrites_only_a_bias_it_may():
+    torch.manual_seed(0)
+    attn = attention_module.Attention(dim=32, num_heads=4, qkv_bias=True)
+    x, bias = torch.randn(3, 26, 32), torch.randn(3, 4, 26, 26)
+    with torch.no_grad():
+        expected, logits = attn(x, bias=bias.clone(), need_logits=True)
+        kept = bias.clone()
+        out, _ = attn(x, bias=kept)  # not allowed to overwrite
+        assert torch.equal(kept, bias) and torch.equal(out, expected)
+        scratch = bias.clone()
+        out, in_place = attn(x, bias=scratch, overwrite_bias=True, need_logits=True)
+        assert torch.equal(out, expected) and torch.equal(in_place, logits)
+        assert in_place.data_ptr() == scratch.data_ptr()  # the logits took the bias's memory
+    trainable = bias.clone().requires_grad_()
+    out, _ = attn(x, bias=trainable, overwrite_bias=True)  # with autograd: never in place
+    out.sum().backward()
+    assert torch.equal(trainable.detach(), bias) and trainable.grad is not None
 
 
 def test_gradients_reach_upstream_exits():

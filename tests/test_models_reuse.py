@@ -8,10 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dvt.models import create_model
-from dvt.models import reuse
-from dvt.models.reuse import (FeatureReuse, RelationReuse, reference_reuse, resample_grid, resample_relations,
-                              resample_tokens, reuse_matrix, upsample_size)
+from dvt.models import create_model, native, reuse
+from dvt.models.reuse import (FeatureReuse, RelationReuse, axis_matrix, reference_reuse, resample_grid,
+                              resample_relations, resample_tokens, reuse_matrix, upsample_size)
 
 
 def recipe(x: torch.Tensor, up: int, size: int) -> torch.Tensor:
@@ -203,3 +202,100 @@ def test_reuse_module_shapes_follow_the_paper():
     assert sd["exits.1.blocks.3.mlp.fc1.weight"].shape == (512, 304)
     assert sd["exits.2.tokens_to_token.attention1.kqv.weight"].shape == (192, 147)
     assert sd["exits.0.tokens_to_token.attention1.kqv.weight"].shape == (192, 588)
+
+
+# --- The native query-side kernel (dvt/models/resample.c) and the layer-major inference layout ---
+
+needs_compiler = pytest.mark.skipif(not native.available(), reason="no C compiler: the matmul path is used")
+
+
+@pytest.mark.parametrize("src,dst", PAIRS)
+def test_axis_matrix_factors_the_grid_matrix(src, dst):
+    R1 = torch.tensor(axis_matrix(src, dst), dtype=torch.float64)
+    assert R1.shape == (dst, src)
+    torch.testing.assert_close(torch.kron(R1, R1), reuse._grid_matrix(src, dst), rtol=0, atol=1e-15)
+
+
+@needs_compiler
+@pytest.mark.parametrize("src,dst", [p for p in PAIRS if p[1] > p[0]])
+def test_native_query_resampling_equals_the_dense_matrix(src, dst):
+    """Maps already resampled along keys, put through R along queries by the kernel, into rows 1..3 of
+    a layer-major (L, B, H, N_d, N_d) buffer: A @ maps, channel l*H + h at [l, b, h]; other rows untouched."""
+    kernel = native.resample_queries(axis_matrix(src, dst))
+    assert kernel is not None
+    n_u, n_d, L, H = src * src + 1, dst * dst + 1, 2, 3
+    keys = torch.randn(3, L * H, n_u, n_d)
+    out = torch.full((L, 5, H, n_d, n_d), 7.0)
+    kernel(keys, out[:, 1:4])
+    A = reuse_matrix(src=src, dst=dst, keep_cls=True, dtype=torch.float64)
+    expected = (A @ keys.double()).unflatten(1, (L, H)).transpose(0, 1).float()
+    torch.testing.assert_close(out[:, 1:4], expected, rtol=1e-6, atol=1e-6)
+    assert (out[:, [0, 4]] == 7).all()
+    with pytest.raises(ValueError, match="do not fit"):
+        kernel(keys[:, :, 1:], out[:, 1:4])  # not an src x src grid of queries
+
+
+def test_native_kernel_does_not_apply_to_more_than_two_weights_per_row():
+    assert native.resample_queries(((0.5, 0.25, 0.25),)) is None
+
+
+@pytest.mark.parametrize("kernel", [True, False])
+def test_relation_reuse_inference_layout_equals_the_training_path(monkeypatch, kernel):
+    """CPU inference: each layer's bias is its own contiguous block (the attention adds its logits
+    into it in place), with the native kernel or with the matmul fallback; values as with autograd."""
+    if kernel and not native.available():
+        pytest.skip("no C compiler")
+    if not kernel:
+        monkeypatch.setattr(native, "resample_queries", lambda axis: None)
+    monkeypatch.setattr(reuse, "CPU_CHUNK_ELEMENTS", 3 * 16 * 26 * 26 * 2)  # chunks of 2 images, last one short
+    torch.manual_seed(0)
+    module = RelationReuse(depth=4, num_heads=4, src_grid=5, dst_grid=7)
+    rel = torch.randn(5, 16, 26, 26)
+    trained = module(rel)
+    with torch.inference_mode():
+        inferred = module(rel)
+    assert all(b.is_contiguous() and b.shape == (5, 4, 50, 50) for b in inferred)
+    assert inferred[0].untyped_storage().data_ptr() == inferred[3].untyped_storage().data_ptr()  # one buffer
+    for f, r in zip(inferred, trained):
+        torch.testing.assert_close(f, r.detach(), rtol=1e-5, atol=1e-5)
+
+
+def _fresh_library(monkeypatch, tmp_path, **env):
+    monkeypatch.setenv("DVT_CACHE_DIR", str(tmp_path))
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    native._library.cache_clear()
+    native.resample_queries.cache_clear()
+
+
+@pytest.fixture
+def restore_native():
+    yield
+    native._library.cache_clear()
+    native.resample_queries.cache_clear()
+
+
+@needs_compiler
+def test_native_library_is_built_once_per_source_and_cpu(monkeypatch, tmp_path, restore_native):
+    _fresh_library(monkeypatch, tmp_path)
+    assert native.available()
+    (built,) = (tmp_path / "native").iterdir()
+    assert built.suffix == ".so"
+    stamp = built.stat().st_mtime_ns
+    native._library.cache_clear()
+    assert native.available() and built.stat().st_mtime_ns == stamp  # loaded again, not rebuilt
+    assert list((tmp_path / "native").iterdir()) == [built]  # no temporary files left behind
+
+
+def test_without_a_compiler_the_matmul_path_is_used(monkeypatch, tmp_path, restore_native):
+    _fresh_library(monkeypatch, tmp_path, CC=str(tmp_path / "no-such-cc"))
+    with pytest.warns(UserWarning, match="could not build resample.c"):
+        assert native.resample_queries(axis_matrix(5, 7)) is None
+    _fresh_library(monkeypatch, tmp_path, DVT_NATIVE="0")
+    assert native.resample_queries(axis_matrix(5, 7)) is None  # switched off: no warning, no build
+    assert not (tmp_path / "native").exists() or not any((tmp_path / "native").glob("*.so"))
+    torch.manual_seed(0)
+    module = RelationReuse(depth=1, num_heads=2, src_grid=3, dst_grid=5)
+    with torch.inference_mode():
+        fallback = module(torch.randn(2, 2, 10, 10))
+    assert fallback[0].shape == (2, 2, 26, 26)

@@ -40,18 +40,28 @@ def softmax_rows(x: Tensor) -> Tensor:
 #     50: 4.96 / 5.58, 197: 42 / 150;
 #   inference with a bias, 128 images: N = 26: 3.03 / 2.02, 37: 3.94 / 3.05, 50: 5.61 / 5.81,
 #     65: 8.18 / 11.0 (65 images, N = 50: 2.81 / 2.63: a tie);
+#   inference with a bias the explicit path may add into in place (no copy; the attention core
+#     alone, 65 images): N = 50: 1.94 / 1.65, 65: 3.46 / 4.3, 101: 7.1 / 9.9 (heads of 64: N = 50:
+#     6.5 / 6.0, 101: 15.8 / 18.2);
 #   forward + backward, no bias, 64 images: N = 10: 1.90 / 1.45, 26: 3.73 / 2.48, 50: 8.07 / 7.39;
 #     with a bias that trains the fused kernel takes its slow math path.
-CPU_FUSED_MIN_TOKENS = {"inference": 40, "inference with bias": 50, "training": 64}
+CPU_FUSED_MIN_TOKENS = {"inference": 40, "inference with bias": 50, "inference with bias in place": 64,
+                        "training": 64}
 
 
-def use_fused_kernel(*, device: torch.device, tokens: int, bias: bool, grad: bool, bias_grad: bool) -> bool:
+def use_fused_kernel(*, device: torch.device, tokens: int, bias: bool, grad: bool, bias_grad: bool,
+                     bias_in_place: bool = False) -> bool:
     """Whether attention over `tokens` tokens is faster fused than explicit (logits not needed)."""
     if device.type != "cpu":
         return True
     if bias_grad:
         return False
-    case = "training" if grad else "inference with bias" if bias else "inference"
+    if grad:
+        case = "training"
+    elif bias:
+        case = "inference with bias in place" if bias_in_place else "inference with bias"
+    else:
+        case = "inference"
     return tokens >= CPU_FUSED_MIN_TOKENS[case]
 
 
@@ -68,22 +78,28 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x: Tensor, *, bias: Tensor | None = None, need_logits: bool = False) -> tuple[Tensor, Tensor | None]:
+    def forward(self, x: Tensor, *, bias: Tensor | None = None, overwrite_bias: bool = False,
+                need_logits: bool = False) -> tuple[Tensor, Tensor | None]:
         """x (B, N, D), bias (B, H, N, N) or None -> (out (B, N, D), logits (B, H, N, N) or None).
 
         The returned logits are q k^T / sqrt(d_h) + bias, i.e. exactly what went into the softmax,
-        so a later exit reuses what this exit actually attended with (spec §3).
+        so a later exit reuses what this exit actually attended with (spec §3). overwrite_bias: the
+        bias is the caller's temporary, so the explicit path may add q k^T into it in place (no
+        autograd then) instead of copying it into a new logits tensor.
         """
         B, N, D = x.shape
         # (B, N, 3D) -> 3 x (B, H, N, d_h)
         q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         bias_grad = bias is not None and bias.requires_grad
+        in_place = overwrite_bias and bias is not None and bias.is_contiguous() and not torch.is_grad_enabled()
         if need_logits or not use_fused_kernel(device=x.device, tokens=N, bias=bias is not None,
-                                               grad=q.requires_grad, bias_grad=bias_grad):
+                                               grad=q.requires_grad, bias_grad=bias_grad, bias_in_place=in_place):
             H = self.num_heads
             qh, kh = q.reshape(B * H, N, self.head_dim), k.reshape(B * H, N, self.head_dim)
             if bias is None:
                 logits = torch.bmm(qh, kh.transpose(1, 2)).mul_(self.scale).view(B, H, N, N)
+            elif in_place:  # bias += scale * q k^T, one GEMM
+                logits = bias.view(B * H, N, N).baddbmm_(qh, kh.transpose(1, 2), alpha=self.scale).view(B, H, N, N)
             else:  # scale * q k^T + bias in one GEMM
                 logits = torch.baddbmm(bias.reshape(B * H, N, N), qh, kh.transpose(1, 2), alpha=self.scale)
                 logits = logits.view(B, H, N, N)

@@ -30,10 +30,11 @@ class Block(nn.Module):
         self.feature_reuse = feature_reuse
 
     def forward(self, x: Tensor, *, upstream: Tensor | None = None, attn_bias: Tensor | None = None,
-                need_logits: bool = False) -> tuple[Tensor, Tensor | None]:
+                overwrite_bias: bool = False, need_logits: bool = False) -> tuple[Tensor, Tensor | None]:
         """x (B, N, D); upstream (B, N_u, D) features of the previous exit (needed iff this block has
-        feature reuse); attn_bias (B, H, N, N). Returns (x_out (B, N, D), logits (B, H, N, N) or None)."""
-        y, logits = self.attn(self.norm1(x), bias=attn_bias, need_logits=need_logits)
+        feature reuse); attn_bias (B, H, N, N), which the attention may overwrite if overwrite_bias.
+        Returns (x_out (B, N, D), logits (B, H, N, N) or None)."""
+        y, logits = self.attn(self.norm1(x), bias=attn_bias, overwrite_bias=overwrite_bias, need_logits=need_logits)
         x = x + self.drop_path(y)
         h = x if self.feature_reuse is None else torch.cat([x, self.feature_reuse(upstream)], dim=-1)
         return x + self.drop_path(self.mlp(self.norm2(h))), logits

@@ -17,6 +17,13 @@ matmul. Likewise the relation MLP's 1x1 convolutions run as batched matmuls. Ins
 `reference_reuse()` the modules run the official ops again: FLOP counting needs them, because the
 paper's fvcore numbers charge R as nearest upsampling (output numel) plus adaptive pooling (input
 numel), not as a matmul (spec §6), and tests use them as the reference.
+
+CPU inference (the early-exit speed of `dvt speed`) takes relation reuse further: a few images at a
+time, R along keys as one GEMM, R along queries by a small C kernel (`dvt.models.native`) that uses
+R's structure: separable, at most two weights per row along each axis, a tenth of the dense
+product's multiply-adds. It writes each layer's bias as its own contiguous block, into which the
+attention then adds its logits in place. For 65 images on the default 5x5 -> 7x7 pair (1 thread):
+R 4.3 -> 2.3 ms, the early exit at the middle budget about 6 % faster.
 """
 
 from __future__ import annotations
@@ -30,13 +37,14 @@ import torch.nn.functional as F
 from timm.layers import Mlp
 from torch import Tensor, nn
 
+from dvt.models import native
+
 # Set inside `reference_reuse()`: the reuse modules then run the official ops.
 _reference = False
 
 # Inference on the CPU runs relation reuse a few images at a time, so that each chunk's hidden
 # activations (rows, 3*L*H, N_u^2) stay within about this many elements (1 MiB of float32) and so in
-# cache: the whole batch's are tens of MB, written to memory and read back between every step, and
-# their allocation page-faults whenever the allocator has handed the memory back to the system.
+# cache: the whole batch's are tens of MB, written to memory and read back between every step.
 # (Not under autograd: the backward of writes into slices of one output copies all of its gradient
 # once per chunk.)
 CPU_CHUNK_ELEMENTS = 2**18
@@ -106,6 +114,15 @@ def _grid_matrix(src: int, dst: int) -> Tensor:
 
 
 @lru_cache(maxsize=None)
+def axis_matrix(src: int, dst: int) -> tuple[tuple[float, ...], ...]:
+    """R along one axis of the grid, (dst, src) as nested tuples (hashable, for the native kernel).
+    R on the grid is this along rows and along columns: row i of the grid matrix's (i, 0) output
+    cell, summed over the source columns, is row i of this one (each row of it sums to 1)."""
+    grid = _grid_matrix(src, dst).reshape(dst, dst, src, src)
+    return tuple(tuple(row) for row in grid[:, 0].sum(dim=-1).tolist())
+
+
+@lru_cache(maxsize=None)
 def reuse_matrix(*, src: int, dst: int, keep_cls: bool, dtype: torch.dtype = torch.float32,
                  device: torch.device | str = "cpu") -> Tensor:
     """R on token sequences as one (N_d, N_u) matrix A: patch block = R, cls entry 1 (keep_cls, for
@@ -166,29 +183,37 @@ class RelationReuse(nn.Sequential):
         self.dst_grid = dst_grid
 
     def forward(self, upstream: Tensor) -> tuple[Tensor, ...]:
+        """(B, L*H, N_u, N_u) -> L biases (B, H, N_d, N_d). In CPU inference each is contiguous and
+        freshly allocated, so the attention may accumulate its logits into it (`overwrite_bias`)."""
         if _reference:
             rel = resample_relations(super().forward(upstream), src=self.src_grid, dst=self.dst_grid)
             return rel.split(self.num_heads, dim=1)
         B, C, n_u, _ = upstream.shape
         A = reuse_matrix(src=self.src_grid, dst=self.dst_grid, keep_cls=True, dtype=upstream.dtype,
                          device=upstream.device)  # (N_d, N_u)
-        chunked = upstream.device.type == "cpu" and not torch.is_grad_enabled()
-        rows = max(1, CPU_CHUNK_ELEMENTS // (3 * C * n_u * n_u)) if chunked else B
-        if rows >= B:
-            rel = self._transform(upstream, A)
-        else:
-            rel = upstream.new_empty(B, C, len(A), len(A))
-            for i in range(0, B, rows):
-                rel[i:i + rows] = self._transform(upstream[i:i + rows], A)
-        return rel.split(self.num_heads, dim=1)  # L views (B, H, N_d, N_d), no copies
+        if upstream.device.type != "cpu" or torch.is_grad_enabled():
+            # Whole batch (the backward of writes into slices of one output would copy all of its
+            # gradient once per chunk); L views, no copies.
+            return (A @ (self._mixed(upstream) @ A.T)).split(self.num_heads, dim=1)
+        H = self.num_heads
+        out = upstream.new_empty(C // H, B, H, len(A), len(A))  # layer-major: each layer's bias contiguous
+        queries = native.resample_queries(axis_matrix(self.src_grid, self.dst_grid)) \
+            if upstream.dtype == torch.float32 else None
+        rows = max(1, CPU_CHUNK_ELEMENTS // (3 * C * n_u * n_u))
+        for i in range(0, B, rows):
+            keys = self._mixed(upstream[i:i + rows]) @ A.T  # (b, C, N_u, N_d): R along keys, one GEMM
+            if queries is not None:
+                queries(keys, out[:, i:i + rows])  # R along queries, written in place
+            else:
+                out[:, i:i + rows] = (A @ keys).unflatten(1, (-1, H)).transpose(0, 1)
+        return out.unbind(0)
 
-    def _transform(self, upstream: Tensor, A: Tensor) -> Tensor:
-        """(b, C, N_u, N_u) -> (b, C, N_d, N_d): the MLP, then A rel A^T."""
+    def _mixed(self, upstream: Tensor) -> Tensor:
+        """The MLP across channels: (b, C, N_u, N_u) -> (b, C, N_u, N_u)."""
         b, C, n_u, _ = upstream.shape
         fc1, act, fc2 = self
         # The 1x1 convs as (C', C) @ (C, N_u^2) matmuls per image: the same multiply-adds, but the
         # CPU conv kernels run several times slower on these shapes.
         hidden = torch.baddbmm(fc1.bias[:, None], fc1.weight.flatten(1).expand(b, -1, -1), upstream.flatten(2))
         mixed = torch.baddbmm(fc2.bias[:, None], fc2.weight.flatten(1).expand(b, -1, -1), act(hidden))
-        # R along keys as one GEMM over all (image, channel, query) rows, then along queries.
-        return A @ (mixed.view(b, C, n_u, n_u) @ A.T)
+        return mixed.view(b, C, n_u, n_u)

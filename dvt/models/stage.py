@@ -94,7 +94,8 @@ class Stage(nn.Module):
         biases = self.relation_reuse(relations) if self.relation_reuse is not None else (None,) * self.depth
         kept: list[Tensor] = []
         for block, bias in zip(self.blocks, biases):
-            x, logits = block(x, upstream=features, attn_bias=bias, need_logits=keep_relations)
+            # Each bias is used once, by its own layer, so its memory can take that layer's logits.
+            x, logits = block(x, upstream=features, attn_bias=bias, overwrite_bias=True, need_logits=keep_relations)
             if logits is not None:
                 kept.append(logits)
         # LayerNorm is per token, so normalising only the cls token gives the same logits cheaper.
