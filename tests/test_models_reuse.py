@@ -140,17 +140,18 @@ def test_reuse_modules_back_propagate_as_the_official_ops():
 
 
 @pytest.mark.parametrize("grids", [(3, 5, 7), (4, 7, 14)])
-def test_cascade_matches_the_official_ops(monkeypatch, grids):
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])  # float32: the native kernel, if built
+def test_cascade_matches_the_official_ops(monkeypatch, grids, dtype):
     monkeypatch.setattr(reuse, "CPU_CHUNK_ELEMENTS", 1)  # one image per chunk in inference
     torch.manual_seed(0)
-    model = create_model("vit_micro", grids=grids, img_size=28, in_chans=1, num_classes=10).double().eval()
-    x = torch.randn(4, 1, 28, 28, dtype=torch.float64)
+    model = create_model("vit_micro", grids=grids, img_size=28, in_chans=1, num_classes=10).to(dtype).eval()
+    x = torch.randn(4, 1, 28, 28, dtype=dtype)
     with torch.inference_mode():
         fast = model(x)
     with reference_reuse():
         ref = model(x)
     for f, r in zip(fast, ref):
-        torch.testing.assert_close(f, r, rtol=0, atol=1e-10)
+        torch.testing.assert_close(f, r, rtol=0, atol=1e-10 if dtype == torch.float64 else 1e-5)
 
 
 def test_matrix_first_built_in_inference_mode_still_trains():
@@ -299,3 +300,25 @@ def test_without_a_compiler_the_matmul_path_is_used(monkeypatch, tmp_path, resto
     with torch.inference_mode():
         fallback = module(torch.randn(2, 2, 10, 10))
     assert fallback[0].shape == (2, 2, 26, 26)
+
+
+def test_feature_reuse_of_all_blocks_at_once_equals_each_module():
+    torch.manual_seed(0)
+    modules = [FeatureReuse(dim=8, hidden=6, out=4, src_grid=5, dst_grid=7, norm_eps=1e-6).double() for _ in range(3)]
+    for m in modules:  # non-trivial LayerNorm affines, which the joint path folds into fc1
+        torch.nn.init.normal_(m[0].weight)
+        torch.nn.init.normal_(m[0].bias)
+    feats = torch.randn(5, 26, 8, dtype=torch.float64)
+    assert not reuse.can_run_together(modules)  # autograd on: each module keeps its own graph
+    with torch.no_grad():
+        assert reuse.can_run_together(modules)
+        together = reuse.feature_reuse_together(modules, feats)
+        with reference_reuse():
+            assert not reuse.can_run_together(modules)
+            ref = [m(feats) for m in modules]
+        assert not reuse.can_run_together([*modules[:2], None])
+        modules[1][1].act = torch.nn.GELU(approximate="tanh")
+        assert not reuse.can_run_together(modules)
+    assert len(together) == 3
+    for t, r in zip(together, ref):
+        torch.testing.assert_close(t, r, rtol=0, atol=1e-12)

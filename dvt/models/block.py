@@ -29,12 +29,17 @@ class Block(nn.Module):
         self.mlp = Mlp(dim + extra, int(dim * mlp_ratio), dim, drop=drop)
         self.feature_reuse = feature_reuse
 
-    def forward(self, x: Tensor, *, upstream: Tensor | None = None, attn_bias: Tensor | None = None,
-                overwrite_bias: bool = False, need_logits: bool = False) -> tuple[Tensor, Tensor | None]:
-        """x (B, N, D); upstream (B, N_u, D) features of the previous exit (needed iff this block has
+    def forward(self, x: Tensor, *, upstream: Tensor | None = None, reused: Tensor | None = None,
+                attn_bias: Tensor | None = None, overwrite_bias: bool = False,
+                need_logits: bool = False) -> tuple[Tensor, Tensor | None]:
+        """x (B, N, D); upstream (B, N_u, D) features of the previous exit, or reused (B, N, r) = this
+        block's feature_reuse(upstream) computed by the caller (one of the two iff this block has
         feature reuse); attn_bias (B, H, N, N), which the attention may overwrite if overwrite_bias.
         Returns (x_out (B, N, D), logits (B, H, N, N) or None)."""
         y, logits = self.attn(self.norm1(x), bias=attn_bias, overwrite_bias=overwrite_bias, need_logits=need_logits)
         x = x + self.drop_path(y)
-        h = x if self.feature_reuse is None else torch.cat([x, self.feature_reuse(upstream)], dim=-1)
+        if self.feature_reuse is None:
+            h = x
+        else:
+            h = torch.cat([x, reused if reused is not None else self.feature_reuse(upstream)], dim=-1)
         return x + self.drop_path(self.mlp(self.norm2(h))), logits

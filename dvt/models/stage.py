@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from dvt.models.backbone import BackboneSpec
 from dvt.models.block import Block
-from dvt.models.reuse import FeatureReuse, RelationReuse
+from dvt.models.reuse import FeatureReuse, RelationReuse, can_run_together, feature_reuse_together
 from dvt.models.tokenizer import PatchEmbed, T2TModule, sinusoid_table
 
 
@@ -92,10 +92,13 @@ class Stage(nn.Module):
             raise ValueError(f"the {self.grid}x{self.grid} exit reuses relations but got none")
         x = self.embed(x)
         biases = self.relation_reuse(relations) if self.relation_reuse is not None else (None,) * self.depth
+        modules = [block.feature_reuse for block in self.blocks]
+        reused = feature_reuse_together(modules, features) if can_run_together(modules) else (None,) * self.depth
         kept: list[Tensor] = []
-        for block, bias in zip(self.blocks, biases):
+        for block, bias, E in zip(self.blocks, biases, reused):
             # Each bias is used once, by its own layer, so its memory can take that layer's logits.
-            x, logits = block(x, upstream=features, attn_bias=bias, overwrite_bias=True, need_logits=keep_relations)
+            x, logits = block(x, upstream=features, reused=E, attn_bias=bias, overwrite_bias=True,
+                              need_logits=keep_relations)
             if logits is not None:
                 kept.append(logits)
         # LayerNorm is per token, so normalising only the cls token gives the same logits cheaper.
