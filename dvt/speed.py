@@ -25,7 +25,7 @@ Batches are padded as `dvt.inference.pad_rows` says (to at least 4 rows), so the
 is exactly the one tested against the simulation.
 
 Writes runs/R/speed.json: run, grids, device, device_name, torch, threads, batch_size, amp,
-allocator, warmup, repeats; static.exits.exitK / static.cascade / static.standalone {gmacs, img_per_s (, grid)};
+allocator, native_kernel, warmup, repeats; static.exits.exitK / static.cascade / static.standalone {gmacs, img_per_s (, grid)};
 dynamic.pP {budget, thresholds, exit_fractions, gmacs, img_per_s, test {gmacs, accuracy} (budget.csv),
 vs_cascade / vs_standalone {measured, ideal, efficiency}, vs_stage_times {predicted_img_per_s,
 efficiency}}.
@@ -53,7 +53,7 @@ from dvt.errors import DvtError
 from dvt.flops import count_cascade
 from dvt.inference import autocast, pad_rows, pick_device
 from dvt.logits import check_matches, max_softmax, read_metadata
-from dvt.models import Cascade, create_model, model_for_run
+from dvt.models import Cascade, create_model, model_for_run, native
 from dvt.weights import load_weights
 
 # Which test images are timed: a fixed random draw, so every rerun times the same batch.
@@ -293,6 +293,8 @@ def run(config: Config, *, run: str) -> dict[str, Any]:
         "run": run, "grids": list(model.grids), "device": device.type, "device_name": _device_name(device),
         "torch": torch.__version__, "threads": sc.threads, "batch_size": len(x), "amp": amp,
         "allocator": "glibc, freed memory kept (mallopt)" if allocator_kept else "default",
+        # Whether relation reuse ran its C kernel (dvt.models.native) or the matmul fallback.
+        "native_kernel": device.type == "cpu" and any(e.has_relation_reuse for e in model.exits) and native.available(),
         "warmup": sc.warmup, "repeats": sc.repeats, "static": static, "dynamic": dynamic,
     }
     write_json(folder / "speed.json", result)

@@ -19,7 +19,7 @@ from dvt.config import Config, load_config
 from dvt.data import fetch
 from dvt.data.loading import load_split
 from dvt.logits import read_logits
-from dvt.models import Cascade, model_for_run
+from dvt.models import Cascade, model_for_run, native
 from dvt.speed import BATCH_SEED, early_exit_predict
 from dvt.speed import run as speed
 from dvt.thresholds import assign_exits
@@ -125,6 +125,7 @@ def test_speed_json_records_static_and_early_exit_throughput(pipeline):
     assert stored["device"] == "cpu" and stored["threads"] == 1 and stored["batch_size"] == 32
     if platform.libc_ver()[0] == "glibc":  # timed with freed memory kept (dvt.speed.keep_freed_memory)
         assert stored["allocator"] == "glibc, freed memory kept (mallopt)"
+    assert stored["native_kernel"] is native.available()  # this cascade reuses relations, on the CPU
     static = stored["static"]
     assert set(static["exits"]) == {"exit1", "exit2", "exit3"}
     assert static["cascade"] == static["exits"]["exit3"] and static["standalone"]["grid"] == 8
