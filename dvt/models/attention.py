@@ -5,7 +5,8 @@ the pre-softmax logits of a downstream exit, and the logits themselves (bias inc
 layer of an exit whose successor reuses them. The logits need the explicit path (q k^T, softmax,
 times v); otherwise we take whichever path is faster, the explicit one or the fused
 `F.scaled_dot_product_attention` (a bias goes in as a float `attn_mask`). On the GPU that is the fused
-kernel; on the CPU it wins only on long sequences (see `CPU_FUSED_MIN_TOKENS`).
+kernel; on the CPU it wins only on long sequences (see `CPU_FUSED_MIN_TOKENS`). A bias that is the
+caller's own temporary (relation reuse in inference) takes the logits in place, saving a copy.
 """
 
 from __future__ import annotations
