@@ -296,10 +296,15 @@ def test_without_a_compiler_the_matmul_path_is_used(monkeypatch, tmp_path, resto
     assert native.resample_queries(axis_matrix(5, 7)) is None  # switched off: no warning, no build
     assert not (tmp_path / "native").exists() or not any((tmp_path / "native").glob("*.so"))
     torch.manual_seed(0)
-    module = RelationReuse(depth=1, num_heads=2, src_grid=3, dst_grid=5)
+    module = RelationReuse(depth=2, num_heads=2, src_grid=3, dst_grid=5)
+    rel = torch.randn(3, 4, 10, 10)
     with torch.inference_mode():
-        fallback = module(torch.randn(2, 2, 10, 10))
-    assert fallback[0].shape == (2, 2, 26, 26)
+        fallback = module(rel)
+        with reference_reuse():
+            ref = module(rel)
+    assert [b.shape for b in fallback] == [(3, 2, 26, 26)] * 2
+    for f, r in zip(fallback, ref):
+        torch.testing.assert_close(f, r, rtol=1e-5, atol=1e-5)
 
 
 def test_feature_reuse_of_all_blocks_at_once_equals_each_module():
