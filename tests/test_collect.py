@@ -142,3 +142,38 @@ def test_missing_or_foreign_checkpoint_is_one_clear_line(pipeline, capsys):
     assert main(["collect", "--params", str(pipeline), "--run", "dvt", "--set", "train.lr=0.01"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "trained with other settings (train.lr: 0.003 in the checkpoint, 0.01 now)" in err[0]
+
+
+def test_official_checkpoint_is_collected_and_budgeted_without_training(tmp_path):
+    """Build item 5 on a small scale: weights in the official DVT file layout (7 -> 10 -> 14 exits,
+    official key names, a `model_state_dict` in a .pth.tar) go through `dvt train` (imported, not
+    trained), `dvt collect` and `dvt budget`; the stored logits are the source model's own."""
+    from dvt.budget import run as budget
+    from dvt.models import create_model, to_official_state_dict
+
+    torch.manual_seed(5)
+    source = create_model("vit_micro", grids=(7, 10, 14), img_size=28, in_chans=1, num_classes=10).eval()
+    weights = tmp_path / "DVT_vit_micro.pth.tar"
+    torch.save({"model_state_dict": to_official_state_dict(source), "flops": [0.0, 0.0, 0.0]}, weights)
+    params = write_params(tmp_path, data__synthetic={"train_size": 120, "test_size": 48, "image_size": 28},
+                          data__calibration_size=40, runs={"official": {"grids": [7, 10, 14], "checkpoint": str(weights)}},
+                          eval__num_budgets=10)
+    config = load_config(params)
+    fetch.run(config)
+    train(config, run="official")
+    folder = Path(config.runs_dir) / "official"
+    assert "imported_from" in checkpoint.load(folder / "checkpoint.pt")
+    collect(config, run="official")
+    budget(config, run="official")
+
+    test = load_split(config, "test")
+    x, y = test.__getitems__(list(range(len(test))))
+    with torch.inference_mode():
+        expected = torch.stack(source(x)).numpy().transpose(1, 0, 2)  # (n, K, C)
+    stored = read_logits(folder / "logits.parquet", logits=True)["test"]
+    np.testing.assert_allclose(stored.logits, expected, rtol=0, atol=1e-5)
+    frame = pd.read_csv(folder / "budget.csv")
+    assert len(frame) == 10 and frame["accuracy"].between(0, 100).all()
+    top1 = [100.0 * float((expected[:, k].argmax(1) == y.numpy()).mean()) for k in range(3)]
+    stored_top1 = json.loads((folder / "eval.json").read_text())["top1"]
+    assert [stored_top1[f"exit{k + 1}"] for k in range(3)] == pytest.approx(top1)
