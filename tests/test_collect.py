@@ -156,7 +156,8 @@ def test_official_checkpoint_is_collected_and_budgeted_without_training(tmp_path
     weights = tmp_path / "DVT_vit_micro.pth.tar"
     torch.save({"model_state_dict": to_official_state_dict(source), "flops": [0.0, 0.0, 0.0]}, weights)
     params = write_params(tmp_path, data__synthetic={"train_size": 120, "test_size": 48, "image_size": 28},
-                          data__calibration_size=40, runs={"official": {"grids": [7, 10, 14], "checkpoint": str(weights)}},
+                          data__calibration_size=40,
+                          runs={"official": {"grids": [7, 10, 14], "checkpoint": str(weights)}},
                           eval__num_budgets=10)
     config = load_config(params)
     fetch.run(config)

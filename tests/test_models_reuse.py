@@ -322,6 +322,10 @@ def test_feature_reuse_of_all_blocks_at_once_equals_each_module():
             assert not reuse.can_run_together(modules)
             ref = [m(feats) for m in modules]
         assert not reuse.can_run_together([*modules[:2], None])
+        dropping = [FeatureReuse(dim=8, hidden=6, out=4, src_grid=5, dst_grid=7, norm_eps=1e-6, drop=0.1)
+                    for _ in range(2)]
+        assert not reuse.can_run_together(dropping)  # train mode: the dropout must act, per module
+        assert reuse.can_run_together([m.eval() for m in dropping])
         modules[1][1].act = torch.nn.GELU(approximate="tanh")
         assert not reuse.can_run_together(modules)
     assert len(together) == 3

@@ -189,12 +189,14 @@ def feature_reuse_together(modules: Sequence[FeatureReuse], upstream: Tensor) ->
 
 def can_run_together(modules: Sequence[FeatureReuse | None]) -> bool:
     """Whether `feature_reuse_together` computes these modules exactly: no autograd (training keeps
-    the per-module graph), not the reference ops, the same norm eps and grids, exact GELU."""
+    the per-module graph), not the reference ops, no dropout that would act (train mode with p > 0),
+    the same norm eps and grids, exact GELU."""
     if torch.is_grad_enabled() or _reference or not modules or any(m is None for m in modules):
         return False
     first = modules[0]
     return all(m[0].eps == first[0].eps and (m.src_grid, m.dst_grid) == (first.src_grid, first.dst_grid)
-               and isinstance(m[1].act, nn.GELU) and m[1].act.approximate == "none" for m in modules)
+               and isinstance(m[1].act, nn.GELU) and m[1].act.approximate == "none"
+               and (not m.training or m[1].drop1.p == m[1].drop2.p == 0) for m in modules)
 
 
 class RelationReuse(nn.Sequential):
