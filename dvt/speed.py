@@ -26,9 +26,9 @@ is exactly the one tested against the simulation.
 
 Writes runs/R/speed.json: run, grids, device, device_name, torch, threads, batch_size, amp,
 allocator, native_kernel, warmup, repeats; static.exits.exitK / static.cascade / static.standalone
-{gmacs, img_per_s (, grid)}; dynamic.pP {budget, thresholds, exit_fractions, gmacs, img_per_s, test {gmacs, accuracy} (budget.csv),
-vs_cascade / vs_standalone {measured, ideal, efficiency}, vs_stage_times {predicted_img_per_s,
-efficiency}}.
+{gmacs, img_per_s (, grid)}; dynamic.pP {budget, thresholds, exit_fractions, gmacs, img_per_s,
+test {gmacs, accuracy} (budget.csv), vs_cascade / vs_standalone {measured, ideal, efficiency},
+vs_stage_times {predicted_img_per_s, efficiency}}.
 """
 
 from __future__ import annotations
