@@ -20,8 +20,8 @@ import yaml
 from dvt.errors import ConfigError
 
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
-DATASETS = ("fashion-mnist", "cifar10", "cifar100", "imagenet", "synthetic")
-Dataset = Literal["fashion-mnist", "cifar10", "cifar100", "imagenet", "synthetic"]
+DATASETS = ("cluttered-fashion-mnist", "fashion-mnist", "cifar10", "cifar100", "imagenet", "synthetic")
+Dataset = Literal["cluttered-fashion-mnist", "fashion-mnist", "cifar10", "cifar100", "imagenet", "synthetic"]
 
 
 def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
@@ -48,6 +48,30 @@ class SyntheticConfig:
 
 
 @dataclass(frozen=True)
+class ClutteredConfig:
+    """How cluttered-fashion-mnist is derived from Fashion-MNIST (dvt/data/cluttered.py)."""
+
+    canvas: int = 64
+    # Side of the resized item, drawn uniformly from [min_scale, max_scale] px per image.
+    min_scale: int = 10
+    max_scale: int = 40
+    # Fragments of other items pasted per image, and their side in px.
+    clutter: int = 2
+    fragment: int = 10
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.canvas >= 1, "data.cluttered.canvas", self.canvas, "must be >= 1")
+        _require(1 <= self.min_scale <= self.max_scale, "data.cluttered.min_scale", self.min_scale,
+                 f"must be in [1, max_scale={self.max_scale}]")
+        _require(self.max_scale <= self.canvas, "data.cluttered.max_scale", self.max_scale,
+                 f"must be <= canvas={self.canvas}")
+        _require(self.clutter >= 0, "data.cluttered.clutter", self.clutter, "must be >= 0")
+        _require(1 <= self.fragment <= min(28, self.canvas), "data.cluttered.fragment", self.fragment,
+                 f"must be in [1, {min(28, self.canvas)}] (cut from a 28 px item, pasted on the canvas)")
+
+
+@dataclass(frozen=True)
 class DataConfig:
     dataset: Dataset = "fashion-mnist"
     root: str = "data"
@@ -60,6 +84,7 @@ class DataConfig:
     image_size: int | None = None
     num_workers: int = 0
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    cluttered: ClutteredConfig = field(default_factory=ClutteredConfig)
 
     def __post_init__(self) -> None:
         _require(self.calibration_size >= 0, "data.calibration_size", self.calibration_size, "must be >= 0")

@@ -10,6 +10,9 @@ Parts, each one output under report.dir (`--part` renders one; without it, all o
 | ablation | ablation.md   | cascades on DVT's grids: eval.json, budget.csv                             |
 | figures  | figures/      | cascades: eval.json, budget.csv; one-exit runs: eval.json; every run:      |
 |          |               | train_log.csv; DVT: logits.parquet and the dataset's test images (gallery) |
+| findings | findings.md   | what table1-3 and ablation read, DVT's logits.parquet, the test objects'   |
+|          |               | sizes (cluttered-fashion-mnist): each finding of the paper, held or not   |
+| findings_json | findings.json | the same findings as data                                           |
 | metrics  | metrics.json  | what table2, table3 and ablation read: their comparisons, for dvc exp show |
 | index    | index.md      | params.yaml; DVT's logits.parquet (gallery ids); any speed.json (optional) |
 
@@ -29,16 +32,21 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from dvt.atomic import atomic_dir, write_json, write_text
 from dvt.checkpoint import git_commit
 from dvt.config import Config
 from dvt.data.info import dataset_info
 from dvt.errors import DvtError
-from dvt.reporting import compare, figures, gallery, pages, reference
+from dvt.logits import read_logits
+from dvt.reporting import compare, figures, findings, gallery, pages, reference
 from dvt.reporting.inputs import run_files
+from dvt.thresholds import assign_exits
 
 PARTS = {"table1": "table1.md", "table2": "table2.md", "table3": "table3.md", "ablation": "ablation.md",
-         "figures": "figures", "metrics": "metrics.json", "index": "index.md"}
+         "findings": "findings.md", "findings_json": "findings.json", "figures": "figures",
+         "metrics": "metrics.json", "index": "index.md"}
 
 
 class Report:
@@ -76,6 +84,36 @@ class Report:
             return None
         return gallery.pick(self.dvt, size=self.config.report.gallery_size)
 
+    @cached_property
+    def findings(self) -> list[findings.Finding]:
+        roles = self.roles
+        exits, sides, budget = self._exits_and_sides()
+        return [findings.grid_order(roles.singles),
+                findings.baseline_gap(roles.singles, None),
+                findings.exits_rise(self.dvt, roles.singles),
+                findings.matched_accuracy(self.costs),
+                findings.matched_cost(self.costs),
+                findings.reuse_matters(roles),
+                findings.easy_images_are_larger(exits, sides, num_exits=self.dvt.num_exits if self.dvt else 0,
+                                                budget=budget),
+                findings.faster_at_equal_accuracy(self.speeds)]
+
+    def _exits_and_sides(self) -> tuple[np.ndarray | None, np.ndarray | None, int | None]:
+        """Where each test image leaves DVT at the budget whose q is nearest 1 (every exit then takes
+        about the same share), and its object's side in px where the dataset records it."""
+        objects = Path(self.config.data.root) / self.config.data.dataset / "test_objects.npy"
+        if self.dvt is None or not objects.is_file():
+            return None, None, None
+        budget = self.dvt.budget
+        row = budget.iloc[int(np.argmin(np.abs(budget["q"].to_numpy(float) - 1.0)))]
+        T = np.array([row[f"threshold_{k}"] for k in range(self.dvt.num_exits)], dtype=np.float64)
+        test = read_logits(self.dvt.logits_path, splits=["test"])["test"]
+        sides = np.load(objects)[:, 0]
+        if len(sides) <= int(test.sample.max()):
+            raise DvtError(f"{objects} has {len(sides)} rows but {self.dvt.logits_path} names test image "
+                           f"{int(test.sample.max())}: rerun `dvt fetch`, then `dvt collect --run {self.dvt.name}`")
+        return assign_exits(test.confidence, T), sides[test.sample], int(row["budget"])
+
     def page(self, part: str) -> str:
         ref, roles, setting = self.ref, self.roles, self.setting
         context = {
@@ -83,6 +121,7 @@ class Report:
             "table2": lambda: pages.table2(ref, roles, self.speeds),
             "table3": lambda: pages.table3(ref, roles, self.costs),
             "ablation": lambda: pages.ablation(ref, setting, self.ablation),
+            "findings": lambda: {"findings": self.findings},
             "index": lambda: pages.index(self.config, runs=self.runs, gallery=self.picks, git_commit=git_commit(),
                                          paper_overlay=bool(self.paper_curves or self.paper_table1)),
         }[part]()
@@ -118,10 +157,15 @@ def run(config: Config, *, part: str | None = None) -> dict[str, Any]:
             if p == "figures":
                 # Replaces figures/ only when the block ends without error, i.e. after every part rendered.
                 done[p] = report.draw(stack.enter_context(atomic_dir(report.out / PARTS[p])))
+            elif p == "metrics":
+                done[p] = report.metrics()
+            elif p == "findings_json":
+                done[p] = {"dataset": config.data.dataset, "dvt_run": report.dvt.name if report.dvt else None,
+                           "findings": [f.to_dict() for f in report.findings]}
             else:
-                done[p] = report.metrics() if p == "metrics" else report.page(p)
+                done[p] = report.page(p)
         for p, content in done.items():
-            if p == "metrics":
+            if p in ("metrics", "findings_json"):
                 write_json(report.out / PARTS[p], content)
             elif p != "figures":
                 write_text(report.out / PARTS[p], content)

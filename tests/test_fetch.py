@@ -215,7 +215,7 @@ def test_cli_unknown_dataset_writes_nothing(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "dvt fetch: error: data.dataset = 'mnist' is not one of "
-        "'fashion-mnist' | 'cifar10' | 'cifar100' | 'imagenet' | 'synthetic'"]
+        "'cluttered-fashion-mnist' | 'fashion-mnist' | 'cifar10' | 'cifar100' | 'imagenet' | 'synthetic'"]
     assert "Traceback" not in proc.stderr and not (tmp_path / "data").exists()
 
 
@@ -258,3 +258,79 @@ def test_loaders_give_normalised_batches(synthetic_config):
     xb, yb = next(iter(make_loader(splits.test, batch_size=4, shuffle=False)))
     assert torch.equal(xb[2], splits.test[2][0]) and int(yb[2]) == splits.test[2][1]
     assert abs(float(xb.mean())) < 1.0
+
+
+def _cluttered_config(tmp_path: Path, **cluttered) -> object:
+    return make_config(tmp_path, data={"dataset": "cluttered-fashion-mnist", "source": str(tmp_path / "raw"),
+                                       "calibration_size": 20,
+                                       "cluttered": {"canvas": 40, "min_scale": 8, "max_scale": 30, **cluttered}})
+
+
+def test_cluttered_items_sit_at_their_recorded_boxes(tmp_path):
+    """Without clutter the canvas is black except the item, resized alone to its recorded side."""
+    import torch
+    import torch.nn.functional as F
+
+    from dvt.config import ClutteredConfig
+    from dvt.data import cluttered
+
+    items = random_images(np.random.default_rng(0), 40, 28, 1)[..., 0]
+    images, objects = cluttered.compose(items, ClutteredConfig(canvas=40, min_scale=8, max_scale=30, clutter=0),
+                                        stream=1)
+    assert images.shape == (40, 40, 40) and objects.shape == (40, 3)
+    assert len(set(objects[:, 0].tolist())) > 5  # the scale really varies
+    for i, (side, top, left) in enumerate(objects.tolist()):
+        assert 8 <= side <= 30 and 0 <= top <= 40 - side and 0 <= left <= 40 - side
+        one = F.interpolate(torch.from_numpy(items[i]).float()[None, None], size=(side, side), mode="bilinear",
+                            antialias=True, align_corners=False)[0, 0].round().clamp(0, 255).byte().numpy()
+        expected = np.zeros((40, 40), np.uint8)
+        expected[top:top + side, left:left + side] = one
+        np.testing.assert_array_equal(images[i], expected)
+    # Clutter only adds: every pixel is at least the clutter-free one, and some are brighter.
+    busy, busy_objects = cluttered.compose(items, ClutteredConfig(canvas=40, min_scale=8, max_scale=30, clutter=3),
+                                           stream=1)
+    np.testing.assert_array_equal(busy_objects, objects)
+    assert (busy >= images).all() and (busy > images).any()
+
+
+def test_cluttered_fashion_mnist_fetch_is_deterministic_and_keeps_boxes_with_images(tmp_path, capsys):
+    raw = write_fashion(tmp_path / "raw", np.random.default_rng(0))
+    config = _cluttered_config(tmp_path)
+    manifest = fetch.run(config)
+    out = tmp_path / "data" / "cluttered-fashion-mnist"
+    assert manifest["counts"] == {"train": 100, "calibration": 20, "test": 30}
+    assert (manifest["image_size"], manifest["channels"]) == (40, 1)
+    assert manifest["params"]["cluttered"]["version"] >= 1
+    assert {f"{s}_objects.npy" for s in ("train", "calibration", "test")} <= set(manifest["files"])
+    first = {name: (out / name).read_bytes() for name in manifest["files"]}
+    # The calibration images are the train rows the split names, with their boxes.
+    from dvt.config import ClutteredConfig
+    from dvt.data import cluttered
+
+    images, objects = cluttered.compose(raw["train"], ClutteredConfig(canvas=40, min_scale=8, max_scale=30),
+                                        stream=1)
+    _, held = calibration_split(120, 20)
+    np.testing.assert_array_equal(np.load(out / "calibration_images.npy")[..., 0], images[held])
+    np.testing.assert_array_equal(np.load(out / "calibration_objects.npy"), objects[held])
+    # Fetched again from scratch: the same bytes. A changed derivation param refetches.
+    import shutil
+
+    shutil.rmtree(out)
+    fetch.run(config)
+    assert {name: (out / name).read_bytes() for name in manifest["files"]} == first
+    assert load_split(config, "test")[0][0].shape == (1, 40, 40)
+    other = _cluttered_config(tmp_path, clutter=0)
+    with pytest.raises(DvtError, match="run `dvt fetch` again"):
+        load_split(other, "train")
+    assert fetch.run(other)["params"]["cluttered"]["clutter"] == 0
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"min_scale": 30, "max_scale": 20}, "data.cluttered.min_scale = 30 is not allowed"),
+    ({"max_scale": 50}, "data.cluttered.max_scale = 50 is not allowed: must be <= canvas=40"),
+    ({"fragment": 29}, "data.cluttered.fragment = 29 is not allowed"),
+    ({"clutter": -1}, "data.cluttered.clutter = -1 is not allowed"),
+])
+def test_cluttered_params_are_checked_when_loaded(tmp_path, bad, message):
+    with pytest.raises(DvtError, match=message):
+        _cluttered_config(tmp_path, **bad)

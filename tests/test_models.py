@@ -29,7 +29,7 @@ def images(n: int = 6, size: int = 28, chans: int = 1, dtype=torch.float64) -> t
 
 def test_list_models():
     assert list_models() == ["t2t_vit_7", "t2t_vit_10", "t2t_vit_12", "t2t_vit_14", "t2t_vit_19", "t2t_vit_24",
-                             "deit_small", "vit_micro", "vit_mini", "vit_tiny"]
+                             "deit_small", "vit_micro", "vit_mini", "vit_tiny", "vit_micro_ss"]
 
 
 @pytest.mark.parametrize("name", SMALL)
@@ -60,6 +60,26 @@ def test_patch_geometry_reproduces_deit_and_documented_grids():
     assert valid_grids("patch", 28) == [1, 2, 3, 4, 5, 6, 7, 10, 14, 28]
     assert valid_grids("patch", 32) == [1, 2, 3, 4, 5, 6, 7, 8, 11, 16, 32]
     assert valid_grids("t2t", 224) == [7, 10, 14]
+
+
+def test_soft_split_tokenizer_geometry_and_training():
+    from dvt.models.tokenizer import SoftSplitEmbed, soft_split_geometry
+
+    assert valid_grids("soft_split", 56) == [1, 2, 3, 4, 5, 6, 7, 14, 28]
+    assert valid_grids("soft_split", 28) == [1, 2, 3, 5, 7, 14]
+    # The first split's stride is tied to the grid: a coarse grid compresses its pixels early
+    # (T2T-ViT's 7x7 exit splits with stride 8, its 14x14 exit with stride 4).
+    assert [soft_split_geometry(56, g) for g in (3, 5, 7)] == [(20, 10, 7), (12, 6, 5), (8, 4, 2)]
+    for g in (3, 5, 7):
+        embed = SoftSplitEmbed(img_size=56, grid=g, in_chans=1, embed_dim=16, token_dim=8)
+        assert embed(torch.randn(2, 1, 56, 56)).shape == (2, g * g, 16)
+    with pytest.raises(DvtError, match=r"grid 8 .*56x56.*vit_micro_ss.*valid grids at this size: 1-7, 14, 28"):
+        create_model("vit_micro_ss", grids=(3, 8), img_size=56, in_chans=1, num_classes=10)
+    model = create_model("vit_micro_ss", grids=(3, 5, 7), img_size=56, in_chans=1, num_classes=10)
+    outs = model(torch.randn(2, 1, 56, 56))
+    assert [tuple(o.shape) for o in outs] == [(2, 10)] * 3
+    sum(o.square().mean() for o in outs).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
 def test_unknown_backbone_lists_valid_ones():

@@ -114,6 +114,14 @@ def _cifar(data: DataConfig) -> tuple[dict, list[str], str]:
     return {"train": parsed["train"], "test": parsed["test"]}, parsed["classes"], str(path)
 
 
+def _cluttered_fashion_mnist(data: DataConfig) -> tuple[dict, list[str], str, dict]:
+    from dvt.data import cluttered  # imports torch (resizing): only when needed
+
+    splits, classes, source = _fashion_mnist(data)
+    derived, objects = cluttered.derive(splits, data.cluttered)
+    return derived, classes, f"{source}, composed by dvt.data.cluttered (seed {data.cluttered.seed})", objects
+
+
 def _synthetic(data: DataConfig) -> tuple[dict, list[str], str]:
     from dvt.data import synthetic  # imports torch: only when needed
 
@@ -137,27 +145,35 @@ def _channel_stats(x: np.ndarray, chunk: int = 4096) -> tuple[list[float], list[
     return mean.round(6).tolist(), std.round(6).tolist()
 
 
-def _prepare_arrays(data: DataConfig) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, object]]:
-    loader = {"fashion-mnist": _fashion_mnist, "cifar10": _cifar, "cifar100": _cifar,
-              "synthetic": _synthetic}[data.dataset]
-    splits, classes, source = loader(data)
+def _prepare_arrays(data: DataConfig) -> tuple[tuple[dict, dict], dict[str, object]]:
+    loader = {"fashion-mnist": _fashion_mnist, "cluttered-fashion-mnist": _cluttered_fashion_mnist,
+              "cifar10": _cifar, "cifar100": _cifar, "synthetic": _synthetic}[data.dataset]
+    # A loader may return per-image extras {split: (n, k) array} (the cluttered items' boxes), which
+    # follow their images into the calibration split and are stored as <split>_objects.npy.
+    splits, classes, source, *rest = loader(data)
+    extras = rest[0] if rest else {}
     x_train, y_train = splits["train"]
     keep, held = calibration_split(len(x_train), data.calibration_size)
     arrays = {"train": (x_train[keep], y_train[keep]), "calibration": (x_train[held], y_train[held]),
               "test": splits["test"]}
+    objects = {"train": extras["train"][keep], "calibration": extras["train"][held], "test": extras["test"]} \
+        if extras else {}
     labels = np.concatenate([y for _, y in arrays.values()])
     if labels.min() < 0 or labels.max() >= len(classes):
         raise DvtError(f"{source}: labels span {labels.min()}..{labels.max()} but there are {len(classes)} classes")
     mean, std = _channel_stats(arrays["train"][0])
-    return arrays, {"format": "arrays", "source": source, "classes": classes,
+    return (arrays, objects), {"format": "arrays", "source": source, "classes": classes,
                     "counts": {k: int(len(v[1])) for k, v in arrays.items()},
                     "image_size": int(x_train.shape[1]), "channels": int(x_train.shape[-1]), "mean": mean, "std": std}
 
 
-def _write_arrays(tmp: Path, arrays: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+def _write_arrays(tmp: Path, content: tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, np.ndarray]]) -> None:
+    arrays, objects = content
     for split, (x, y) in arrays.items():
         np.save(tmp / f"{split}_images.npy", np.ascontiguousarray(x, dtype=np.uint8))
         np.save(tmp / f"{split}_labels.npy", np.asarray(y, dtype=np.int64))
+    for split, obj in objects.items():
+        np.save(tmp / f"{split}_objects.npy", np.ascontiguousarray(obj))
 
 
 def _prepare_imagenet(data: DataConfig) -> tuple[dict[str, list[tuple[str, int]]], dict[str, object]]:

@@ -27,6 +27,8 @@ def dataset_info(data: DataConfig) -> DatasetInfo:
     if data.dataset == "synthetic":
         s = data.synthetic
         native, channels, classes = s.image_size, s.channels, s.classes
+    elif data.dataset == "cluttered-fashion-mnist":
+        native, channels, classes = data.cluttered.canvas, 1, 10
     else:
         native, channels, classes = NATIVE[data.dataset]
     return DatasetInfo(name=data.dataset, image_size=data.image_size or native, channels=channels,

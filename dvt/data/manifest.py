@@ -16,6 +16,8 @@ from dvt.config import DataConfig
 from dvt.errors import DvtError
 
 MANIFEST = "MANIFEST.json"
+# Bump when dvt/data/cluttered.py composes different bytes from the same params.
+CLUTTERED_VERSION = 1
 Manifest = dict[str, Any]
 
 
@@ -37,6 +39,10 @@ def fingerprint(data: DataConfig) -> dict[str, object]:
                              "calibration_size": data.calibration_size}
     if data.dataset == "synthetic":
         fp["synthetic"] = {k: getattr(data.synthetic, k) for k in data.synthetic.__dataclass_fields__}
+    if data.dataset == "cluttered-fashion-mnist":
+        # The derivation's version goes in too: a change of how images are composed refetches.
+        fp["cluttered"] = {"version": CLUTTERED_VERSION,
+                           **{k: getattr(data.cluttered, k) for k in data.cluttered.__dataclass_fields__}}
     return fp
 
 

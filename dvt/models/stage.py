@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from dvt.models.backbone import BackboneSpec
 from dvt.models.block import Block
 from dvt.models.reuse import FeatureReuse, RelationReuse, can_run_together, feature_reuse_together
-from dvt.models.tokenizer import PatchEmbed, T2TModule, sinusoid_table
+from dvt.models.tokenizer import PatchEmbed, SoftSplitEmbed, T2TModule, sinusoid_table
 
 
 class StageOutput(NamedTuple):
@@ -42,6 +42,9 @@ class Stage(nn.Module):
         if spec.tokenizer == "t2t":
             self.tokens_to_token = T2TModule(img_size=img_size, grid=grid, in_chans=in_chans, embed_dim=D,
                                              token_dim=spec.token_dim, drop=spec.tokenizer_drop)
+        elif spec.tokenizer == "soft_split":
+            self.patch_embed = SoftSplitEmbed(img_size=img_size, grid=grid, in_chans=in_chans, embed_dim=D,
+                                              token_dim=spec.token_dim)
         else:
             self.patch_embed = PatchEmbed(img_size=img_size, grid=grid, in_chans=in_chans, embed_dim=D)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, D))

@@ -8,6 +8,13 @@ tokenizer geometry.
   i.e. pad = ceil((g p - S) / 2). At S = 224 this is DeiT's 32 / 23-pad-3 / 16 for 7 / 10 / 14. We
   accept a grid only if pad < p / 2, so every border patch still covers more real pixels than zeros
   (e.g. at 28 px: 1-7, 10, 14, 28; at 32 px: 1-8, 11, 16, 32).
+* Soft split (the small `ss_*` CPU backbones): T2T's idea without its Token-Performers. Two
+  overlapping splits written as convolutions: split 0 cuts the image into a (2g x 2g) map of
+  overlapping windows (stride s = ceil(S / 2g), kernel s + 2 floor(s/2), about twice the stride,
+  as T2T's 7/4 and 3/2) and embeds each in `token_dim` channels, GELU, then split 1 (3x3, stride 2)
+  makes the g x g grid of D channels. The first split's stride is tied to the grid, so a coarse
+  grid compresses its pixels early, as T2T-ViT's 7x7 exit does with its 14/8 first split; the
+  overlap and the nonlinearity are what make it learn much faster than one linear patch.
 * T2T (T2T-ViT backbones): three soft splits (Unfold) with Token-Performers between them. Only the
   first split depends on the grid; the table below is the official one for 224 px. A grid is valid
   if it is in the table and the three splits really produce it at the given image size.
@@ -54,10 +61,30 @@ def patch_geometry(img_size: int, grid: int) -> tuple[int, int] | None:
     return patch, pad
 
 
+def soft_split_geometry(img_size: int, grid: int) -> tuple[int, int, int] | None:
+    """(kernel, stride, padding) of the first soft split for `grid`, or None if the grid is refused.
+
+    The split makes a 2g x 2g map; like `patch_geometry`, a grid is refused when the padding would
+    reach half a window (border windows mostly zeros).
+    """
+    side = 2 * grid
+    if not 1 <= side <= img_size:
+        return None
+    stride = math.ceil(img_size / side)
+    kernel = stride + 2 * (stride // 2)
+    pad = max(0, math.ceil(((side - 1) * stride + kernel - img_size) / 2))
+    if 2 * pad >= kernel or _unfold_size(img_size, kernel, stride, pad) != side:
+        return None
+    return kernel, stride, pad
+
+
+def _geometry(tokenizer: str, img_size: int, grid: int) -> object | None:
+    return {"t2t": t2t_map_sizes, "soft_split": soft_split_geometry, "patch": patch_geometry}[tokenizer](img_size, grid)
+
+
 def valid_grids(tokenizer: str, img_size: int) -> list[int]:
-    if tokenizer == "t2t":
-        return [g for g in sorted(T2T_FIRST_SPLIT) if t2t_map_sizes(img_size, g) is not None]
-    return [g for g in range(1, img_size + 1) if patch_geometry(img_size, g) is not None]
+    candidates = sorted(T2T_FIRST_SPLIT) if tokenizer == "t2t" else range(1, img_size + 1)
+    return [g for g in candidates if _geometry(tokenizer, img_size, g) is not None]
 
 
 def _ranges(values: list[int]) -> str:
@@ -72,8 +99,7 @@ def _ranges(values: list[int]) -> str:
 
 
 def check_grid(*, backbone: str, tokenizer: str, img_size: int, grid: int) -> None:
-    ok = t2t_map_sizes(img_size, grid) if tokenizer == "t2t" else patch_geometry(img_size, grid)
-    if ok is None:
+    if _geometry(tokenizer, img_size, grid) is None:
         raise DvtError(f"grid {grid} cannot be made from {img_size}x{img_size} images by backbone {backbone!r}; "
                        f"valid grids at this size: {_ranges(valid_grids(tokenizer, img_size))}")
 
@@ -91,6 +117,26 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class SoftSplitEmbed(nn.Module):
+    """(B, C, S, S) -> (B, g*g, D): two overlapping soft splits as convolutions (see the module doc).
+
+    split0: (B, C, S, S) -> (B, token_dim, 2g, 2g); GELU; split1 (3x3, stride 2): -> (B, D, g, g).
+    """
+
+    def __init__(self, *, img_size: int, grid: int, in_chans: int, embed_dim: int, token_dim: int) -> None:
+        super().__init__()
+        geometry = soft_split_geometry(img_size, grid)
+        if geometry is None:
+            raise DvtError(f"grid {grid} cannot be made from {img_size}x{img_size} images by soft splits")
+        kernel, stride, pad = geometry
+        self.split0 = nn.Conv2d(in_chans, token_dim, kernel_size=kernel, stride=stride, padding=pad)
+        self.act = nn.GELU()
+        self.split1 = nn.Conv2d(token_dim, embed_dim, kernel_size=3, stride=2, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.split1(self.act(self.split0(x))).flatten(2).transpose(1, 2)
 
 
 class T2TModule(nn.Module):

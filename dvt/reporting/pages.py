@@ -27,7 +27,7 @@ from dvt.reporting.reference import Reference, Setting
 
 UNIT = "GFLOPs (multiply-adds)"
 PAGES = ("table1.md", "table2.md", "table3.md", "ablation.md", "index.md")
-DATASET_NAMES = {"fashion-mnist": "Fashion-MNIST", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100",
+DATASET_NAMES = {"cluttered-fashion-mnist": "cluttered Fashion-MNIST", "fashion-mnist": "Fashion-MNIST", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100",
                  "imagenet": "ImageNet", "synthetic": "synthetic images"}
 DASH = "—"
 # Versions recorded in index.md: what computed and drew the numbers.

@@ -3,6 +3,6 @@ rule fetch:
         directory(DATA),
     params:
         settings=settings("data.dataset", "data.root", "data.source", "data.download", "data.calibration_size",
-                          "data.synthetic"),
+                          "data.synthetic", "data.cluttered"),
     shell:
         dvt("fetch")

@@ -5,7 +5,7 @@ rule flops:
     output:
         run_file("flops.json"),
     params:
-        settings=settings("data.dataset", "data.image_size", "data.synthetic", "model", "runs.{run}"),
+        settings=settings("data.dataset", "data.image_size", "data.synthetic", "data.cluttered", "model", "runs.{run}"),
     shell:
         dvt("flops", "--run {wildcards.run}")
 

@@ -15,6 +15,10 @@ def files_of(runs: list[str], *names: str) -> list[str]:
     return [f"runs/{run}/{name}" for run in runs for name in names]
 
 
+# The findings read what Tables 1-3 and the ablation read, and DVT's logits (where images exit).
+_FINDINGS_INPUTS = (files_of(DVT_RUN + SINGLES, "eval.json", "budget.csv", "speed.json")
+                    + files_of(ABLATION, "eval.json", "budget.csv") + files_of(DVT_RUN, "logits.parquet"))
+
 # part -> (output under report.dir, the run files it reads)
 REPORT_PARTS = {
     "table1": ("table1.md", files_of(SINGLES, "eval.json", "flops.json")),
@@ -23,6 +27,8 @@ REPORT_PARTS = {
     "ablation": ("ablation.md", files_of(ABLATION, "eval.json", "budget.csv")),
     "figures": ("figures", files_of(RUNS, "eval.json", "budget.csv", "train_log.csv")
                 + files_of(DVT_RUN, "logits.parquet")),
+    "findings": ("findings.md", _FINDINGS_INPUTS),
+    "findings_json": ("findings.json", _FINDINGS_INPUTS),
     "metrics": ("metrics.json", files_of(DVT_RUN + SINGLES, "eval.json", "budget.csv", "speed.json")
                 + files_of(ABLATION, "eval.json", "budget.csv")),
 }

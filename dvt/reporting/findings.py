@@ -1,0 +1,193 @@
+"""Does each of the paper's findings hold here? Computed from the stage outputs, never typed.
+
+One `Finding` per claim of the paper: the numbers compared (ours), the bar they must clear, and
+whether they clear it (None when the runs in params.yaml cannot tell, e.g. no no-reuse cascade).
+The bars are the ones the default experiment is held to (issue #14); the paper's own figures for
+each claim are in `claim`. `dvt report` writes them to findings.json and findings.md.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from dvt.reporting.compare import Roles, VsCost, VsSpeed
+from dvt.reporting.inputs import RunFiles
+
+# Bars (points of top-1 unless named otherwise).
+MIN_GRID_GAIN = 3.0  # finest one-exit model over the coarsest
+LAST_EXIT_SLACK = 0.5  # DVT's last exit may trail the finest one-exit model by this much
+MAX_COST_SHARE = 0.6  # DVT reaches the finest model's top-1 at most at this share of its GMACs
+BASELINE_SLACK = 8.0  # the finest ViT may trail the reference CNN by this much
+MIN_STANDARD_ERRORS = 3.0  # exit-1 and last-exit images' mean object side differ by this many SEs
+
+
+@dataclass(frozen=True)
+class Finding:
+    name: str
+    claim: str  # the paper's finding, with where it says so
+    numbers: dict[str, Any]  # ours, rounded for reading; None where it does not exist
+    bar: str  # what the numbers must show for the finding to hold here
+    holds: bool | None  # None: the runs in params.yaml cannot tell
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _r(x: float | None, digits: int = 2) -> float | None:
+    return None if x is None or not math.isfinite(x) else round(float(x), digits)
+
+
+def grid_order(singles: tuple[RunFiles, ...]) -> Finding:
+    top1 = {f"top1_{r.grids[0]}x{r.grids[0]}": _r(r.top1[0]) for r in singles}
+    holds = None
+    if len(singles) >= 2:
+        acc = [r.top1[0] for r in singles]
+        holds = all(b > a for a, b in zip(acc, acc[1:])) and acc[-1] - acc[0] >= MIN_GRID_GAIN
+    return Finding(
+        name="finer_grids_are_more_accurate",
+        claim="One-exit ViTs get more accurate with more tokens (Table 1: T2T-ViT-12 60.8 / 70.3 / 76.7 % "
+              "at 4x4 / 7x7 / 14x14).",
+        numbers=top1,
+        bar=f"top-1 rises with the grid, and the finest model beats the coarsest by at least {MIN_GRID_GAIN:g} points",
+        holds=holds)
+
+
+def baseline_gap(singles: tuple[RunFiles, ...], baseline: RunFiles | None) -> Finding:
+    finest = singles[-1] if singles else None
+    numbers = {"finest_vit_top1": _r(finest.top1[0]) if finest else None,
+               "baseline": baseline.name if baseline else None,
+               "baseline_top1": _r(baseline.top1[0]) if baseline else None}
+    holds = None
+    if finest is not None and baseline is not None:
+        numbers["gap"] = _r(baseline.top1[0] - finest.top1[0])
+        holds = baseline.top1[0] - finest.top1[0] <= BASELINE_SLACK
+    return Finding(
+        name="vits_are_sane",
+        claim="Not a claim of the paper: a check that the small ViTs trained here are reasonable, against "
+              "a CNN trained by the same loop on the same data.",
+        numbers=numbers,
+        bar=f"the finest one-exit ViT is within {BASELINE_SLACK:g} points of the reference CNN",
+        holds=holds)
+
+
+def exits_rise(dvt: RunFiles | None, singles: tuple[RunFiles, ...]) -> Finding:
+    numbers: dict[str, Any] = {}
+    holds = None
+    if dvt is not None:
+        numbers.update({f"dvt_top1_exit{k + 1}": _r(t) for k, t in enumerate(dvt.top1)})
+        rising = all(b > a for a, b in zip(dvt.top1, dvt.top1[1:]))
+        holds = rising
+        if singles:
+            finest = singles[-1]
+            numbers["finest_one_exit_top1"] = _r(finest.top1[0])
+            holds = rising and dvt.top1[-1] >= finest.top1[0] - LAST_EXIT_SLACK
+    return Finding(
+        name="dvt_exits_rise",
+        claim="Each exit of DVT is more accurate than the one before, and the last is as good as the "
+              "finest one-exit model (the released DVT-T2T-ViT-12: 69.1 / 75.7 / 80.0 % at 7x7 / 10x10 / 14x14, "
+              "against 76.7 % for T2T-ViT-12 alone).",
+        numbers=numbers,
+        bar=f"top-1 rises exit by exit, and the last exit is at most {LAST_EXIT_SLACK:g} points below the finest "
+            "one-exit model",
+        holds=holds)
+
+
+def matched_accuracy(costs: list[VsCost]) -> Finding:
+    finest = max(costs, key=lambda c: c.grid) if costs else None
+    numbers: dict[str, Any] = {}
+    holds = None
+    if finest is not None:
+        share = None if finest.dvt_gmacs_at_top1 is None else finest.dvt_gmacs_at_top1 / finest.gmacs
+        numbers = {"finest": finest.run, "finest_top1": _r(finest.top1), "finest_gmacs": _r(finest.gmacs, 6),
+                   "dvt_gmacs_at_that_top1": _r(finest.dvt_gmacs_at_top1, 6), "cost_share": _r(share, 3)}
+        holds = share is not None and share <= MAX_COST_SHARE
+    return Finding(
+        name="dvt_is_cheaper_at_equal_accuracy",
+        claim="DVT matches the accuracy of the finest one-exit model with far fewer GFLOPs (Fig. 6 / Table 3: "
+              "1.6-3.6x fewer).",
+        numbers=numbers,
+        bar=f"DVT reaches the finest one-exit model's top-1 at no more than {MAX_COST_SHARE:g} of its GFLOPs "
+            "(DVT never reaching it fails)",
+        holds=holds)
+
+
+def matched_cost(costs: list[VsCost]) -> Finding:
+    coarsest = min(costs, key=lambda c: c.grid) if costs else None
+    numbers: dict[str, Any] = {}
+    holds = None
+    if coarsest is not None:
+        numbers = {"coarsest": coarsest.run, "coarsest_top1": _r(coarsest.top1),
+                   "coarsest_gmacs": _r(coarsest.gmacs, 6), "dvt_top1_at_that_cost": _r(coarsest.dvt_top1_at_gmacs)}
+        holds = coarsest.dvt_top1_at_gmacs is not None and coarsest.dvt_top1_at_gmacs >= coarsest.top1
+    return Finding(
+        name="dvt_is_better_at_equal_cost",
+        claim="At the cost of a cheap one-exit model DVT is more accurate (Fig. 6: the DVT curve lies above "
+              "every T2T-ViT).",
+        numbers=numbers,
+        bar="DVT's top-1 at the coarsest one-exit model's GFLOPs is at least that model's",
+        holds=holds)
+
+
+def reuse_matters(roles: Roles, seed_std: float | None = None) -> Finding:
+    both, none = roles.ablation.get("both"), roles.ablation.get("none")
+    numbers: dict[str, Any] = {}
+    holds = None
+    if both is not None and none is not None:
+        gain = both.top1[-1] - none.top1[-1]
+        numbers = {"dvt_last_exit": _r(both.top1[-1]), "no_reuse_last_exit": _r(none.top1[-1]), "gain": _r(gain),
+                   "seed_std": _r(seed_std)}
+        holds = gain > (seed_std or 0.0)
+    return Finding(
+        name="reuse_makes_later_exits_better",
+        claim="Feature and relationship reuse make the later exits more accurate than the same cascade "
+              "without reuse (the paper's reuse ablations).",
+        numbers=numbers,
+        bar="DVT's last exit beats the no-reuse cascade's last exit, by more than the seed standard deviation "
+            "where there are several seeds",
+        holds=holds)
+
+
+def easy_images_are_larger(exits: np.ndarray | None, sides: np.ndarray | None, *, num_exits: int,
+                           budget: int | None) -> Finding:
+    """exits (n,) 0-based exit of each test image at `budget`; sides (n,) its object side in px."""
+    numbers: dict[str, Any] = {"budget": budget}
+    holds = None
+    if exits is not None and sides is not None:
+        first, last = sides[exits == 0].astype(float), sides[exits == num_exits - 1].astype(float)
+        numbers.update({"images_at_exit1": int(len(first)), f"images_at_exit{num_exits}": int(len(last))})
+        if len(first) >= 2 and len(last) >= 2:
+            diff = first.mean() - last.mean()
+            se = math.sqrt(first.var(ddof=1) / len(first) + last.var(ddof=1) / len(last))
+            numbers.update({"mean_side_exit1_px": _r(first.mean()), f"mean_side_exit{num_exits}_px": _r(last.mean()),
+                            "difference_px": _r(diff), "standard_errors": _r(diff / se if se > 0 else math.inf)})
+            holds = diff > 0 and diff >= MIN_STANDARD_ERRORS * se
+    return Finding(
+        name="easy_images_show_large_objects",
+        claim="Images that leave at the first, coarse exit show large, clear objects; those that need the "
+              "finest exit show small ones in clutter (Fig. 3 / Fig. 10).",
+        numbers=numbers,
+        bar=f"the objects of images leaving at exit 1 are larger on average than those of images reaching the "
+            f"last exit, by at least {MIN_STANDARD_ERRORS:g} standard errors",
+        holds=holds)
+
+
+def faster_at_equal_accuracy(speeds: list[VsSpeed]) -> Finding:
+    finest = max(speeds, key=lambda s: s.grid) if speeds else None
+    numbers: dict[str, Any] = {}
+    holds = None
+    if finest is not None:
+        numbers = {"finest": finest.run, "finest_img_per_s": _r(finest.img_per_s, 1),
+                   "dvt_img_per_s_at_that_top1": _r(finest.dvt_img_per_s_at_top1, 1),
+                   "measured_speedup": _r(finest.speedup), "ideal_speedup": _r(finest.ideal_speedup)}
+        holds = finest.speedup is not None and finest.speedup > 1.0
+    return Finding(
+        name="dvt_is_faster_at_equal_accuracy",
+        claim="Fewer GFLOPs become real speed: at equal accuracy DVT processes more images per second "
+              "(Table 2: 1.42x for DVT-T2T-ViT-14 on a GPU).",
+        numbers=numbers,
+        bar="measured throughput of DVT at the finest one-exit model's top-1 exceeds that model's",
+        holds=holds)
