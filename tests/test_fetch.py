@@ -224,8 +224,9 @@ import os, signal, sys
 from dvt.cli import main
 from dvt.data import fetch
 real = fetch._write_arrays
-def write_then_die(tmp, arrays):
-    real(tmp, {"train": arrays["train"]})  # one split on disk, then SIGKILL: no cleanup runs
+def write_then_die(tmp, content):
+    arrays, objects = content
+    real(tmp, ({"train": arrays["train"]}, objects))  # one split on disk, then SIGKILL: no cleanup runs
     os.kill(os.getpid(), signal.SIGKILL)
 fetch._write_arrays = write_then_die
 sys.exit(main(["fetch", "--params", sys.argv[1]]))
