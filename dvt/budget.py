@@ -154,7 +154,7 @@ def run(config: Config, *, run: str, target_gmacs: float | None = None,
     top1 = 100.0 * test.correct.mean(axis=0)
     metrics: dict[str, Any] = {
         "run": run,
-        "grids": list(rc.grids),
+        "grids": list(rc.exit_grids),
         "threshold_split": config.eval.threshold_split,
         "test_images": int(len(test.labels)),
         "gmacs": _per_exit(F),

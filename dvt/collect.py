@@ -66,7 +66,7 @@ def cumulative_gmacs(config: Config, run: str, model: Cascade) -> tuple[list[flo
     """Per-exit cumulative GMACs and where they came from: flops.json if it is this model's, else fvcore."""
     path = Path(config.runs_dir) / run / "flops.json"
     reuse = model.num_exits > 1
-    want = {"backbone": config.model.backbone, "image_size": model.img_size, "in_chans": model.in_chans,
+    want = {"backbone": config.backbone_of(run), "image_size": model.img_size, "in_chans": model.in_chans,
             "feature_reuse": reuse and model.exits[-1].has_feature_reuse,
             "relation_reuse": reuse and model.exits[-1].has_relation_reuse, "grids": list(model.grids)}
     if path.is_file():

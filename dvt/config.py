@@ -104,20 +104,34 @@ class ModelConfig:
         _require(0.0 <= self.drop_rate < 1.0, "model.drop_rate", self.drop_rate, "must be in [0, 1)")
 
 
+# The reference CNNs a run may name as `baseline` (dvt/models/convnet.py builds them; a test keeps the
+# two lists equal). Named here so that params are checked without importing torch.
+Baseline = Literal["resnet18_w16", "resnet18"]
+# A CNN's head sees one pooled vector: its single exit is recorded with this grid.
+CNN_GRID = 1
+
+
 @dataclass(frozen=True)
 class RunConfig:
-    """One trained model: a single token grid (one exit) or a DVT cascade (several exits)."""
+    """One trained model: a single token grid (one exit), a DVT cascade (several exits), or a
+    reference CNN (`baseline`, no grids)."""
 
-    grids: tuple[int, ...] = (7,)
+    grids: tuple[int, ...] = ()
     feature_reuse: bool = True
     relation_reuse: bool = True
     # Start from this checkpoint (ours or an official *.pth.tar) and fine-tune it.
     init: str | None = None
     # Use this checkpoint as it is and skip training (e.g. the released official DVT weights).
     checkpoint: str | None = None
+    # A CNN from timm trained by the same loop on the same data, shown beside the ViTs in Table 1.
+    baseline: Baseline | None = None
 
     def __post_init__(self) -> None:
-        _require(len(self.grids) >= 1, "runs.*.grids", list(self.grids), "at least one grid")
+        if self.baseline is not None:
+            _require(not self.grids, "runs.*.grids", list(self.grids),
+                     f"a baseline CNN ({self.baseline}) has no token grids; leave grids out")
+        else:
+            _require(len(self.grids) >= 1, "runs.*.grids", list(self.grids), "at least one grid")
         _require(all(g >= 1 for g in self.grids), "runs.*.grids", list(self.grids), "grids must be >= 1")
         _require(list(self.grids) == sorted(set(self.grids)), "runs.*.grids", list(self.grids),
                  "grids must grow strictly from exit to exit")
@@ -125,8 +139,13 @@ class RunConfig:
                  "set init (fine-tune) or checkpoint (use as is), not both")
 
     @property
+    def exit_grids(self) -> tuple[int, ...]:
+        """The grid of every exit as the stage files record it (a CNN's one exit: CNN_GRID)."""
+        return self.grids or (CNN_GRID,)
+
+    @property
     def num_exits(self) -> int:
-        return len(self.grids)
+        return len(self.exit_grids)
 
 
 @dataclass(frozen=True)
@@ -242,6 +261,10 @@ class Config:
     speed: SpeedConfig = field(default_factory=SpeedConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     runs_dir: str = "runs"
+
+    def backbone_of(self, run: str) -> str:
+        """The model a run trains: its baseline CNN, else model.backbone."""
+        return self.run(run).baseline or self.model.backbone
 
     def run(self, name: str) -> RunConfig:
         if name not in self.runs:

@@ -44,6 +44,8 @@ FREE_OPS = frozenset({
     "aten::neg", "aten::exp", "aten::exp_", "aten::amax", "aten::pow", "aten::sum", "aten::gelu", "aten::softmax",
     "aten::im2col",
     "aten::dropout", "aten::feature_dropout", "aten::pad", "aten::expand_as", "aten::repeat",
+    # The reference CNN's pooling and activations: comparisons only, no multiply-adds (fvcore's convention).
+    "aten::max_pool2d", "aten::relu", "aten::relu_",
 })
 
 
@@ -173,7 +175,7 @@ def run(config: Config, *, run: str) -> None:
     out = Path(config.runs_dir) / run / "flops.json"
     write_json(out, {
         "run": run,
-        "backbone": config.model.backbone,
+        "backbone": config.backbone_of(run),
         "image_size": info.image_size,
         "in_chans": info.channels,
         "num_classes": info.num_classes,

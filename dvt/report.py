@@ -89,7 +89,7 @@ class Report:
         roles = self.roles
         exits, sides, budget = self._exits_and_sides()
         return [findings.grid_order(roles.singles),
-                findings.baseline_gap(roles.singles, None),
+                findings.baseline_gap(roles.singles, roles.baselines[0] if roles.baselines else None),
                 findings.exits_rise(self.dvt, roles.singles),
                 findings.matched_accuracy(self.costs),
                 findings.matched_cost(self.costs),
@@ -117,7 +117,7 @@ class Report:
     def page(self, part: str) -> str:
         ref, roles, setting = self.ref, self.roles, self.setting
         context = {
-            "table1": lambda: pages.table1(ref, setting, roles.singles),
+            "table1": lambda: pages.table1(ref, setting, roles.singles, roles.baselines),
             "table2": lambda: pages.table2(ref, roles, self.speeds),
             "table3": lambda: pages.table3(ref, roles, self.costs),
             "ablation": lambda: pages.ablation(ref, setting, self.ablation),

@@ -227,7 +227,7 @@ def run(config: Config, *, run: str) -> dict[str, Any]:
     load_weights(model, ckpt, strict=True)
     standalone = None
     if K > 1:
-        standalone = create_model(config.model.backbone, grids=model.grids[-1:], img_size=model.img_size,
+        standalone = create_model(config.backbone_of(run), grids=model.grids[-1:], img_size=model.img_size,
                                   in_chans=model.in_chans, num_classes=model.num_classes).eval()
         standalone_gmacs = count_cascade(standalone).total_gmacs
     device = _device(sc.device)

@@ -90,7 +90,7 @@ def _fmt(v) -> str:
 def _summary(config: Config, run: str, rows: list[dict], extra: dict | None = None) -> dict:
     k = config.run(run).num_exits
     last = rows[-1] if rows else {}
-    return {"run": run, "grids": list(config.run(run).grids), "epochs": last.get("epoch", 0),
+    return {"run": run, "grids": list(config.run(run).exit_grids), "epochs": last.get("epoch", 0),
             "top1": {f"exit{i + 1}": last.get(f"top1_exit{i + 1}") for i in range(k)},
             "seconds_per_epoch": statistics.median(r["seconds"] for r in rows) if rows else None,
             "images_per_second": statistics.median(r["images_per_s"] for r in rows) if rows else None,
@@ -223,7 +223,7 @@ def run(config: Config, *, run: str, restart: bool = False) -> dict:
 
     from tqdm import tqdm
 
-    grids = rc.grids
+    grids = rc.exit_grids
     for epoch in range(start_epoch, tc.epochs):
         if sampler is not None:
             sampler.set_epoch(epoch)

@@ -11,7 +11,8 @@ from tests.conftest import REPO
 def test_default_params_load_and_round_trip():
     config = load_config(REPO / "params.yaml")
     assert isinstance(config, Config)
-    assert config.data.dataset == "fashion-mnist"
+    assert config.data.dataset == "cluttered-fashion-mnist"
+    assert config.model.backbone == "vit_micro_ss"
     assert config.runs["dvt"].grids == (3, 5, 7)
     assert from_dict(to_dict(config)) == config
 
@@ -62,3 +63,16 @@ def test_cli_reports_one_line_and_exit_2(tmp_path, capsys):
     path.write_text("train: [\n")
     assert main(["fetch", "--params", str(path)]) == 2
     assert "not valid YAML" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("run, message", [
+    ({"baseline": "resnet18_w16", "grids": [3]}, "runs.cnn.grids = [3] is not allowed: a baseline CNN"),
+    ({"baseline": "vgg"}, "runs.cnn.baseline = 'vgg' is not one of 'resnet18_w16' | 'resnet18'"),
+    ({}, "runs.cnn.grids = [] is not allowed: at least one grid"),
+])
+def test_baseline_runs_are_checked(run, message):
+    with pytest.raises(ConfigError) as err:
+        from_dict({"runs": {"cnn": run}})
+    assert message in str(err.value)
+    ok = from_dict({"runs": {"cnn": {"baseline": "resnet18_w16"}}, "model": {"backbone": "vit_micro"}})
+    assert ok.run("cnn").exit_grids == (1,) and ok.backbone_of("cnn") == "resnet18_w16"

@@ -277,3 +277,27 @@ def test_deit_small_single_exit_matches_timm():
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
         assert (ours(x)[0] - reference(x)).abs().max() < 1e-5
+
+
+def test_reference_cnn_is_a_one_exit_cascade_from_timm():
+    import typing
+
+    import timm
+
+    from dvt.config import Baseline
+    from dvt.flops import count_cascade
+    from dvt.models.convnet import CONVNETS
+
+    assert set(CONVNETS) == set(typing.get_args(Baseline))  # params.yaml accepts exactly these
+    model = create_model("resnet18_w16", grids=(1,), img_size=56, in_chans=1, num_classes=10).eval()
+    reference = timm.create_model("resnet18", in_chans=1, num_classes=10, channels=(16, 32, 64, 128)).eval()
+    reference.load_state_dict(model.exits[0].net.state_dict())
+    x = torch.randn(3, 1, 56, 56)
+    (logits,) = model(x)
+    torch.testing.assert_close(logits, reference(x), rtol=0, atol=0)
+    # fvcore over the CNN: its convolutions and head, no reuse; one exit recorded with grid 1.
+    cost = count_cascade(model)
+    assert [e.grid for e in cost.exits] == [1] and cost.total_params == sum(p.numel() for p in reference.parameters())
+    assert 0.005 < cost.total_gmacs < 0.05
+    with pytest.raises(DvtError, match="resnet18_w16 is a CNN with one exit"):
+        create_model("resnet18_w16", grids=(3, 5), img_size=56, in_chans=1, num_classes=10)

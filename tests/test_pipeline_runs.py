@@ -37,12 +37,13 @@ def tiny_params() -> dict:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     for section, values in TINY_CHANGES.items():
         params[section].update(values)
-    params["runs"] = {"single": {"grids": [4]}, "dvt": {"grids": [2, 4]}}
+    params["runs"] = {"single": {"grids": [4]}, "dvt": {"grids": [2, 4]}, "cnn": {"baseline": "resnet18_w16"}}
     return params
 
 
 GIT = [str(shutil.which("git")), "-c", "user.name=t", "-c", "user.email=t@t"]
-REPORTS = ["table1.md", "table2.md", "table3.md", "ablation.md", "metrics.json", "index.md", "figures"]
+REPORTS = ["table1.md", "table2.md", "table3.md", "ablation.md", "findings.md", "findings.json", "metrics.json",
+           "index.md", "figures"]
 
 
 def sh(root: Path, *cmd: str) -> subprocess.CompletedProcess:
@@ -79,6 +80,11 @@ def test_dvc_end_to_end(tmp_path):
     sh(root, str(BIN / "dvc"), "repro")
     for name in REPORTS:
         assert (root / "reports" / name).exists(), name
+    # The reference CNN trained through every stage and stands in Table 1 and the findings.
+    assert "cnn (reference CNN: `resnet18_w16`)" in (root / "reports" / "table1.md").read_text()
+    sane = {f["name"]: f for f in json.loads((root / "reports" / "findings.json").read_text())["findings"]}
+    assert sane["vits_are_sane"]["numbers"]["baseline"] == "cnn"
+    assert sane["vits_are_sane"]["holds"] is not None
 
     tic = time.perf_counter()
     again = sh(root, str(BIN / "dvc"), "repro")
@@ -87,7 +93,7 @@ def test_dvc_end_to_end(tmp_path):
 
     set_param(root, "speed", "repeats", 2)
     status = json.loads(sh(root, str(BIN / "dvc"), "status", "--json").stdout)
-    assert set(status) == {"speed@single", "speed@dvt"}
+    assert set(status) == {"speed@single", "speed@dvt", "speed@cnn"}
     rerun = sh(root, str(BIN / "dvc"), "repro").stdout
     assert "Running stage 'speed@dvt'" in rerun and "Running stage 'train@" not in rerun
     assert "Running stage 'collect@" not in rerun

@@ -293,7 +293,8 @@ def test_every_page_and_figure_is_written(rendered):
     assert "{{" not in index and "{%" not in index
     # Nothing but the pages, metrics and figures appears next to the templates.
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["ablation.md", "figures", "index.md", "metrics.json", "table1.md", "table2.md", "table3.md", "templates"])
+        ["ablation.md", "figures", "findings.json", "findings.md", "index.md", "metrics.json", "table1.md",
+         "table2.md", "table3.md", "templates"])
 
 
 def test_table1_numbers_are_the_one_exit_runs_outputs(rendered):
@@ -467,8 +468,8 @@ def test_without_the_ablation_runs_the_section_says_which_are_missing(runs, tmp_
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     capsys.readouterr()
     assert main(["report", "--params", str(params)]) == 0
-    assert ("dvt report: table1.md, table2.md, table3.md, ablation.md, figures/ (6 files), metrics.json, index.md"
-            in capsys.readouterr().out)
+    assert ("dvt report: table1.md, table2.md, table3.md, ablation.md, findings.md, findings.json, figures/ (6 files), "
+            "metrics.json, index.md" in capsys.readouterr().out)
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
@@ -545,3 +546,67 @@ def test_a_run_without_any_output_is_refused(runs, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "untrained/eval.json not found: run `dvt train --run untrained` first (then collect, budget)" in err
     assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == ["templates"]
+
+
+def test_findings_are_computed_from_the_stage_outputs(rendered):
+    config, metrics = rendered
+    found = {f["name"]: f for f in json.loads(page(config, "findings.json"))["findings"]}
+    singles = [stage_outputs(config, r)["eval"] for r in ("tokens_2x2", "tokens_4x4", "tokens_8x8")]
+    top1 = [e["top1"]["exit1"] for e in singles]
+    grids = found["finer_grids_are_more_accurate"]
+    assert grids["numbers"] == {f"top1_{g}x{g}": round(t, 2) for g, t in zip((2, 4, 8), top1)}
+    assert grids["holds"] == (top1[0] < top1[1] < top1[2] and top1[2] - top1[0] >= 3)
+    dvt = stage_outputs(config, "dvt")
+    exits = per_exit(dvt["eval"], "top1")
+    assert found["dvt_exits_rise"]["holds"] == (exits[0] < exits[1] < exits[2] and exits[2] >= top1[2] - 0.5)
+    finest_g = singles[2]["gmacs"]["exit1"]
+    need = cost_for(curve(dvt), top1[2])
+    cheaper = found["dvt_is_cheaper_at_equal_accuracy"]
+    assert cheaper["numbers"]["cost_share"] == (None if need is None else round(need / finest_g, 3))
+    assert cheaper["holds"] == (need is not None and need / finest_g <= 0.6)
+    at = value_at(curve(dvt), singles[0]["gmacs"]["exit1"])
+    assert found["dvt_is_better_at_equal_cost"]["holds"] == (at is not None and at >= top1[0])
+    none = per_exit(stage_outputs(config, "dvt_no_reuse")["eval"], "top1")
+    reuse = found["reuse_makes_later_exits_better"]
+    assert reuse["numbers"]["gain"] == round(exits[-1] - none[-1], 2) and reuse["holds"] == (exits[-1] > none[-1])
+    faster = found["dvt_is_faster_at_equal_accuracy"]
+    speedup = metrics["matched_throughput"]["tokens_8x8"]["speedup"]
+    assert faster["holds"] == (speedup is not None and speedup > 1)
+    # Nothing here can tell these: no reference CNN among the runs, no object sizes in synthetic data.
+    assert found["vits_are_sane"]["holds"] is None and found["easy_images_show_large_objects"]["holds"] is None
+    text = page(config, "findings.md")
+    for f in found.values():
+        verdict = {True: "yes", False: "no", None: "cannot tell"}[f["holds"]]
+        assert f"| `{f['name']}` | {verdict} |" in text
+
+
+def test_object_scale_finding_reads_where_images_leave(rendered, tmp_path):
+    """With object sizes beside the test images, the finding compares the images leaving at exit 1
+    with those reaching the last exit, at the budget whose q is nearest 1 (budget.csv's thresholds)."""
+    from dvt.logits import read_logits
+    from dvt.report import Report
+
+    config, _ = rendered
+    objects = Path(config.data.root) / config.data.dataset / "test_objects.npy"
+    test = read_logits(Path(config.runs_dir) / "dvt" / "logits.parquet", splits=["test"])["test"]
+    # Designed sizes: the more confident exit 1 is, the larger the object (plus noise).
+    rng = np.random.default_rng(0)
+    sides = np.zeros((int(test.sample.max()) + 1, 3), np.int16)
+    sides[test.sample, 0] = (8 + 20 * test.confidence[:, 0] + rng.integers(0, 3, len(test.sample))).astype(np.int16)
+    np.save(objects, sides)
+    try:
+        finding = {f.name: f for f in Report(config).findings}["easy_images_show_large_objects"]
+    finally:
+        objects.unlink()
+    budget = stage_outputs(config, "dvt")["budget"]
+    row = budget.iloc[int(np.argmin(np.abs(budget["q"] - 1.0)))]
+    leaves = np.full(len(test.sample), 2)
+    for k in (1, 0):  # the first exit whose confidence clears its threshold
+        leaves[test.confidence[:, k] >= row[f"threshold_{k}"]] = k
+    first, last = sides[test.sample, 0][leaves == 0], sides[test.sample, 0][leaves == 2]
+    assert finding.numbers["budget"] == int(row["budget"])
+    assert finding.numbers["images_at_exit1"] == len(first) and finding.numbers["images_at_exit3"] == len(last)
+    assert finding.numbers["difference_px"] == round(first.mean() - last.mean(), 2)
+    se = np.sqrt(first.var(ddof=1) / len(first) + last.var(ddof=1) / len(last))
+    assert finding.numbers["standard_errors"] == round((first.mean() - last.mean()) / se, 2)
+    assert finding.holds == (first.mean() - last.mean() >= 3 * se)

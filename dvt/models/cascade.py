@@ -23,6 +23,7 @@ from typing import Sequence
 from torch import Tensor, nn
 
 from dvt.models.backbone import BackboneSpec
+from dvt.models.convnet import CNN_GRID, ConvNetExit, ConvNetSpec
 from dvt.models.stage import Stage
 
 
@@ -49,7 +50,7 @@ class ReuseState:
 
 
 class Cascade(nn.Module):
-    def __init__(self, *, spec: BackboneSpec, grids: Sequence[int], img_size: int, in_chans: int,
+    def __init__(self, *, spec: BackboneSpec | ConvNetSpec, grids: Sequence[int], img_size: int, in_chans: int,
                  num_classes: int, feature_reuse: bool = True, relation_reuse: bool = True,
                  drop_path_rate: float = 0.0, drop_rate: float = 0.0) -> None:
         super().__init__()
@@ -61,6 +62,12 @@ class Cascade(nn.Module):
         self.img_size = img_size
         self.in_chans = in_chans
         self.num_classes = num_classes
+        if isinstance(spec, ConvNetSpec):  # a reference CNN: one exit on the whole image
+            if grids != (CNN_GRID,):
+                raise ValueError(f"a CNN has one exit with grid {CNN_GRID}, got grids {list(grids)}")
+            self.exits = nn.ModuleList([ConvNetExit(spec=spec, in_chans=in_chans, num_classes=num_classes,
+                                                    drop_rate=drop_rate, drop_path_rate=drop_path_rate)])
+            return
         # Exit 0 has nobody to reuse from: a one-exit cascade is a plain ViT.
         self.exits = nn.ModuleList(
             Stage(spec=spec, grid=g, img_size=img_size, in_chans=in_chans, num_classes=num_classes,

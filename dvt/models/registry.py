@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Sequence
 from dvt.errors import DvtError
 from dvt.models.backbone import BACKBONES, BackboneSpec
 from dvt.models.cascade import Cascade
+from dvt.models.convnet import CNN_GRID, CONVNETS, ConvNetSpec
 from dvt.models.tokenizer import check_grid
 
 if TYPE_CHECKING:
@@ -23,9 +24,12 @@ def list_models() -> list[str]:
     return list(BACKBONES)
 
 
-def get_spec(backbone: str) -> BackboneSpec:
+def get_spec(backbone: str) -> BackboneSpec | ConvNetSpec:
+    if backbone in CONVNETS:
+        return CONVNETS[backbone]
     if backbone not in BACKBONES:
-        raise DvtError(f"unknown backbone {backbone!r}; valid backbones: {', '.join(BACKBONES)}")
+        raise DvtError(f"unknown backbone {backbone!r}; valid backbones: {', '.join(BACKBONES)} (reference CNNs: "
+                       f"{', '.join(CONVNETS)})")
     return BACKBONES[backbone]
 
 
@@ -33,6 +37,10 @@ def check_grids(backbone: str, grids: Sequence[int], img_size: int) -> None:
     """DvtError unless `grids` is non-empty, strictly growing and every grid is makeable."""
     spec = get_spec(backbone)
     grids = list(grids)
+    if isinstance(spec, ConvNetSpec):
+        if grids != [CNN_GRID]:
+            raise DvtError(f"{backbone} is a CNN with one exit on the whole image (grid {CNN_GRID}), not grids {grids}")
+        return
     if not grids or any(b <= a for a, b in zip(grids, grids[1:])):
         raise DvtError(f"grids {grids} must be a non-empty list growing strictly from exit to exit")
     for g in grids:
@@ -65,7 +73,7 @@ def model_for_run(config: Config, run: str) -> Cascade:
 
     info = dataset_info(config.data)
     r = config.run(run)
-    return create_model(config.model.backbone, grids=r.grids, img_size=info.image_size, in_chans=info.channels,
+    return create_model(config.backbone_of(run), grids=r.exit_grids, img_size=info.image_size, in_chans=info.channels,
                         num_classes=info.num_classes, feature_reuse=r.feature_reuse,
                         relation_reuse=r.relation_reuse, drop_path_rate=config.model.drop_path,
                         drop_rate=config.model.drop_rate)

@@ -43,16 +43,19 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 @dataclass(frozen=True)
 class Roles:
-    """Which run plays which part: one-exit baselines (by grid), the main DVT run, the ablation."""
+    """Which run plays which part: one-exit ViTs (by grid), the main DVT run, the ablation, and the
+    reference CNNs."""
 
     singles: tuple[RunFiles, ...]
     dvt: RunFiles | None
     ablation: dict[str, RunFiles | None]  # REUSE_SETTINGS key -> run, None when params.yaml has none
+    baselines: tuple[RunFiles, ...] = ()
 
 
 def assign_roles(runs: dict[str, RunFiles]) -> Roles:
     """From params.yaml alone: no file is read."""
-    singles = tuple(sorted((r for r in runs.values() if not r.is_cascade), key=lambda r: r.grids[0]))
+    singles = tuple(sorted((r for r in runs.values() if not r.is_cascade and not r.is_baseline),
+                           key=lambda r: r.grids[0]))
     cascades = [r for r in runs.values() if r.is_cascade]
     both = [r for r in cascades if r.spec.feature_reuse and r.spec.relation_reuse]
     dvt = (both or cascades or [None])[0]
@@ -61,7 +64,8 @@ def assign_roles(runs: dict[str, RunFiles]) -> Roles:
         same = [r for r in cascades if dvt is not None and r.grids == dvt.grids
                 and (r.spec.feature_reuse, r.spec.relation_reuse) == (feature, relation)]
         ablation[key] = same[0] if same else None
-    return Roles(singles=singles, dvt=dvt, ablation=ablation)
+    baselines = tuple(r for r in runs.values() if r.is_baseline)
+    return Roles(singles=singles, dvt=dvt, ablation=ablation, baselines=baselines)
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,16 @@ class RunFiles:
 
     @property
     def grids(self) -> tuple[int, ...]:
-        return self.spec.grids
+        return self.spec.exit_grids
+
+    @property
+    def is_baseline(self) -> bool:
+        """A reference CNN (runs.<run>.baseline), not a ViT."""
+        return self.spec.baseline is not None
+
+    @property
+    def backbone(self) -> str:
+        return self.config.backbone_of(self.name)
 
     @property
     def num_exits(self) -> int:
@@ -112,7 +121,7 @@ class RunFiles:
     def flops(self) -> dict[str, Any]:
         data = self._json("flops.json")
         grids = [e.get("grid") for e in data.get("exits", [])]
-        backbone = self.config.model.backbone
+        backbone = self.backbone
         if data.get("backbone") != backbone or grids != list(self.grids) or "total" not in data:
             raise self._stale("flops.json", f"is for {data.get('backbone')} on grids {grids}, params.yaml has "
                               f"{backbone} on {list(self.grids)}")

@@ -83,7 +83,8 @@ def common(config: Config, setting: Setting, roles: Roles, reference: Reference)
             "image_size": setting.image_size, "dvt": roles.dvt, "paper": reference.paper, "grid_name": grid_name}
 
 
-def table1(reference: Reference, setting: Setting, singles: tuple[RunFiles, ...]) -> dict[str, Any]:
+def table1(reference: Reference, setting: Setting, singles: tuple[RunFiles, ...],
+           baselines: tuple[RunFiles, ...] = ()) -> dict[str, Any]:
     paper = reference.table1
     same_setting = paper.setting == setting
     rows = [{"run": r.name, "grid": r.grids[0], "gmacs": r.gmacs[0], "params_m": r.params / 1e6,
@@ -97,7 +98,9 @@ def table1(reference: Reference, setting: Setting, singles: tuple[RunFiles, ...]
     paper_spread = {"small": by_grid[0].grid, "large": by_grid[-1].grid,
                     "more": by_grid[-1].top1 - by_grid[0].top1, "cost": by_grid[-1].gmacs / by_grid[0].gmacs}
     # The paper's numbers go beside ours only for the same setting and token grids.
-    return {"rows": rows, "official": any(r["paper"] for r in rows), "same_setting": same_setting,
+    cnns = [{"run": r.name, "backbone": r.backbone, "gmacs": r.gmacs[0], "params_m": r.params / 1e6,
+             "top1": r.top1[0]} for r in baselines]
+    return {"rows": rows, "cnns": cnns, "official": any(r["paper"] for r in rows), "same_setting": same_setting,
             "table1": paper, "spread": spread, "paper_spread": paper_spread}
 
 

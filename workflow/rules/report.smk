@@ -7,6 +7,7 @@ from dvt.reporting.inputs import run_files
 
 _roles = assign_roles(run_files(CFG))
 SINGLES = [r.name for r in _roles.singles]
+BASELINES = [r.name for r in _roles.baselines]
 DVT_RUN = [_roles.dvt.name] if _roles.dvt else []
 ABLATION = [r.name for r in _roles.ablation.values() if r is not None]
 
@@ -17,11 +18,12 @@ def files_of(runs: list[str], *names: str) -> list[str]:
 
 # The findings read what Tables 1-3 and the ablation read, and DVT's logits (where images exit).
 _FINDINGS_INPUTS = (files_of(DVT_RUN + SINGLES, "eval.json", "budget.csv", "speed.json")
+                    + files_of(BASELINES, "eval.json")
                     + files_of(ABLATION, "eval.json", "budget.csv") + files_of(DVT_RUN, "logits.parquet"))
 
 # part -> (output under report.dir, the run files it reads)
 REPORT_PARTS = {
-    "table1": ("table1.md", files_of(SINGLES, "eval.json", "flops.json")),
+    "table1": ("table1.md", files_of(SINGLES + BASELINES, "eval.json", "flops.json")),
     "table2": ("table2.md", files_of(DVT_RUN + SINGLES, "eval.json", "budget.csv", "speed.json")),
     "table3": ("table3.md", files_of(DVT_RUN + SINGLES, "eval.json", "budget.csv")),
     "ablation": ("ablation.md", files_of(ABLATION, "eval.json", "budget.csv")),
