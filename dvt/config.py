@@ -51,21 +51,24 @@ class SyntheticConfig:
 class ClutteredConfig:
     """How cluttered-fashion-mnist is derived from Fashion-MNIST (dvt/data/cluttered.py)."""
 
-    canvas: int = 64
-    # Side of the resized item, drawn uniformly from [min_scale, max_scale] px per image.
-    min_scale: int = 10
-    max_scale: int = 40
+    canvas: int = 56
+    # Each item is small with probability small_share, else large; its side is then drawn uniformly
+    # from small_scale or large_scale ([lowest, highest] px).
+    small_share: float = 0.25
+    small_scale: tuple[int, ...] = (8, 16)
+    large_scale: tuple[int, ...] = (24, 48)
     # Fragments of other items pasted per image, and their side in px.
     clutter: int = 2
-    fragment: int = 10
+    fragment: int = 9
     seed: int = 0
 
     def __post_init__(self) -> None:
         _require(self.canvas >= 1, "data.cluttered.canvas", self.canvas, "must be >= 1")
-        _require(1 <= self.min_scale <= self.max_scale, "data.cluttered.min_scale", self.min_scale,
-                 f"must be in [1, max_scale={self.max_scale}]")
-        _require(self.max_scale <= self.canvas, "data.cluttered.max_scale", self.max_scale,
-                 f"must be <= canvas={self.canvas}")
+        _require(0.0 <= self.small_share <= 1.0, "data.cluttered.small_share", self.small_share, "must be in [0, 1]")
+        for name in ("small_scale", "large_scale"):
+            lo_hi = getattr(self, name)
+            _require(len(lo_hi) == 2 and 1 <= lo_hi[0] <= lo_hi[1] <= self.canvas, f"data.cluttered.{name}",
+                     list(lo_hi), f"[lowest, highest] side in px, 1 <= lowest <= highest <= canvas={self.canvas}")
         _require(self.clutter >= 0, "data.cluttered.clutter", self.clutter, "must be >= 0")
         _require(1 <= self.fragment <= min(28, self.canvas), "data.cluttered.fragment", self.fragment,
                  f"must be in [1, {min(28, self.canvas)}] (cut from a 28 px item, pasted on the canvas)")

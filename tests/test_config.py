@@ -51,7 +51,7 @@ def test_overrides_parse_yaml_values(tmp_path):
 
 def test_unknown_run_is_refused():
     with pytest.raises(ConfigError, match="unknown run 'nope'; runs in params.yaml: a"):
-        from_dict({"runs": {"a": {}}}).run("nope")
+        from_dict({"runs": {"a": {"grids": [7]}}}).run("nope")
 
 
 def test_cli_reports_one_line_and_exit_2(tmp_path, capsys):

@@ -261,10 +261,13 @@ def test_loaders_give_normalised_batches(synthetic_config):
     assert abs(float(xb.mean())) < 1.0
 
 
+SCALES = {"small_share": 0.3, "small_scale": (8, 12), "large_scale": (20, 30)}
+
+
 def _cluttered_config(tmp_path: Path, **cluttered) -> object:
     return make_config(tmp_path, data={"dataset": "cluttered-fashion-mnist", "source": str(tmp_path / "raw"),
                                        "calibration_size": 20,
-                                       "cluttered": {"canvas": 40, "min_scale": 8, "max_scale": 30, **cluttered}})
+                                       "cluttered": {"canvas": 40, **SCALES, **cluttered}})
 
 
 def test_cluttered_items_sit_at_their_recorded_boxes(tmp_path):
@@ -276,19 +279,20 @@ def test_cluttered_items_sit_at_their_recorded_boxes(tmp_path):
     from dvt.data import cluttered
 
     items = random_images(np.random.default_rng(0), 40, 28, 1)[..., 0]
-    images, objects = cluttered.compose(items, ClutteredConfig(canvas=40, min_scale=8, max_scale=30, clutter=0),
+    images, objects = cluttered.compose(items, ClutteredConfig(canvas=40, **SCALES, clutter=0),
                                         stream=1)
     assert images.shape == (40, 40, 40) and objects.shape == (40, 3)
-    assert len(set(objects[:, 0].tolist())) > 5  # the scale really varies
+    assert len(set(objects[:, 0].tolist())) > 5  # the scale really varies, and both kinds occur
+    assert 0 < (objects[:, 0] <= 12).sum() < 40
     for i, (side, top, left) in enumerate(objects.tolist()):
-        assert 8 <= side <= 30 and 0 <= top <= 40 - side and 0 <= left <= 40 - side
+        assert (8 <= side <= 12 or 20 <= side <= 30) and 0 <= top <= 40 - side and 0 <= left <= 40 - side
         one = F.interpolate(torch.from_numpy(items[i]).float()[None, None], size=(side, side), mode="bilinear",
                             antialias=True, align_corners=False)[0, 0].round().clamp(0, 255).byte().numpy()
         expected = np.zeros((40, 40), np.uint8)
         expected[top:top + side, left:left + side] = one
         np.testing.assert_array_equal(images[i], expected)
     # Clutter only adds: every pixel is at least the clutter-free one, and some are brighter.
-    busy, busy_objects = cluttered.compose(items, ClutteredConfig(canvas=40, min_scale=8, max_scale=30, clutter=3),
+    busy, busy_objects = cluttered.compose(items, ClutteredConfig(canvas=40, **SCALES, clutter=3),
                                            stream=1)
     np.testing.assert_array_equal(busy_objects, objects)
     assert (busy >= images).all() and (busy > images).any()
@@ -308,7 +312,7 @@ def test_cluttered_fashion_mnist_fetch_is_deterministic_and_keeps_boxes_with_ima
     from dvt.config import ClutteredConfig
     from dvt.data import cluttered
 
-    images, objects = cluttered.compose(raw["train"], ClutteredConfig(canvas=40, min_scale=8, max_scale=30),
+    images, objects = cluttered.compose(raw["train"], ClutteredConfig(canvas=40, **SCALES),
                                         stream=1)
     _, held = calibration_split(120, 20)
     np.testing.assert_array_equal(np.load(out / "calibration_images.npy")[..., 0], images[held])
@@ -327,11 +331,14 @@ def test_cluttered_fashion_mnist_fetch_is_deterministic_and_keeps_boxes_with_ima
 
 
 @pytest.mark.parametrize("bad, message", [
-    ({"min_scale": 30, "max_scale": 20}, "data.cluttered.min_scale = 30 is not allowed"),
-    ({"max_scale": 50}, "data.cluttered.max_scale = 50 is not allowed: must be <= canvas=40"),
+    ({"small_scale": [12, 8]}, "data.cluttered.small_scale = [12, 8] is not allowed"),
+    ({"large_scale": [20, 50]}, "data.cluttered.large_scale = [20, 50] is not allowed: [lowest, highest] side"),
+    ({"large_scale": [20]}, "data.cluttered.large_scale = [20] is not allowed"),
+    ({"small_share": 1.5}, "data.cluttered.small_share = 1.5 is not allowed"),
     ({"fragment": 29}, "data.cluttered.fragment = 29 is not allowed"),
     ({"clutter": -1}, "data.cluttered.clutter = -1 is not allowed"),
 ])
 def test_cluttered_params_are_checked_when_loaded(tmp_path, bad, message):
-    with pytest.raises(DvtError, match=message):
+    with pytest.raises(DvtError) as err:
         _cluttered_config(tmp_path, **bad)
+    assert message in str(err.value)

@@ -3,10 +3,12 @@
 Why this exists: plain Fashion-MNIST puts every item centred and at one scale, so nothing in it
 rewards a finer token grid, and the paper's premise (paper Fig. 3 / Fig. 10: a large, centred
 object is recognised from a coarse grid, a small object among clutter needs fine tokens) has
-nothing to act on. Here each 28x28 item is resized to a side drawn uniformly from
-[min_scale, max_scale] px, placed at a random position fully inside a `canvas` x `canvas` black
-image, and `clutter` square fragments cut from other items of the same split are pasted at random
-places (pixel-wise maximum), as in the cluttered MNIST of spatial transformer networks.
+nothing to act on. Here each 28x28 item is resized, placed at a random position fully inside a
+`canvas` x `canvas` black image, and `clutter` square fragments cut from other items of the same
+split are pasted at random places (pixel-wise maximum), as in the cluttered MNIST of spatial
+transformer networks. Most items are large (side drawn from `large_scale`), easy at any token grid;
+a `small_share` of them are small (`small_scale`), lost among the fragments unless the tokens are
+fine. Not all images are worth 7x7 words: that is the premise DVT exploits.
 
 Everything is drawn from one numpy generator seeded by (seed, split), so the same IDX files and
 params give the same bytes (the manifest's sha256 checks that); the item's side and top-left corner
@@ -39,7 +41,9 @@ def compose(items: np.ndarray, cfg: ClutteredConfig, *, stream: int) -> tuple[np
     """Images (n, canvas, canvas) uint8 and objects (n, 3) int16 (side, top, left) from items (n, 28, 28)."""
     n, src = len(items), items.shape[1]
     rng = np.random.default_rng([cfg.seed, stream])
-    sides = rng.integers(cfg.min_scale, cfg.max_scale + 1, size=n)
+    small = rng.random(n) < cfg.small_share
+    sides = np.where(small, rng.integers(cfg.small_scale[0], cfg.small_scale[1] + 1, size=n),
+                     rng.integers(cfg.large_scale[0], cfg.large_scale[1] + 1, size=n))
     tops = (rng.random(n) * (cfg.canvas - sides + 1)).astype(np.int64)
     lefts = (rng.random(n) * (cfg.canvas - sides + 1)).astype(np.int64)
     # Clutter: for every image `clutter` fragments of `fragment` px, each cut at a random place

@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from dvt.atomic import write_json
-from dvt.config import DataConfig
+from dvt.config import DataConfig, to_dict
 from dvt.errors import DvtError
 
 MANIFEST = "MANIFEST.json"
 # Bump when dvt/data/cluttered.py composes different bytes from the same params.
-CLUTTERED_VERSION = 1
+CLUTTERED_VERSION = 2
 Manifest = dict[str, Any]
 
 
@@ -41,8 +41,8 @@ def fingerprint(data: DataConfig) -> dict[str, object]:
         fp["synthetic"] = {k: getattr(data.synthetic, k) for k in data.synthetic.__dataclass_fields__}
     if data.dataset == "cluttered-fashion-mnist":
         # The derivation's version goes in too: a change of how images are composed refetches.
-        fp["cluttered"] = {"version": CLUTTERED_VERSION,
-                           **{k: getattr(data.cluttered, k) for k in data.cluttered.__dataclass_fields__}}
+        # As plain JSON data (lists, not tuples), so that it compares equal to what the manifest stored.
+        fp["cluttered"] = {"version": CLUTTERED_VERSION, **to_dict(data.cluttered)}
     return fp
 
 

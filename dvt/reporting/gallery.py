@@ -48,6 +48,13 @@ class Gallery:
     picks: Picks
     classes: list[str]
     images: dict[int, np.ndarray]  # sample -> uint8 (H, W) or (H, W, 3), the dataset's pixels
+    # sample -> side of its object in px, where the dataset records it (cluttered-fashion-mnist)
+    sides: dict[int, int] | None = None
+
+    def mean_side(self, picks: tuple[Pick, ...]) -> float | None:
+        if self.sides is None or not picks:
+            return None
+        return float(np.mean([self.sides[p.sample] for p in picks]))
 
 
 def pick(run: RunFiles, *, size: int) -> Picks:
@@ -103,7 +110,11 @@ def prepare(config: Config, picks: Picks) -> Gallery:
     if any(by_sample[p.sample] != p.label for p in chosen):
         raise DvtError(f"{logits} gives other labels than {folder} for the same test images: rerun "
                        f"`dvt collect --run {picks.run}`")
-    return Gallery(picks=picks, classes=list(manifest["classes"]), images=images)
+    sides = None
+    if (folder / "test_objects.npy").is_file():
+        boxes = np.load(folder / "test_objects.npy", mmap_mode="r")  # (N, 3): side, top, left
+        sides = {s: int(boxes[s, 0]) for s in samples}
+    return Gallery(picks=picks, classes=list(manifest["classes"]), images=images, sides=sides)
 
 
 def draw(folder: Path, gallery: Gallery) -> list[str]:
@@ -126,7 +137,10 @@ def draw(folder: Path, gallery: Gallery) -> list[str]:
                 ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest")
                 pred = p.pred_first if row == 0 else p.pred_last
                 said = "\u2713" if pred == p.label else f"\u2717 {names[pred]}"
-                ax.set_title(f"{names[p.label]}\n#{p.sample}  c={p.confidence:.2f}\n{said}", fontsize=6.5)
-            axes[row][0].text(-0.08, 0.5, what, transform=axes[row][0].transAxes, rotation=90, ha="right",
+                side = f"  {gallery.sides[p.sample]} px" if gallery.sides is not None else ""
+                ax.set_title(f"{names[p.label]}\n#{p.sample}  c={p.confidence:.2f}{side}\n{said}", fontsize=6.5)
+            mean = gallery.mean_side(shown)
+            label = what if mean is None else f"{what}\nobjects {mean:.1f} px on average"
+            axes[row][0].text(-0.08, 0.5, label, transform=axes[row][0].transAxes, rotation=90, ha="right",
                               va="center", fontsize=8)
     return save(fig, folder, "gallery")
