@@ -307,6 +307,11 @@ def test_cluttered_fashion_mnist_fetch_is_deterministic_and_keeps_boxes_with_ima
     assert (manifest["image_size"], manifest["channels"]) == (40, 1)
     assert manifest["params"]["cluttered"]["version"] >= 1
     assert {f"{s}_objects.npy" for s in ("train", "calibration", "test")} <= set(manifest["files"])
+    # The raw IDX files it was composed from are named with their checksums.
+    from dvt.data.manifest import sha256
+
+    assert manifest["source_files"] == {f: f"sha256:{sha256(tmp_path / 'raw' / f)}"
+                                        for fs in FASHION_FILES.values() for f in fs}
     first = {name: (out / name).read_bytes() for name in manifest["files"]}
     # The calibration images are the train rows the split names, with their boxes.
     from dvt.config import ClutteredConfig

@@ -20,7 +20,7 @@ import numpy as np
 from dvt.atomic import atomic_dir
 from dvt.config import Config, DataConfig
 from dvt.data import cifar, idx, imagenet
-from dvt.data.manifest import Manifest, file_checksums, fingerprint, is_current, write_manifest
+from dvt.data.manifest import Manifest, file_checksums, fingerprint, is_current, sha256, write_manifest
 from dvt.errors import DvtError
 
 CALIBRATION_SEED = 0
@@ -44,7 +44,13 @@ def calibration_split(n: int, size: int, *, seed: int = CALIBRATION_SEED) -> tup
 
 # --- sources -----------------------------------------------------------------------------------
 
-def _fashion_mnist(data: DataConfig) -> tuple[dict, list[str], str]:
+# A source loader returns (splits {name: (images (N, H, W, C) uint8, labels)}, class names, where the
+# data came from, extras): extras may hold "objects" {split: (N, 3) boxes} and "source_files"
+# {file name: sha256} of the raw files read.
+Loaded = tuple[dict, list[str], str, dict]
+
+
+def _fashion_mnist(data: DataConfig) -> Loaded:
     from torchvision.datasets import FashionMNIST
 
     upstream_md5 = dict(FashionMNIST.resources)
@@ -69,7 +75,8 @@ def _fashion_mnist(data: DataConfig) -> tuple[dict, list[str], str]:
     source = str(folder)
     if folder == DEBIAN_FASHION_MNIST:
         source += " (Debian package dataset-fashion-mnist)"
-    return splits, list(FashionMNIST.classes), source
+    checksums = {f: f"sha256:{sha256(folder / f)}" for fs in FASHION_FILES.values() for f in fs}
+    return splits, list(FashionMNIST.classes), source, {"source_files": checksums}
 
 
 def _download_fashion_mnist(folder: Path, mirrors: list[str], md5: dict[str, str]) -> None:
@@ -91,7 +98,7 @@ def _download_fashion_mnist(folder: Path, mirrors: list[str], md5: dict[str, str
                            "dataset-fashion-mnist or set data.source to a folder with the IDX files")
 
 
-def _cifar(data: DataConfig) -> tuple[dict, list[str], str]:
+def _cifar(data: DataConfig) -> Loaded:
     archive = cifar.archives()[data.dataset]
     if data.source:
         path = Path(data.source).expanduser()
@@ -111,22 +118,24 @@ def _cifar(data: DataConfig) -> tuple[dict, list[str], str]:
                 raise DvtError(f"could not download {archive.url} ({err}); download it by hand and set "
                                "data.source to the file") from None
     parsed = cifar.read_cifar(path, archive)
-    return {"train": parsed["train"], "test": parsed["test"]}, parsed["classes"], str(path)
+    return ({"train": parsed["train"], "test": parsed["test"]}, parsed["classes"], str(path),
+            {"source_files": {path.name: f"sha256:{sha256(path)}"}})
 
 
-def _cluttered_fashion_mnist(data: DataConfig) -> tuple[dict, list[str], str, dict]:
+def _cluttered_fashion_mnist(data: DataConfig) -> Loaded:
     from dvt.data import cluttered  # imports torch (resizing): only when needed
 
-    splits, classes, source = _fashion_mnist(data)
+    splits, classes, source, extras = _fashion_mnist(data)
     derived, objects = cluttered.derive(splits, data.cluttered)
-    return derived, classes, f"{source}, composed by dvt.data.cluttered (seed {data.cluttered.seed})", objects
+    return (derived, classes, f"{source}, composed by dvt.data.cluttered (seed {data.cluttered.seed})",
+            {**extras, "objects": objects})
 
 
-def _synthetic(data: DataConfig) -> tuple[dict, list[str], str]:
+def _synthetic(data: DataConfig) -> Loaded:
     from dvt.data import synthetic  # imports torch: only when needed
 
     s = data.synthetic
-    return synthetic.generate(s), [f"class_{i}" for i in range(s.classes)], f"generated (seed {s.seed})"
+    return synthetic.generate(s), [f"class_{i}" for i in range(s.classes)], f"generated (seed {s.seed})", {}
 
 
 # --- writers -----------------------------------------------------------------------------------
@@ -148,23 +157,26 @@ def _channel_stats(x: np.ndarray, chunk: int = 4096) -> tuple[list[float], list[
 def _prepare_arrays(data: DataConfig) -> tuple[tuple[dict, dict], dict[str, object]]:
     loader = {"fashion-mnist": _fashion_mnist, "cluttered-fashion-mnist": _cluttered_fashion_mnist,
               "cifar10": _cifar, "cifar100": _cifar, "synthetic": _synthetic}[data.dataset]
-    # A loader may return per-image extras {split: (n, k) array} (the cluttered items' boxes), which
-    # follow their images into the calibration split and are stored as <split>_objects.npy.
-    splits, classes, source, *rest = loader(data)
-    extras = rest[0] if rest else {}
+    splits, classes, source, extras = loader(data)
     x_train, y_train = splits["train"]
     keep, held = calibration_split(len(x_train), data.calibration_size)
     arrays = {"train": (x_train[keep], y_train[keep]), "calibration": (x_train[held], y_train[held]),
               "test": splits["test"]}
-    objects = {"train": extras["train"][keep], "calibration": extras["train"][held], "test": extras["test"]} \
-        if extras else {}
+    # Per-image boxes (cluttered items) follow their images into the calibration split.
+    boxes = extras.get("objects")
+    objects = {"train": boxes["train"][keep], "calibration": boxes["train"][held], "test": boxes["test"]} \
+        if boxes else {}
     labels = np.concatenate([y for _, y in arrays.values()])
     if labels.min() < 0 or labels.max() >= len(classes):
         raise DvtError(f"{source}: labels span {labels.min()}..{labels.max()} but there are {len(classes)} classes")
     mean, std = _channel_stats(arrays["train"][0])
-    return (arrays, objects), {"format": "arrays", "source": source, "classes": classes,
+    return (arrays, objects), {"format": "arrays", "source": source, **_source_files(extras), "classes": classes,
                     "counts": {k: int(len(v[1])) for k, v in arrays.items()},
                     "image_size": int(x_train.shape[1]), "channels": int(x_train.shape[-1]), "mean": mean, "std": std}
+
+
+def _source_files(extras: dict) -> dict:
+    return {"source_files": extras["source_files"]} if "source_files" in extras else {}
 
 
 def _write_arrays(tmp: Path, content: tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, np.ndarray]]) -> None:
