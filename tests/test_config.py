@@ -76,3 +76,13 @@ def test_baseline_runs_are_checked(run, message):
     assert message in str(err.value)
     ok = from_dict({"runs": {"cnn": {"baseline": "resnet18_w16"}}, "model": {"backbone": "vit_micro"}})
     assert ok.run("cnn").exit_grids == (1,) and ok.backbone_of("cnn") == "resnet18_w16"
+
+
+def test_full_config_is_the_default_plus_the_single_reuse_cascades():
+    default, full = load_config(REPO / "params.yaml"), load_config(REPO / "configs" / "cluttered-full.yaml")
+    assert {k: v for k, v in full.to_dict().items() if k != "runs"} == \
+        {k: v for k, v in default.to_dict().items() if k != "runs"}
+    extra = {name: run for name, run in full.runs.items() if name not in default.runs}
+    assert {(r.grids, r.feature_reuse, r.relation_reuse) for r in extra.values()} == \
+        {((3, 5, 7), True, False), ((3, 5, 7), False, True)}
+    assert all(full.runs[name] == run for name, run in default.runs.items())
