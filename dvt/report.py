@@ -28,13 +28,14 @@ figures/ whole once every other part has been rendered; pages and metrics.json a
 from __future__ import annotations
 
 import contextlib
+import json
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from dvt.atomic import atomic_dir, write_json, write_text
+from dvt.atomic import atomic_dir, write_text
 from dvt.checkpoint import git_commit
 from dvt.config import Config
 from dvt.data.info import dataset_info
@@ -85,7 +86,7 @@ class Report:
         return gallery.pick(self.dvt, size=self.config.report.gallery_size)
 
     @cached_property
-    def findings(self) -> list[findings.Finding]:
+    def verdicts(self) -> list[findings.Finding]:
         roles = self.roles
         exits, sides, budget = self._exits_and_sides()
         return [findings.grid_order(roles.singles),
@@ -121,7 +122,7 @@ class Report:
             "table2": lambda: pages.table2(ref, roles, self.speeds),
             "table3": lambda: pages.table3(ref, roles, self.costs),
             "ablation": lambda: pages.ablation(ref, setting, self.ablation),
-            "findings": lambda: {"findings": self.findings},
+            "findings": lambda: {"findings": self.verdicts},
             "index": lambda: pages.index(self.config, runs=self.runs, gallery=self.picks, git_commit=git_commit(),
                                          paper_overlay=bool(self.paper_curves or self.paper_table1)),
         }[part]()
@@ -161,12 +162,16 @@ def run(config: Config, *, part: str | None = None) -> dict[str, Any]:
                 done[p] = report.metrics()
             elif p == "findings_json":
                 done[p] = {"dataset": config.data.dataset, "dvt_run": report.dvt.name if report.dvt else None,
-                           "findings": [f.to_dict() for f in report.findings]}
+                           "findings": [f.to_dict() for f in report.verdicts]}
             else:
                 done[p] = report.page(p)
+        # JSON parts are serialised before the first file is written, so an unwritable value fails
+        # the whole report instead of leaving some pages new and some old.
+        texts = {p: json.dumps(content, indent=2) + "\n" for p, content in done.items()
+                 if p in ("metrics", "findings_json")}
         for p, content in done.items():
-            if p in ("metrics", "findings_json"):
-                write_json(report.out / PARTS[p], content)
+            if p in texts:
+                write_text(report.out / PARTS[p], texts[p])
             elif p != "figures":
                 write_text(report.out / PARTS[p], content)
     _summary(report, done)

@@ -595,9 +595,15 @@ def test_object_scale_finding_reads_where_images_leave(rendered, tmp_path):
     sides[test.sample, 0] = (8 + 20 * test.confidence[:, 0] + rng.integers(0, 3, len(test.sample))).astype(np.int16)
     np.save(objects, sides)
     try:
-        finding = {f.name: f for f in Report(config).findings}["easy_images_show_large_objects"]
+        finding = {f.name: f for f in Report(config).verdicts}["easy_images_show_large_objects"]
+        # ... and the same finding as `dvt report` writes it (numpy values serialised as plain JSON).
+        report(config, part="findings_json")
+        written = {f["name"]: f for f in json.loads(page(config, "findings.json"))["findings"]}
+        assert written["easy_images_show_large_objects"] == finding.to_dict()
+        assert isinstance(written["easy_images_show_large_objects"]["holds"], bool)
     finally:
         objects.unlink()
+        report(config, part="findings_json")
     budget = stage_outputs(config, "dvt")["budget"]
     row = budget.iloc[int(np.argmin(np.abs(budget["q"] - 1.0)))]
     leaves = np.full(len(test.sample), 2)

@@ -33,6 +33,11 @@ class Finding:
     bar: str  # what the numbers must show for the finding to hold here
     holds: bool | None  # None: the runs in params.yaml cannot tell
 
+    def __post_init__(self) -> None:
+        # Comparisons of numpy scalars give numpy bools, which JSON cannot write.
+        if self.holds is not None:
+            object.__setattr__(self, "holds", bool(self.holds))
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
