@@ -170,16 +170,18 @@ def _prepare_arrays(data: DataConfig) -> tuple[tuple[dict, dict], dict[str, obje
     if labels.min() < 0 or labels.max() >= len(classes):
         raise DvtError(f"{source}: labels span {labels.min()}..{labels.max()} but there are {len(classes)} classes")
     mean, std = _channel_stats(arrays["train"][0])
-    return (arrays, objects), {"format": "arrays", "source": source, **_source_files(extras), "classes": classes,
-                    "counts": {k: int(len(v[1])) for k, v in arrays.items()},
-                    "image_size": int(x_train.shape[1]), "channels": int(x_train.shape[-1]), "mean": mean, "std": std}
+    body = {"format": "arrays", "source": source, **_source_files(extras), "classes": classes,
+            "counts": {k: int(len(v[1])) for k, v in arrays.items()},
+            "image_size": int(x_train.shape[1]), "channels": int(x_train.shape[-1]), "mean": mean, "std": std}
+    return (arrays, objects), body
 
 
 def _source_files(extras: dict) -> dict:
     return {"source_files": extras["source_files"]} if "source_files" in extras else {}
 
 
-def _write_arrays(tmp: Path, content: tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, np.ndarray]]) -> None:
+def _write_arrays(tmp: Path, content: tuple[dict, dict]) -> None:
+    """content: ({split: (images, labels)}, {split: object boxes}) as `_prepare_arrays` returns it."""
     arrays, objects = content
     for split, (x, y) in arrays.items():
         np.save(tmp / f"{split}_images.npy", np.ascontiguousarray(x, dtype=np.uint8))
