@@ -161,7 +161,8 @@ class TrainConfig:
     lr: float = 1e-3
     min_lr: float = 1e-5
     warmup_lr: float = 1e-6
-    warmup_epochs: int = 1
+    # May be a fraction: a short run warms up over part of its first epoch (0.1 = a tenth of one).
+    warmup_epochs: float = 1
     # Final epochs held at min_lr after the cosine (the paper: 300 cosine + 10 cooldown).
     cooldown_epochs: int = 0
     weight_decay: float = 0.05

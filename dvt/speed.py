@@ -302,7 +302,12 @@ def run(config: Config, *, run: str) -> dict[str, Any]:
                         f"standalone (ideal x{d['vs_standalone']['ideal']:.2f}, "
                         f"{d['vs_standalone']['efficiency']:.2f} of ideal)" for d in dynamic.values())
     print(f"dvt speed: {run} on {device.type} ({sc.threads} thread{'s' if sc.threads > 1 else ''}, batch {len(x)}): "
-          f"cascade {static['cascade']['img_per_s']:.0f} img/s, standalone {model.grids[-1]}x{model.grids[-1]} "
+          f"cascade {static['cascade']['img_per_s']:.0f} img/s, standalone {_last_exit_name(config, run, model)} "
           f"{static['standalone']['img_per_s']:.0f} img/s" + (f"; {summary}" if summary else "")
           + f" -> {folder / 'speed.json'}")
     return result
+
+
+def _last_exit_name(config: Config, run: str, model: Cascade) -> str:
+    """'7x7' for a ViT exit, the CNN's name for a reference CNN (whose one exit has no token grid)."""
+    return config.backbone_of(run) if config.run(run).baseline else f"{model.grids[-1]}x{model.grids[-1]}"

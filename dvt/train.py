@@ -191,7 +191,8 @@ def run(config: Config, *, run: str, restart: bool = False) -> dict:
         # 8 ms per step for the default cascade's 200 tensors (about 3 % of a step).
         fused=True)
     scheduler = CosineLRScheduler(optimizer, t_initial=(tc.epochs - tc.cooldown_epochs) * steps, lr_min=tc.min_lr,
-                                  warmup_t=tc.warmup_epochs * steps, warmup_lr_init=tc.warmup_lr, t_in_epochs=False)
+                                  warmup_t=round(tc.warmup_epochs * steps), warmup_lr_init=tc.warmup_lr,
+                                  t_in_epochs=False)
     ema = ModelEmaV3(model, decay=tc.ema_decay) if tc.ema_decay else None
     num_classes = model.num_classes
     mixup = None

@@ -86,3 +86,10 @@ def test_full_config_is_the_default_plus_the_single_reuse_cascades():
     assert {(r.grids, r.feature_reuse, r.relation_reuse) for r in extra.values()} == \
         {((3, 5, 7), True, False), ((3, 5, 7), False, True)}
     assert all(full.runs[name] == run for name, run in default.runs.items())
+
+
+def test_warmup_may_be_a_fraction_of_an_epoch():
+    assert from_dict({"train": {"epochs": 2, "warmup_epochs": 0.1}}).train.warmup_epochs == 0.1
+    assert from_dict({"train": {"epochs": 2, "warmup_epochs": 1}}).train.warmup_epochs == 1.0
+    with pytest.raises(ConfigError, match=r"train.warmup_epochs = 2.5 is not allowed: must be in \[0, train.epochs=2\)"):
+        from_dict({"train": {"epochs": 2, "warmup_epochs": 2.5}})
