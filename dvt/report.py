@@ -38,6 +38,7 @@ import numpy as np
 from dvt.atomic import atomic_dir, write_text
 from dvt.checkpoint import git_commit
 from dvt.config import Config
+from dvt.data.cluttered import object_sides, objects_file
 from dvt.data.info import dataset_info
 from dvt.errors import DvtError
 from dvt.logits import read_logits
@@ -102,16 +103,16 @@ class Report:
     def _exits_and_sides(self) -> tuple[np.ndarray | None, np.ndarray | None, int | None]:
         """Where each test image leaves DVT at the budget whose q is nearest 1 (every exit then takes
         about the same share), and its object's side in px where the dataset records it."""
-        objects = Path(self.config.data.root) / self.config.data.dataset / "test_objects.npy"
-        if self.dvt is None or not objects.is_file():
+        folder = Path(self.config.data.root) / self.config.data.dataset
+        sides = object_sides(folder, "test")
+        if self.dvt is None or sides is None:
             return None, None, None
         budget = self.dvt.budget
         row = budget.iloc[int(np.argmin(np.abs(budget["q"].to_numpy(float) - 1.0)))]
         T = np.array([row[f"threshold_{k}"] for k in range(self.dvt.num_exits)], dtype=np.float64)
         test = read_logits(self.dvt.logits_path, splits=["test"])["test"]
-        sides = np.load(objects)[:, 0]
         if len(sides) <= int(test.sample.max()):
-            raise DvtError(f"{objects} has {len(sides)} rows but {self.dvt.logits_path} names test image "
+            raise DvtError(f"{folder / objects_file('test')} has {len(sides)} rows but {self.dvt.logits_path} names test image "
                            f"{int(test.sample.max())}: rerun `dvt fetch`, then `dvt collect --run {self.dvt.name}`")
         return assign_exits(test.confidence, T), sides[test.sample], int(row["budget"])
 

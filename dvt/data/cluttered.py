@@ -18,6 +18,8 @@ where an image exits to how large its object is.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from dvt.config import ClutteredConfig
@@ -25,6 +27,17 @@ from dvt.config import ClutteredConfig
 # Streams of the generator, one per source split (so train does not shift when test changes).
 _SPLIT_STREAM = {"train": 1, "test": 2}
 OBJECT_COLUMNS = ("side", "top", "left")
+
+
+def objects_file(split: str) -> str:
+    """The file beside a split's images that holds its items' boxes, (n, 3) in OBJECT_COLUMNS order."""
+    return f"{split}_objects.npy"
+
+
+def object_sides(folder: Path, split: str) -> np.ndarray | None:
+    """(n,) side in px of every item of `split` in a fetched folder; None where the dataset has no boxes."""
+    path = folder / objects_file(split)
+    return np.load(path, mmap_mode="r")[:, OBJECT_COLUMNS.index("side")] if path.is_file() else None
 
 
 def _resize(items: np.ndarray, side: int) -> np.ndarray:

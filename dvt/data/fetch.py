@@ -19,7 +19,7 @@ import numpy as np
 
 from dvt.atomic import atomic_dir
 from dvt.config import Config, DataConfig
-from dvt.data import cifar, idx, imagenet
+from dvt.data import cifar, cluttered, idx, imagenet
 from dvt.data.manifest import Manifest, file_checksums, fingerprint, is_current, sha256, write_manifest
 from dvt.errors import DvtError
 
@@ -123,8 +123,6 @@ def _cifar(data: DataConfig) -> Loaded:
 
 
 def _cluttered_fashion_mnist(data: DataConfig) -> Loaded:
-    from dvt.data import cluttered  # imports torch (resizing): only when needed
-
     splits, classes, source, extras = _fashion_mnist(data)
     derived, objects = cluttered.derive(splits, data.cluttered)
     return (derived, classes, f"{source}, composed by dvt.data.cluttered (seed {data.cluttered.seed})",
@@ -187,7 +185,7 @@ def _write_arrays(tmp: Path, content: tuple[dict, dict]) -> None:
         np.save(tmp / f"{split}_images.npy", np.ascontiguousarray(x, dtype=np.uint8))
         np.save(tmp / f"{split}_labels.npy", np.asarray(y, dtype=np.int64))
     for split, obj in objects.items():
-        np.save(tmp / f"{split}_objects.npy", np.ascontiguousarray(obj))
+        np.save(tmp / cluttered.objects_file(split), np.ascontiguousarray(obj))
 
 
 def _prepare_imagenet(data: DataConfig) -> tuple[dict[str, list[tuple[str, int]]], dict[str, object]]:

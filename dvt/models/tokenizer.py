@@ -8,7 +8,7 @@ tokenizer geometry.
   i.e. pad = ceil((g p - S) / 2). At S = 224 this is DeiT's 32 / 23-pad-3 / 16 for 7 / 10 / 14. We
   accept a grid only if pad < p / 2, so every border patch still covers more real pixels than zeros
   (e.g. at 28 px: 1-7, 10, 14, 28; at 32 px: 1-8, 11, 16, 32).
-* Soft split (the small `ss_*` CPU backbones): T2T's idea without its Token-Performers. Two
+* Soft split (the `*_ss` CPU backbones, e.g. vit_micro_ss): T2T's idea without its Token-Performers. Two
   overlapping splits written as convolutions: split 0 cuts the image into a (2g x 2g) map of
   overlapping windows (stride s = ceil(S / 2g), kernel s + 2 floor(s/2), about twice the stride,
   as T2T's 7/4 and 3/2) and embeds each in `token_dim` channels, GELU, then split 1 (3x3, stride 2)

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from dvt.config import Config
+from dvt.data.cluttered import object_sides
 from dvt.data.manifest import read_manifest
 from dvt.errors import DvtError
 from dvt.logits import read_logits
@@ -110,10 +111,8 @@ def prepare(config: Config, picks: Picks) -> Gallery:
     if any(by_sample[p.sample] != p.label for p in chosen):
         raise DvtError(f"{logits} gives other labels than {folder} for the same test images: rerun "
                        f"`dvt collect --run {picks.run}`")
-    sides = None
-    if (folder / "test_objects.npy").is_file():
-        boxes = np.load(folder / "test_objects.npy", mmap_mode="r")  # (N, 3): side, top, left
-        sides = {s: int(boxes[s, 0]) for s in samples}
+    all_sides = object_sides(folder, TEST)
+    sides = None if all_sides is None else {s: int(all_sides[s]) for s in samples}
     return Gallery(picks=picks, classes=list(manifest["classes"]), images=images, sides=sides)
 
 
