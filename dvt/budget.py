@@ -46,15 +46,15 @@ def _per_exit(values: Any) -> dict[str, float | None]:
 
 
 def _checkpoint_path(config: Config, run: str) -> Path:
-    path = Path(config.runs_dir) / run / "checkpoint.pt"
+    path = config.run_dir(run) / "checkpoint.pt"
     if not path.is_file():
-        raise DvtError(f"{path} not found: train it first with `dvt train --run {run}`")
+        raise DvtError(f"{path} not found: train it first with `{config.command('train', run)}`")
     return path
 
 
 def _read(config: Config, run: str) -> tuple[Path, SplitLogits, SplitLogits, np.ndarray]:
     """(logits path, threshold split, test split, cumulative GMACs (K,)), checked against this run."""
-    path = Path(config.runs_dir) / run / "logits.parquet"
+    path = config.run_dir(run) / "logits.parquet"
     sha = checkpoint.sha256(_checkpoint_path(config, run))
     check_matches(read_metadata(path), config_dict=checkpoint.run_fingerprint(config, run), checkpoint_sha256=sha,
                   path=path)
@@ -63,7 +63,7 @@ def _read(config: Config, run: str) -> tuple[Path, SplitLogits, SplitLogits, np.
     for name in (split, TEST):
         if name not in table.splits:
             raise DvtError(f"{path} has no {name!r} split (eval.threshold_split = {split!r}; it holds "
-                           f"{', '.join(table.splits) or 'none'}); rerun `dvt collect --run {run}`")
+                           f"{', '.join(table.splits) or 'none'}); rerun `{config.command('collect', run)}`")
     return path, table[split], table[TEST], table.cumulative_gmacs
 
 
@@ -144,7 +144,7 @@ def run(config: Config, *, run: str, target_gmacs: float | None = None,
     path, fit, test, F = _read(config, run)
     K = len(F)
     if K != rc.num_exits:
-        raise DvtError(f"{path} has {K} exits but run {run} has {rc.num_exits}; rerun `dvt collect --run {run}`")
+        raise DvtError(f"{path} has {K} exits but run {run} has {rc.num_exits}; rerun `{config.command('collect', run)}`")
     # Targets first: an impossible target fails before any output is written.
     targets = _targets(fit, test, F, target_gmacs=target_gmacs, target_accuracy=target_accuracy)
     q, T = _fit(config, fit, K)
@@ -154,6 +154,7 @@ def run(config: Config, *, run: str, target_gmacs: float | None = None,
     top1 = 100.0 * test.correct.mean(axis=0)
     metrics: dict[str, Any] = {
         "run": run,
+        "seed": config.seed,
         "grids": list(rc.exit_grids),
         "threshold_split": config.eval.threshold_split,
         "test_images": int(len(test.labels)),
@@ -166,7 +167,7 @@ def run(config: Config, *, run: str, target_gmacs: float | None = None,
     if targets:
         metrics["targets"] = targets
 
-    folder = Path(config.runs_dir) / run
+    folder = config.run_dir(run)
     with atomic_path(folder / "budget.csv") as tmp:
         frame.to_csv(tmp, index=False)
     write_json(folder / "eval.json", metrics)

@@ -35,7 +35,7 @@ def run_fingerprint(config: Config, run: str) -> dict[str, Any]:
     train = to_dict(config.train)
     train.pop("threads")
     return {"data": {**fingerprint(config.data), "image_size": config.data.image_size},
-            "model": to_dict(config.model), "run": to_dict(config.run(run)), "train": train}
+            "model": to_dict(config.model), "run": to_dict(config.run(run)), "train": train, "seed": config.seed}
 
 
 def describe_difference(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> str:

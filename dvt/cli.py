@@ -16,13 +16,15 @@ from dvt.errors import DvtError
 # stage name -> (module with run(), one-line help, takes --run)
 STAGES: dict[str, tuple[str, str, bool]] = {
     "fetch": ("dvt.data.fetch", "fetch or index the dataset named in params (data.*) into data/<dataset>/", False),
-    "train": ("dvt.train", "train one run (a single-token model or a DVT cascade) into runs/<run>/", True),
+    "train": ("dvt.train", "train one run (a single-token model or a DVT cascade) into runs/<run>/seed<S>/", True),
     "collect": ("dvt.collect", "write every exit's logits on the calibration and test splits to Parquet", True),
     "flops": ("dvt.flops", "count GMACs (fvcore convention) and parameters per exit", True),
     "budget": ("dvt.budget", "fit early-exit thresholds for the paper's budgets and evaluate them", True),
     "speed": ("dvt.speed", "measure static and early-exit throughput", True),
     "report": ("dvt.report", "render the tables and figures into reports/", False),
 }
+# Stages that work on one trained seed of a run: they take --seed (default: every seed in params, in turn).
+PER_SEED = ("train", "collect", "budget", "speed")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,9 +40,12 @@ def _parser() -> argparse.ArgumentParser:
                        help="override one params value, e.g. --set train.lr=0.001 (repeatable)")
         if takes_run:
             p.add_argument("--run", required=True, help="run name from the runs: section of params")
+        if name in PER_SEED:
+            p.add_argument("--seed", type=int, default=None,
+                           help="one seed from the seeds: list of params (default: each of them in turn)")
         if name == "train":
             p.add_argument("--restart", action="store_true",
-                           help="start over if runs/<run>/checkpoint.pt was trained with other settings "
+                           help="start over if runs/<run>/seed<S>/checkpoint.pt was trained with other settings "
                                 "(the pipeline engines pass this: they re-run train only when a setting changed)")
         if name == "report":
             p.add_argument("--part", default=None,
@@ -65,10 +70,17 @@ def main(argv: list[str] | None = None) -> int:
         from dvt.config import load_config
 
         config = load_config(args.params, args.overrides)
-        kwargs = {k: v for k, v in vars(args).items() if k not in ("stage", "params", "overrides")}
+        kwargs = {k: v for k, v in vars(args).items() if k not in ("stage", "params", "overrides", "seed")}
         if "run" in kwargs:
             config.run(kwargs["run"])  # unknown run names fail here, before any work
-        _stage_entry(args.stage)(config, **kwargs)
+        entry = _stage_entry(args.stage)
+        if args.stage not in PER_SEED:
+            entry(config, **kwargs)
+        else:
+            # Checked before any work, so a wrong seed never half-runs the list.
+            seeds = config.seeds if args.seed is None else (config.with_seed(args.seed).seed,)
+            for seed in seeds:
+                entry(config.with_seed(seed), **kwargs)
     except DvtError as err:
         print(f"dvt {args.stage}: error: {err}", file=sys.stderr)
         return 2

@@ -49,22 +49,22 @@ class SplitSource:
 
 def trained_checkpoint(config: Config, run: str) -> Path:
     """runs/R/checkpoint.pt, refusing a missing, half-trained or differently-configured one."""
-    path = Path(config.runs_dir) / run / "checkpoint.pt"
+    path = config.run_dir(run) / "checkpoint.pt"
     if not path.is_file():
-        raise DvtError(f"{path} not found: train it first with `dvt train --run {run}`")
+        raise DvtError(f"{path} not found: train it first with `{config.command('train', run)}`")
     state = checkpoint.load(path)
     diff = checkpoint.describe_difference(state.get("config", {}), checkpoint.run_fingerprint(config, run))
     if diff:
-        raise DvtError(f"{path} was trained with other settings ({diff}); rerun `dvt train --run {run} --restart`")
+        raise DvtError(f"{path} was trained with other settings ({diff}); rerun `{config.command('train', run)} --restart`")
     if state.get("epoch", 0) < config.train.epochs:
         raise DvtError(f"{path} holds {state.get('epoch', 0)} of {config.train.epochs} epochs: finish it with "
-                       f"`dvt train --run {run}`")
+                       f"`{config.command('train', run)}`")
     return path
 
 
 def cumulative_gmacs(config: Config, run: str, model: Cascade) -> tuple[list[float], str]:
     """Per-exit cumulative GMACs and where they came from: flops.json if it is this model's, else fvcore."""
-    path = Path(config.runs_dir) / run / "flops.json"
+    path = config.flops_path(run)
     reuse = model.num_exits > 1
     want = {"backbone": config.backbone_of(run), "image_size": model.img_size, "in_chans": model.in_chans,
             "feature_reuse": reuse and model.exits[-1].has_feature_reuse,
@@ -88,9 +88,9 @@ def _sources(config: Config) -> list[SplitSource]:
     if config.eval.threshold_split == "train-augmented":
         train = load_split(config, "train", training=True)
         size = min(len(train), TRAIN_AUGMENTED_SIZE)
-        pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.train.seed))[:size]
+        pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.seed))[:size]
         sources.append(SplitSource(name="train-augmented", dataset=train, indices=pick.sort().values.tolist(),
-                                   seed=config.train.seed))
+                                   seed=config.seed))
     return [s for s in sources if s.indices]
 
 
@@ -136,7 +136,7 @@ def run(config: Config, *, run: str) -> dict:
     device = pick_device("auto")
     model.to(device)
     sources = _sources(config)
-    out_path = Path(config.runs_dir) / run / "logits.parquet"
+    out_path = config.run_dir(run) / "logits.parquet"
     top1: dict[str, list[float]] = {}
     with LogitsWriter(out_path, grids=model.grids, cumulative_gmacs=gmacs,
                       config=checkpoint.run_fingerprint(config, run),

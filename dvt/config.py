@@ -177,7 +177,6 @@ class TrainConfig:
     clip_grad: float | None = None
     # Use at most this many training images per epoch (null = all); for quick runs.
     subset: int | None = None
-    seed: int = 42
     amp: bool = True
     # CPU threads of torch; null = torch's default, which follows OMP_NUM_THREADS (Snakemake sets it
     # to the job's threads) and otherwise takes every core (a sequential `dvc repro`).
@@ -264,7 +263,40 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     speed: SpeedConfig = field(default_factory=SpeedConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    # Every run is trained once per seed (weights, data order, augmentation); the report shows the
+    # mean and the standard deviation over them.
+    seeds: tuple[int, ...] = (42,)
     runs_dir: str = "runs"
+
+    def __post_init__(self) -> None:
+        _require(len(self.seeds) >= 1, "seeds", list(self.seeds), "name at least one seed")
+        _require(all(s >= 0 for s in self.seeds), "seeds", list(self.seeds), "seeds are >= 0")
+        _require(len(set(self.seeds)) == len(self.seeds), "seeds", list(self.seeds), "each seed once")
+
+    @property
+    def seed(self) -> int:
+        """The seed of a one-seed config: train, collect, budget and speed work on one seed at a time."""
+        if len(self.seeds) != 1:
+            raise ConfigError(f"seeds = {list(self.seeds)}: pick one (`--seed S`, or Config.with_seed)")
+        return self.seeds[0]
+
+    def with_seed(self, seed: int) -> Config:
+        """This config narrowed to one of its seeds."""
+        if seed not in self.seeds:
+            raise ConfigError(f"seed {seed} is not in seeds {list(self.seeds)}")
+        return dataclasses.replace(self, seeds=(seed,))
+
+    def run_dir(self, run: str) -> Path:
+        """runs/<run>/seed<seed>/: what training one seed of a run writes, and what is computed from it."""
+        return Path(self.runs_dir) / run / f"seed{self.seed}"
+
+    def command(self, stage: str, run: str) -> str:
+        """The `dvt` command line that makes one seed's file of `run`, for error messages."""
+        return f"dvt {stage} --run {run} --seed {self.seed}"
+
+    def flops_path(self, run: str) -> Path:
+        """runs/<run>/flops.json: a model's cost, the same for every seed."""
+        return Path(self.runs_dir) / run / "flops.json"
 
     def backbone_of(self, run: str) -> str:
         """The model a run trains: its baseline CNN, else model.backbone."""
@@ -357,12 +389,18 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
     raise TypeError(f"config annotation not handled: {tp!r}")
 
 
+# Keys that moved: a params file written for an older dvt gets told where they went.
+MOVED = {"train.seed": "seeds (a top-level list: every run is trained once per seed)"}
+
+
 def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     for key in data:
         if key not in names:
             where = f"{prefix}.{key}" if prefix else str(key)
+            if where in MOVED:
+                raise ConfigError(f"{where} is now {MOVED[where]}")
             raise ConfigError(f"unknown key {where}; valid keys here: {', '.join(sorted(names))}")
     kwargs = {k: _convert(hints[k], v, f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
     try:

@@ -172,7 +172,7 @@ def run(config: Config, *, run: str) -> None:
     spec = config.run(run)
     model = model_for_run(config, run)
     cost = count_cascade(model)
-    out = Path(config.runs_dir) / run / "flops.json"
+    out = config.flops_path(run)
     write_json(out, {
         "run": run,
         "backbone": config.backbone_of(run),

@@ -23,6 +23,7 @@ in memory whole and a crash leaves no partial file. The reader turns the rows ba
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -271,7 +272,9 @@ class LogitsTable:
 
 def _open_file(path: Path) -> tuple[pq.ParquetFile, dict[str, Any]]:
     if not path.is_file():
-        raise DvtError(f"{path} does not exist: run `dvt collect --run {path.parent.name}` first")
+        seed = re.fullmatch(r"seed(\d+)", path.parent.name)
+        which = f"--run {path.parent.parent.name} --seed {seed.group(1)}" if seed else f"--run {path.parent.name}"
+        raise DvtError(f"{path} does not exist: run `dvt collect {which}` first")
     try:
         pf = pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as err:

@@ -2,7 +2,7 @@
 
 Parts, each one output under report.dir (`--part` renders one; without it, all of them):
 
-| part     | writes        | reads (runs/<run>/...)                                                     |
+| part     | writes        | reads (runs/<run>/seed<S>/..., for every seed; flops.json: runs/<run>/)    |
 |----------|---------------|----------------------------------------------------------------------------|
 | table1   | table1.md     | one-exit runs: eval.json, flops.json                                       |
 | table2   | table2.md     | DVT and one-exit runs: eval.json, budget.csv, speed.json (optional)        |
@@ -16,6 +16,8 @@ Parts, each one output under report.dir (`--part` renders one; without it, all o
 | metrics  | metrics.json  | what table2, table3 and ablation read: their comparisons, for dvc exp show |
 | index    | index.md      | params.yaml; DVT's logits.parquet (gallery ids); any speed.json (optional) |
 
+With several seeds every number is the mean over them (Table 1 and the ablation also give the standard
+deviation); which image leaves at which exit is each seed's own (findings) or the first seed's (gallery).
 Pages come from report.dir/templates/<page>.j2; the paper's values from dvt/reference/paper.yaml.
 Which run plays which part is read off params.yaml: one-exit runs are the baselines; "DVT" is the
 first cascade with both reuses (else the first cascade); the cascades on DVT's grids are the ablation.
@@ -89,32 +91,37 @@ class Report:
     @cached_property
     def verdicts(self) -> list[findings.Finding]:
         roles = self.roles
-        exits, sides, budget = self._exits_and_sides()
+        per_seed, budget = self._exits_and_sides()
         return [findings.grid_order(roles.singles),
                 findings.baseline_gap(roles.singles, roles.baselines[0] if roles.baselines else None),
                 findings.exits_rise(self.dvt, roles.singles),
                 findings.matched_accuracy(self.costs),
                 findings.matched_cost(self.costs),
                 findings.reuse_matters(roles),
-                findings.easy_images_are_larger(exits, sides, num_exits=self.dvt.num_exits if self.dvt else 0,
+                findings.easy_images_are_larger(per_seed, num_exits=self.dvt.num_exits if self.dvt else 0,
                                                 budget=budget),
                 findings.faster_at_equal_accuracy(self.speeds)]
 
-    def _exits_and_sides(self) -> tuple[np.ndarray | None, np.ndarray | None, int | None]:
-        """Where each test image leaves DVT at the budget whose q is nearest 1 (every exit then takes
-        about the same share), and its object's side in px where the dataset records it."""
+    def _exits_and_sides(self) -> tuple[list[findings.ExitSides], int | None]:
+        """For each seed of DVT, where each test image leaves at the budget whose q is nearest 1 (every
+        exit then takes about the same share), and its object's side in px where the dataset records it."""
         folder = Path(self.config.data.root) / self.config.data.dataset
         sides = object_sides(folder, "test")
         if self.dvt is None or sides is None:
-            return None, None, None
-        budget = self.dvt.budget
-        row = budget.iloc[int(np.argmin(np.abs(budget["q"].to_numpy(float) - 1.0)))]
-        T = np.array([row[f"threshold_{k}"] for k in range(self.dvt.num_exits)], dtype=np.float64)
-        test = read_logits(self.dvt.logits_path, splits=["test"])["test"]
-        if len(sides) <= int(test.sample.max()):
-            raise DvtError(f"{folder / objects_file('test')} has {len(sides)} rows but {self.dvt.logits_path} names test image "
-                           f"{int(test.sample.max())}: rerun `dvt fetch`, then `dvt collect --run {self.dvt.name}`")
-        return assign_exits(test.confidence, T), sides[test.sample], int(row["budget"])
+            return [], None
+        per_seed, budget = [], None
+        for seed in self.dvt.seeds:
+            frame = seed.budget
+            row = frame.iloc[int(np.argmin(np.abs(frame["q"].to_numpy(float) - 1.0)))]
+            T = np.array([row[f"threshold_{k}"] for k in range(self.dvt.num_exits)], dtype=np.float64)
+            test = read_logits(seed.logits_path, splits=["test"])["test"]
+            if len(sides) <= int(test.sample.max()):
+                raise DvtError(f"{folder / objects_file('test')} has {len(sides)} rows but {seed.logits_path} names "
+                               f"test image {int(test.sample.max())}: rerun `dvt fetch`, then "
+                               f"`{seed.config.command('collect', seed.name)}`")
+            per_seed.append(findings.ExitSides(exits=assign_exits(test.confidence, T), sides=sides[test.sample]))
+            budget = int(row["budget"])
+        return per_seed, budget
 
     def page(self, part: str) -> str:
         ref, roles, setting = self.ref, self.roles, self.setting
@@ -130,7 +137,7 @@ class Report:
         return pages.render(self.env, PARTS[part], {**pages.common(self.config, setting, roles, ref), **context})
 
     def metrics(self) -> dict[str, Any]:
-        return compare.metrics(dataset=self.config.data.dataset, roles=self.roles, costs=self.costs,
+        return compare.metrics(dataset=self.config.data.dataset, seeds=len(self.config.seeds), roles=self.roles, costs=self.costs,
                                speeds=self.speeds, ablation=self.ablation)
 
     def draw(self, folder: Path) -> list[str]:

@@ -175,9 +175,9 @@ def _test_batch(config: Config, size: int) -> Tensor:
 
 def _budget_thresholds(config: Config, run: str, num_exits: int) -> pd.DataFrame:
     """Rows of budget.csv named by speed.budgets, indexed by budget p."""
-    path = Path(config.runs_dir) / run / "budget.csv"
+    path = config.run_dir(run) / "budget.csv"
     if not path.is_file():
-        raise DvtError(f"{path} not found: run `dvt budget --run {run}` first")
+        raise DvtError(f"{path} not found: run `{config.command('budget', run)}` first")
     frame = pd.read_csv(path).set_index("budget")
     missing = [p for p in config.speed.budgets if p not in frame.index]
     if missing:
@@ -185,7 +185,7 @@ def _budget_thresholds(config: Config, run: str, num_exits: int) -> pd.DataFrame
                        f"{frame.index.max()} (eval.num_budgets); choose from those")
     columns = [f"threshold_{k}" for k in range(num_exits)]
     if any(c not in frame.columns for c in columns):
-        raise DvtError(f"{path} lacks the columns {', '.join(columns)}; rerun `dvt budget --run {run}`")
+        raise DvtError(f"{path} lacks the columns {', '.join(columns)}; rerun `{config.command('budget', run)}`")
     return frame.loc[list(config.speed.budgets)]
 
 
@@ -211,10 +211,10 @@ def _stage_time_prediction(prefix_seconds: list[float], shares: np.ndarray, seco
 def run(config: Config, *, run: str) -> dict[str, Any]:
     """Write runs/<run>/speed.json; returns its content."""
     sc = config.speed
-    folder = Path(config.runs_dir) / run
+    folder = config.run_dir(run)
     ckpt = folder / "checkpoint.pt"
     if not ckpt.is_file():
-        raise DvtError(f"{ckpt} not found: train it first with `dvt train --run {run}`")
+        raise DvtError(f"{ckpt} not found: train it first with `{config.command('train', run)}`")
     # The budgets' thresholds and GMACs come from the logits of this very checkpoint and settings.
     logits = folder / "logits.parquet"
     meta = read_metadata(logits)
@@ -290,7 +290,7 @@ def run(config: Config, *, run: str) -> dict[str, Any]:
         torch.set_num_threads(threads)
 
     result = {
-        "run": run, "grids": list(model.grids), "device": device.type, "device_name": _device_name(device),
+        "run": run, "seed": config.seed, "grids": list(model.grids), "device": device.type, "device_name": _device_name(device),
         "torch": torch.__version__, "threads": sc.threads, "batch_size": len(x), "amp": amp,
         "allocator": "glibc, freed memory kept (mallopt)" if allocator_kept else "default",
         # Whether relation reuse ran its C kernel (dvt.models.native) or the matmul fallback.

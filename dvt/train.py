@@ -90,7 +90,7 @@ def _fmt(v) -> str:
 def _summary(config: Config, run: str, rows: list[dict], extra: dict | None = None) -> dict:
     k = config.run(run).num_exits
     last = rows[-1] if rows else {}
-    return {"run": run, "grids": list(config.run(run).exit_grids), "epochs": last.get("epoch", 0),
+    return {"run": run, "seed": config.seed, "grids": list(config.run(run).exit_grids), "epochs": last.get("epoch", 0),
             "top1": {f"exit{i + 1}": last.get(f"top1_exit{i + 1}") for i in range(k)},
             "seconds_per_epoch": statistics.median(r["seconds"] for r in rows) if rows else None,
             "images_per_second": statistics.median(r["images_per_s"] for r in rows) if rows else None,
@@ -119,7 +119,7 @@ def _import_checkpoint(config: Config, run: str, files: dict[str, Path]) -> None
 def run(config: Config, *, run: str, restart: bool = False) -> dict:
     rc = config.run(run)
     tc = config.train
-    out = Path(config.runs_dir) / run
+    out = config.run_dir(run)
     files = _outputs(out)
     if rc.checkpoint:
         _import_checkpoint(config, run, files)
@@ -156,7 +156,7 @@ def run(config: Config, *, run: str, restart: bool = False) -> dict:
     train_set = load_split(config, "train")
     cal_set = load_split(config, "calibration")
     if tc.subset is not None and tc.subset < len(train_set):
-        keep = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(tc.seed))[: tc.subset]
+        keep = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(config.seed))[: tc.subset]
         train_set = torch.utils.data.Subset(train_set, keep.sort().values.tolist())
     if tc.batch_size > len(train_set):
         raise DvtError(f"train.batch_size = {tc.batch_size} is larger than the train split ({len(train_set)} "
@@ -164,16 +164,16 @@ def run(config: Config, *, run: str, restart: bool = False) -> dict:
     if tc.batch_size % dist.world:
         raise DvtError(f"train.batch_size = {tc.batch_size} does not split over {dist.world} processes")
 
-    torch.manual_seed(tc.seed)
+    torch.manual_seed(config.seed)
     model = model_for_run(config, run)
     if rc.init:
         load_weights(model, rc.init, strict=False)
     model.to(device)
-    data_gen = torch.Generator().manual_seed(tc.seed)
+    data_gen = torch.Generator().manual_seed(config.seed)
     sampler = None
     if dist.world > 1:
         sampler = torch.utils.data.DistributedSampler(train_set, num_replicas=dist.world, rank=dist.rank,
-                                                      shuffle=True, seed=tc.seed, drop_last=True)
+                                                      shuffle=True, seed=config.seed, drop_last=True)
     loader = make_loader(train_set, batch_size=tc.batch_size // dist.world, shuffle=True, sampler=sampler,
                          generator=data_gen, num_workers=config.data.num_workers, drop_last=True)
     steps = len(loader)

@@ -23,7 +23,7 @@ def pipeline(tmp_path_factory) -> Path:
 
 
 def outputs(params: Path, run: str = "dvt") -> tuple[pd.DataFrame, dict]:
-    folder = Path(load_config(params).runs_dir) / run
+    folder = load_config(params).run_dir(run)
     return pd.read_csv(folder / "budget.csv"), json.loads((folder / "eval.json").read_text())
 
 
@@ -50,7 +50,7 @@ def test_one_row_per_budget_and_thresholds_meet_their_shares(pipeline):
 
     # On the split they were fitted on, the thresholds send floor(n * pi_k) samples out at exit k,
     # give or take one sample (ties at a threshold leave together).
-    cal = read_logits(Path(config.runs_dir) / "dvt" / "logits.parquet")["calibration"]
+    cal = read_logits(config.run_dir("dvt") / "logits.parquet")["calibration"]
     n = len(cal.labels)
     T = frame[[f"threshold_{k}" for k in range(K)]].to_numpy()
     exits = thresholds.assign_exits(cal.confidence, T)  # (P, n)
@@ -65,7 +65,8 @@ def test_eval_json_is_small_nested_and_about_this_run_only(pipeline):
     _, stored = outputs(pipeline)
     assert stored == metrics
     assert len(json.dumps(stored)) < 4000
-    assert set(stored) == {"run", "grids", "threshold_split", "test_images", "gmacs", "top1", "dvt"}
+    assert set(stored) == {"run", "seed", "grids", "threshold_split", "test_images", "gmacs", "top1", "dvt"}
+    assert stored["seed"] == 42
     assert set(stored["gmacs"]) == set(stored["top1"]) == {"exit1", "exit2", "exit3"}
     dvt = stored["dvt"]
     frame, _ = outputs(pipeline)
@@ -79,7 +80,7 @@ def test_outputs_do_not_depend_on_other_runs(pipeline):
     # DVC's per-run stages declare only the run's own files: what other runs hold must not matter.
     config = load_config(pipeline)
     for name in ("eval.json", "budget.csv"):
-        (Path(config.runs_dir) / "single" / name).unlink(missing_ok=True)
+        (config.run_dir("single") / name).unlink(missing_ok=True)
     budget(config, run="dvt")
     before = outputs(pipeline)
     budget(config, run="single")
@@ -93,13 +94,13 @@ def test_single_exit_run_has_its_one_point(pipeline):
     budget(load_config(pipeline), run="single")
     frame, stored = outputs(pipeline, "single")
     assert len(frame) == 1 and frame["exit_fraction_0"].tolist() == [1.0]
-    assert set(stored) == {"run", "grids", "threshold_split", "test_images", "gmacs", "top1"}
+    assert set(stored) == {"run", "seed", "grids", "threshold_split", "test_images", "gmacs", "top1"}
     assert frame["accuracy"][0] == pytest.approx(stored["top1"]["exit1"])
 
 
 def test_targets_print_and_store_thresholds(pipeline, capsys):
     config = load_config(pipeline)
-    F = read_logits(Path(config.runs_dir) / "dvt" / "logits.parquet").cumulative_gmacs
+    F = read_logits(config.run_dir("dvt") / "logits.parquet").cumulative_gmacs
     middle = float((F[0] + F[-1]) / 2)
     metrics = budget(config, run="dvt", target_gmacs=middle, target_accuracy=0.0)
     out = capsys.readouterr().out
@@ -114,7 +115,7 @@ def test_targets_print_and_store_thresholds(pipeline, capsys):
 @pytest.mark.parametrize("which", ["below", "above"])
 def test_target_gmacs_outside_the_cascade_is_refused(pipeline, capsys, which):
     config = load_config(pipeline)
-    F = read_logits(Path(config.runs_dir) / "dvt" / "logits.parquet").cumulative_gmacs
+    F = read_logits(config.run_dir("dvt") / "logits.parquet").cumulative_gmacs
     target = float(F[0] / 2 if which == "below" else F[-1] * 2)
     assert main(["budget", "--params", str(pipeline), "--run", "dvt", "--target-gmacs", repr(target)]) == 2
     assert "is outside what this cascade can spend per image" in one_error_line(capsys)
@@ -128,7 +129,7 @@ def test_logits_from_another_config_are_refused(pipeline, capsys):
 
 
 def test_budget_fractions_outside_unit_interval_are_refused(pipeline, capsys):
-    folder = Path(load_config(pipeline).runs_dir) / "dvt"
+    folder = load_config(pipeline).run_dir("dvt")
     before = (folder / "budget.csv").read_bytes() if (folder / "budget.csv").exists() else None
     assert main(["budget", "--params", str(pipeline), "--run", "dvt", "--set", "eval.q_step=1e-200"]) == 2
     line = one_error_line(capsys)
@@ -139,4 +140,4 @@ def test_budget_fractions_outside_unit_interval_are_refused(pipeline, capsys):
 
 def test_missing_checkpoint_is_refused(pipeline, capsys):
     assert main(["budget", "--params", str(pipeline), "--run", "untrained"]) == 2
-    assert "train it first with `dvt train --run untrained`" in one_error_line(capsys)
+    assert "train it first with `dvt train --run untrained --seed 42`" in one_error_line(capsys)

@@ -58,7 +58,7 @@ def save_random_checkpoint(config: Config, run: str, *, seed: int = 0) -> Path:
     """An untrained model saved as a finished run: collect, budget and speed accept it."""
     torch.manual_seed(seed)
     model = model_for_run(config, run)
-    path = Path(config.runs_dir) / run / "checkpoint.pt"
+    path = config.run_dir(run) / "checkpoint.pt"
     checkpoint.save(path, {"model": model.state_dict(), "config": checkpoint.run_fingerprint(config, run),
                            "epoch": config.train.epochs, "log": []})
     return path
@@ -71,7 +71,7 @@ def pipeline(tmp_path_factory) -> Path:
 
 def test_long_format_readable_with_pandas_and_metadata_records_provenance(pipeline):
     config = load_config(pipeline)
-    path = Path(config.runs_dir) / "dvt" / "logits.parquet"
+    path = config.run_dir("dvt") / "logits.parquet"
     frame = pd.read_parquet(path)
     assert list(frame.columns) == ["split", "sample", "label", "exit", "grid", "logits", "confidence", "pred"]
     assert len(frame) == (100 + 100) * 3
@@ -83,7 +83,7 @@ def test_long_format_readable_with_pandas_and_metadata_records_provenance(pipeli
 
     meta = read_metadata(path)
     assert meta["config"] == json.loads(json.dumps(checkpoint.run_fingerprint(config, "dvt")))
-    assert meta["checkpoint_sha256"] == checkpoint.sha256(Path(config.runs_dir) / "dvt" / "checkpoint.pt")
+    assert meta["checkpoint_sha256"] == checkpoint.sha256(config.run_dir("dvt") / "checkpoint.pt")
     assert meta["grids"] == [2, 4, 8]
     assert meta["cumulative_gmacs"] == pytest.approx(count_cascade(model_for_run(config, "dvt")).cumulative_gmacs)
     # The same key is visible to plain pyarrow, without our reader.
@@ -93,32 +93,32 @@ def test_long_format_readable_with_pandas_and_metadata_records_provenance(pipeli
 def test_stored_logits_are_the_models_logits(pipeline):
     config = load_config(pipeline)
     model = model_for_run(config, "dvt")
-    load_weights(model, Path(config.runs_dir) / "dvt" / "checkpoint.pt", strict=True)
+    load_weights(model, config.run_dir("dvt") / "checkpoint.pt", strict=True)
     model.eval()
     test = load_split(config, "test")
     x, y = test.__getitems__(list(range(len(test))))
     with torch.inference_mode():
         expected = torch.stack(model(x)).numpy()  # (K, n, C), one batch of 100 (collect used 64 + 36)
-    stored = read_logits(Path(config.runs_dir) / "dvt" / "logits.parquet", logits=True)["test"]
+    stored = read_logits(config.run_dir("dvt") / "logits.parquet", logits=True)["test"]
     assert np.array_equal(stored.labels, y.numpy())
     assert np.array_equal(stored.logits, expected.transpose(1, 0, 2))
 
 
 def test_collect_is_deterministic(pipeline, tmp_path):
     config = load_config(pipeline)
-    path = Path(config.runs_dir) / "dvt" / "logits.parquet"
+    path = config.run_dir("dvt") / "logits.parquet"
     before = pd.read_parquet(path)
     collect(config, run="dvt")
     pd.testing.assert_frame_equal(pd.read_parquet(path), before)
 
 
 def test_train_augmented_split_is_a_fixed_subset_through_the_training_transform(tmp_path):
-    params = write_params(tmp_path, eval__threshold_split="train-augmented", train__seed=3)
+    params = write_params(tmp_path, eval__threshold_split="train-augmented", seeds=[3])
     config = load_config(params)
     fetch.run(config)
     save_random_checkpoint(config, "dvt")
     collect(config, run="dvt")
-    path = Path(config.runs_dir) / "dvt" / "logits.parquet"
+    path = config.run_dir("dvt") / "logits.parquet"
     first = read_logits(path, logits=True)
     augmented = first["train-augmented"]
     assert len(augmented.sample) == 320 and set(first.splits) == {"calibration", "test", "train-augmented"}
@@ -127,7 +127,7 @@ def test_train_augmented_split_is_a_fixed_subset_through_the_training_transform(
     assert np.array_equal(again.logits, augmented.logits)  # seeded augmentation
     # The training transform really ran: the same images without it give other logits.
     model = model_for_run(config, "dvt")
-    load_weights(model, Path(config.runs_dir) / "dvt" / "checkpoint.pt", strict=True)
+    load_weights(model, config.run_dir("dvt") / "checkpoint.pt", strict=True)
     plain = load_split(config, "train", training=False)
     x, _ = plain.__getitems__(augmented.sample[:16].tolist())
     with torch.inference_mode():
@@ -138,7 +138,7 @@ def test_train_augmented_split_is_a_fixed_subset_through_the_training_transform(
 def test_missing_or_foreign_checkpoint_is_one_clear_line(pipeline, capsys):
     assert main(["collect", "--params", str(pipeline), "--run", "untrained"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "checkpoint.pt not found: train it first with `dvt train --run untrained`" in err[0]
+    assert len(err) == 1 and "checkpoint.pt not found: train it first with `dvt train --run untrained --seed 42`" in err[0]
     assert main(["collect", "--params", str(pipeline), "--run", "dvt", "--set", "train.lr=0.01"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "trained with other settings (train.lr: 0.003 in the checkpoint, 0.01 now)" in err[0]
@@ -162,7 +162,7 @@ def test_official_checkpoint_is_collected_and_budgeted_without_training(tmp_path
     config = load_config(params)
     fetch.run(config)
     train(config, run="official")
-    folder = Path(config.runs_dir) / "official"
+    folder = config.run_dir("official")
     assert "imported_from" in checkpoint.load(folder / "checkpoint.pt")
     collect(config, run="official")
     budget(config, run="official")

@@ -1,5 +1,8 @@
 """params.yaml is loaded strictly: names, types and ranges are checked, errors name the key."""
 
+from dataclasses import replace
+from pathlib import Path
+
 import pytest
 
 from dvt.cli import main
@@ -86,6 +89,27 @@ def test_full_config_is_the_default_plus_the_single_reuse_cascades():
     assert {(r.grids, r.feature_reuse, r.relation_reuse) for r in extra.values()} == \
         {((3, 5, 7), True, False), ((3, 5, 7), False, True)}
     assert all(full.runs[name] == run for name, run in default.runs.items())
+
+
+def test_three_seed_config_is_the_default_with_three_seeds():
+    default, three = load_config(REPO / "params.yaml"), load_config(REPO / "configs" / "cluttered-3seeds.yaml")
+    assert three.seeds == (42, 43, 44) and default.seeds == (42,)
+    assert replace(three, seeds=default.seeds) == default
+
+
+def test_seeds_are_checked_and_narrowed_one_at_a_time():
+    config = from_dict({"seeds": [3, 1], "runs": {"a": {"grids": [7]}}})
+    with pytest.raises(ConfigError, match=r"seeds = \[3, 1\]: pick one"):
+        config.seed
+    one = config.with_seed(1)
+    assert one.seed == 1 and one.run_dir("a") == Path("runs/a/seed1") and one.flops_path("a") == Path("runs/a/flops.json")
+    with pytest.raises(ConfigError, match=r"seed 2 is not in seeds \[3, 1\]"):
+        config.with_seed(2)
+    for bad, message in (([], "name at least one seed"), ([1, 1], "each seed once"), ([-1], "seeds are >= 0")):
+        with pytest.raises(ConfigError, match=message):
+            from_dict({"seeds": bad})
+    with pytest.raises(ConfigError, match=r"train.seed is now seeds \(a top-level list"):
+        from_dict({"train": {"seed": 42}})
 
 
 def test_warmup_may_be_a_fraction_of_an_epoch():

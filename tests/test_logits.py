@@ -145,8 +145,8 @@ def test_invalid_batches_leave_nothing(tmp_path: Path) -> None:
 
 
 def test_missing_and_foreign_files(tmp_path: Path) -> None:
-    with pytest.raises(DvtError, match=r"run `dvt collect --run baseline` first"):
-        read_logits(tmp_path / "baseline" / "logits.parquet")
+    with pytest.raises(DvtError, match=r"run `dvt collect --run baseline --seed 7` first"):
+        read_logits(tmp_path / "baseline" / "seed7" / "logits.parquet")
     other = tmp_path / "plain.parquet"
     pq.write_table(pa.table({"x": [1, 2]}), other)
     with pytest.raises(DvtError, match="not a dvt logits file"):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -56,6 +57,26 @@ def test_both_engines_expand_to_the_same_commands_and_outputs():
     assert {path for path, cmd in dvc.items() if cmd == "dvt report"} == report
     assert {path: smk[path] for path in report} == {f"reports/{out}": f"dvt report --part {part}"
                                                      for part, out in PARTS.items()}
+    assert {p: c for p, c in dvc.items() if p not in report} == {p: c for p, c in smk.items() if p not in report}
+
+
+def test_both_engines_train_and_measure_every_run_once_per_seed(tmp_path):
+    for name in ("dvc.yaml", "workflow", "reports/templates"):
+        copy = shutil.copytree if (REPO / name).is_dir() else shutil.copy
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        copy(REPO / name, tmp_path / name)
+    shutil.copy(REPO / "configs" / "cluttered-3seeds.yaml", tmp_path / "params.yaml")
+    subprocess.run([str(BIN / "dvc"), "init", "--no-scm", "-q"], cwd=tmp_path, check=True, env=engine_env())
+    dvc, smk = dvc_jobs(tmp_path), snakemake_jobs(tmp_path)
+    runs = list(yaml.safe_load((tmp_path / "params.yaml").read_text())["runs"])
+    for stage, file in (("train", "checkpoint.pt"), ("collect", "logits.parquet"), ("budget", "eval.json"),
+                        ("speed", "speed.json")):
+        made = {p: c for p, c in dvc.items() if p.endswith(file)}
+        assert made == {f"runs/{r}/seed{s}/{file}": f"dvt {stage} --run {r} --seed {s}" + (" --restart" if stage == "train" else "")
+                        for r in runs for s in (42, 43, 44)}
+    # A model's cost does not depend on its seed: one flops job per run.
+    assert {p for p in dvc if p.endswith("flops.json")} == {f"runs/{r}/flops.json" for r in runs}
+    report = {p for p in smk if p.startswith("reports/")}
     assert {p: c for p, c in dvc.items() if p not in report} == {p: c for p, c in smk.items() if p not in report}
 
 
@@ -119,6 +140,6 @@ def test_another_params_file_reaches_every_command(tmp_path):
     other = tmp_path / "other.yaml"
     other.write_text(yaml.safe_dump(params))
     jobs = snakemake_jobs(REPO, args=("--forceall", "--configfile", str(other)))
-    assert jobs["runs/only/checkpoint.pt"] == f"dvt train --params {other} --run only --restart"
+    assert jobs["runs/only/seed42/checkpoint.pt"] == f"dvt train --params {other} --run only --seed 42 --restart"
     assert all(f"--params {other}" in cmd for cmd in jobs.values())
     assert not any("/dvt/" in p for p in jobs)  # the default runs are gone, not merged in

@@ -97,8 +97,8 @@ def designed_logits(labels: np.ndarray, accuracy: list[float], num_classes: int,
 
 def write_logits(config: Config, run: str, labels: dict[str, np.ndarray], num_classes: int,
                  accuracy: list[float], *, seed: int = 0) -> None:
-    folder = Path(config.runs_dir) / run
-    gmacs = [e["cumulative_gmacs"] for e in json.loads((folder / "flops.json").read_text())["exits"]]
+    folder = config.run_dir(run)
+    gmacs = [e["cumulative_gmacs"] for e in json.loads(config.flops_path(run).read_text())["exits"]]
     with LogitsWriter(folder / "logits.parquet", grids=config.run(run).grids, cumulative_gmacs=gmacs,
                       config=checkpoint.run_fingerprint(config, run),
                       checkpoint_sha256=checkpoint.sha256(folder / "checkpoint.pt")) as out:
@@ -156,7 +156,7 @@ def build_official(root: Path, *, test_size: int = 100) -> Path:
         "dataset": "imagenet", "format": "imagefolder-index", "source": str(source), "classes": classes,
         "counts": {"train": 0, "calibration": 100, "test": test_size}, "image_size": 224, "channels": 3}))
     for i, (name, spec) in enumerate(OFFICIAL_RUNS.items()):
-        folder = Path(config.runs_dir) / name
+        folder = config.run_dir(name)
         folder.mkdir(parents=True)
         (folder / "checkpoint.pt").write_bytes(b"imported weights stand-in")
         top1 = OFFICIAL_ACCURACY[name]
@@ -166,7 +166,7 @@ def build_official(root: Path, *, test_size: int = 100) -> Path:
         (folder / "train.json").write_text(json.dumps({"run": name, "grids": spec["grids"], "epochs": 0}))
         cumulative = OFFICIAL_GMACS[name]
         stages = np.diff([0.0, *cumulative])
-        (folder / "flops.json").write_text(json.dumps({
+        config.flops_path(name).write_text(json.dumps({
             "run": name, "backbone": "t2t_vit_12", "image_size": 224, "in_chans": 3, "num_classes": 1000,
             "exits": [{"exit": k + 1, "grid": g, "tokens": g * g + 1, "stage_gmacs": float(s),
                        "cumulative_gmacs": c, "params": 7_000_000} for k, (g, s, c) in
@@ -213,8 +213,8 @@ def fmt(kind: str, value: float | None) -> str:
 
 
 def stage_outputs(config: Config, run: str) -> dict:
-    folder = Path(config.runs_dir) / run
-    out = {name: json.loads((folder / f"{name}.json").read_text()) for name in ("eval", "flops")}
+    folder = config.run_dir(run)
+    out = {"eval": json.loads((folder / "eval.json").read_text()), "flops": json.loads(config.flops_path(run).read_text())}
     speed_path = folder / "speed.json"
     out["speed"] = json.loads(speed_path.read_text()) if speed_path.is_file() else None
     import pandas as pd
@@ -420,7 +420,7 @@ def test_gallery_shows_real_test_images_picked_by_the_logits(rendered):
     config, _ = rendered
     import pandas as pd
 
-    logits = pd.read_parquet(Path(config.runs_dir) / "dvt" / "logits.parquet")
+    logits = pd.read_parquet(config.run_dir("dvt") / "logits.parquet")
     test = logits[logits["split"] == "test"].pivot(index="sample", columns="exit", values="confidence")
     first = sorted(test.index, key=lambda s: (-float(test.loc[s, 0]), s))[:4]
     early = test[[0, 1]].max(axis=1)
@@ -501,10 +501,10 @@ def test_official_like_configuration_puts_the_paper_beside_ours(tmp_path):
 
 
 @pytest.mark.parametrize("remove, stage", [
-    ("tokens_4x4/eval.json", "run `dvt budget --run tokens_4x4` first"),
+    ("tokens_4x4/seed42/eval.json", "run `dvt budget --run tokens_4x4 --seed 42` first"),
     ("tokens_8x8/flops.json", "run `dvt flops --run tokens_8x8` first"),
-    ("dvt/train_log.csv", "run `dvt train --run dvt` first"),
-    ("dvt/logits.parquet", "run `dvt collect --run dvt` first"),
+    ("dvt/seed42/train_log.csv", "run `dvt train --run dvt --seed 42` first"),
+    ("dvt/seed42/logits.parquet", "run `dvt collect --run dvt --seed 42` first"),
 ])
 def test_a_missing_input_names_the_stage_and_nothing_is_written(runs, rendered, tmp_path, capsys, remove, stage):
     config, _ = rendered
@@ -526,8 +526,8 @@ def test_a_part_reads_only_what_it_shows(runs, tmp_path, capsys):
     # before any cascade exists).
     base = Path(load_config(runs).runs_dir)
     for name in ("tokens_2x2", "tokens_4x4", "tokens_8x8"):
-        (tmp_path / "runs" / name).mkdir(parents=True)
-        for file in ("eval.json", "flops.json"):
+        (tmp_path / "runs" / name / "seed42").mkdir(parents=True)
+        for file in ("seed42/eval.json", "flops.json"):
             shutil.copy(base / name / file, tmp_path / "runs" / name / file)
     params = params_beside(runs, tmp_path, runs_dir=str(tmp_path / "runs"))
     assert main(["report", "--params", str(params), "--part", "table1"]) == 0
@@ -535,7 +535,7 @@ def test_a_part_reads_only_what_it_shows(runs, tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["table1.md", "templates"]
     assert "| tokens_8x8 | 8x8 |" in (out / "table1.md").read_text()
     assert main(["report", "--params", str(params), "--part", "table3"]) == 2
-    assert "runs/dvt/eval.json not found: run `dvt train --run dvt` first" in capsys.readouterr().err
+    assert "runs/dvt/seed42/eval.json not found: run `dvt train --run dvt --seed 42` first" in capsys.readouterr().err
     assert main(["report", "--params", str(params), "--part", "table4"]) == 2
     assert "--part 'table4' is not a part of the report; choose from table1, table2" in capsys.readouterr().err
 
@@ -544,7 +544,7 @@ def test_a_run_without_any_output_is_refused(runs, tmp_path, capsys):
     params = params_beside(runs, tmp_path, runs={**RUNS, "untrained": {"grids": [8]}})
     assert main(["report", "--params", str(params)]) == 2
     err = capsys.readouterr().err.strip()
-    assert "untrained/eval.json not found: run `dvt train --run untrained` first (then collect, budget)" in err
+    assert "untrained/seed42/eval.json not found: run `dvt train --run untrained --seed 42` first (then collect, budget)" in err
     assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == ["templates"]
 
 
@@ -588,7 +588,7 @@ def test_object_scale_finding_reads_where_images_leave(rendered, tmp_path):
 
     config, _ = rendered
     objects = Path(config.data.root) / config.data.dataset / "test_objects.npy"
-    test = read_logits(Path(config.runs_dir) / "dvt" / "logits.parquet", splits=["test"])["test"]
+    test = read_logits(config.run_dir("dvt") / "logits.parquet", splits=["test"])["test"]
     # Designed sizes: the more confident exit 1 is, the larger the object (plus noise).
     rng = np.random.default_rng(0)
     sides = np.zeros((int(test.sample.max()) + 1, 3), np.int16)
@@ -616,3 +616,80 @@ def test_object_scale_finding_reads_where_images_leave(rendered, tmp_path):
     se = np.sqrt(first.var(ddof=1) / len(first) + last.var(ddof=1) / len(last))
     assert finding.numbers["standard_errors"] == round((first.mean() - last.mean()) / se, 2)
     assert finding.holds == (first.mean() - last.mean() >= 3 * se)
+
+
+# Points added to every designed top-1 of a seed: the seeds of one run differ, as real seeds do.
+SEED_SHIFT = {1: 0.0, 2: 3.0, 3: -2.0}
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory) -> Config:
+    """Three seeds of four runs, each seed with its own checkpoint, logits and budget."""
+    root = tmp_path_factory.mktemp("seeds")
+    runs = {k: RUNS[k] for k in ("tokens_2x2", "tokens_8x8", "dvt", "dvt_no_reuse")}
+    config = load_config(write_params(root, runs=runs, seeds=list(SEED_SHIFT), report__gallery_size=2))
+    fetch.run(config)
+    folder = Path(config.data.root) / "synthetic"
+    labels = {s: np.load(folder / f"{s}_labels.npy") for s in ("calibration", "test")}
+    for i, name in enumerate(runs):
+        flops(config, run=name)
+        for seed, shift in SEED_SHIFT.items():
+            one = config.with_seed(seed)
+            train(one, run=name)
+            write_logits(one, name, labels, 10, [a + shift for a in ACCURACY[name]], seed=i)
+            budget(one, run=name)
+    copy_templates(config)
+    report(config)
+    return config
+
+
+def test_several_seeds_are_reported_as_mean_and_standard_deviation(seeded):
+    import statistics
+
+    config = seeded
+    def seed_top1(run: str) -> list[list[float]]:  # [seed][exit], from each seed's own eval.json
+        return [per_exit(stage_outputs(config.with_seed(s), run)["eval"], "top1") for s in config.seeds]
+
+    # Every seed was trained into its own folder, with its own seed in the checkpoint.
+    for seed in config.seeds:
+        assert checkpoint.load(config.with_seed(seed).run_dir("dvt") / "checkpoint.pt")["config"]["seed"] == seed
+    rows = {r["run"]: r for r in tables(page(config, "table1.md"))[0]}
+    for run in ("tokens_2x2", "tokens_8x8"):
+        top1 = [t[0] for t in seed_top1(run)]
+        assert rows[run]["top-1 (%)"] == f"{statistics.mean(top1):.2f} ± {statistics.stdev(top1):.2f}"
+    assert "the mean over 3 seeds (1, 2, 3)" in page(config, "table1.md")
+    ablation = {r["run"]: r for r in tables(page(config, "ablation.md"))[0]}
+    dvt = seed_top1("dvt")
+    assert ablation["dvt"]["top-1 per exit (%)"] == " / ".join(
+        f"{statistics.mean(e):.2f} ± {statistics.stdev(e):.2f}" for e in zip(*dvt))
+    # Reuse must beat the larger of the two last exits' seed standard deviations.
+    none = seed_top1("dvt_no_reuse")
+    last, none_last = [t[-1] for t in dvt], [t[-1] for t in none]
+    found = {f["name"]: f for f in json.loads(page(config, "findings.json"))["findings"]}
+    reuse = found["reuse_makes_later_exits_better"]
+    std = max(statistics.stdev(last), statistics.stdev(none_last))
+    gain = statistics.mean(last) - statistics.mean(none_last)
+    assert reuse["numbers"]["seeds"] == 3 and reuse["numbers"]["seed_std"] == round(std, 2)
+    assert reuse["numbers"]["gain"] == round(gain, 2) and reuse["holds"] == (gain > std)
+    # DVT's curve in Table 3 is the mean of its seeds' curves, budget by budget.
+    frames = [stage_outputs(config.with_seed(s), "dvt")["budget"] for s in config.seeds]
+    mean_best = max(max(np.mean([f["accuracy"] for f in frames], axis=0)), statistics.mean(last),
+                    statistics.mean(t[0] for t in dvt))
+    assert f"its best test top-1 is {fmt('pct', mean_best)}%" in " ".join(page(config, "table3.md").split())
+
+
+def test_a_stage_runs_every_seed_or_the_one_asked_for(seeded, capsys):
+    config = seeded
+    params = Path(config.report.dir).parent / "params.yaml"
+    paths = {s: config.with_seed(s).run_dir("tokens_2x2") / "eval.json" for s in config.seeds}
+    for path in paths.values():
+        path.unlink()
+    assert main(["budget", "--params", str(params), "--run", "tokens_2x2", "--seed", "2"]) == 0
+    assert [p.is_file() for p in paths.values()] == [False, True, False]
+    assert main(["budget", "--params", str(params), "--run", "tokens_2x2"]) == 0
+    assert all(p.is_file() for p in paths.values())
+    capsys.readouterr()
+    before = {p: p.read_bytes() for p in paths.values()}
+    assert main(["budget", "--params", str(params), "--run", "tokens_2x2", "--seed", "9"]) == 2
+    assert capsys.readouterr().err.strip() == "dvt budget: error: seed 9 is not in seeds [1, 2, 3]"
+    assert {p: p.read_bytes() for p in paths.values()} == before

@@ -49,7 +49,7 @@ def pipeline(tmp_path_factory) -> Path:
 
 def loaded(config: Config, run: str) -> Cascade:
     model = model_for_run(config, run)
-    load_weights(model, Path(config.runs_dir) / run / "checkpoint.pt", strict=True)
+    load_weights(model, config.run_dir(run) / "checkpoint.pt", strict=True)
     return model.eval()
 
 
@@ -60,7 +60,7 @@ def split_images(config: Config, split: str) -> torch.Tensor:
 
 def simulated(config: Config, run: str, split: str, T: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Early exit replayed from logits.parquet: (pred (n,), exit (n,))."""
-    stored = read_logits(Path(config.runs_dir) / run / "logits.parquet")[split]
+    stored = read_logits(config.run_dir(run) / "logits.parquet")[split]
     exits = assign_exits(stored.confidence, T)
     return stored.pred[np.arange(len(exits)), exits], exits
 
@@ -85,7 +85,7 @@ def test_real_early_exit_equals_simulated_at_every_budget(pipeline, split):
     # On calibration each threshold is some sample's stored confidence: a tie the real path must
     # reproduce to the last bit (>= sends it out).
     config = load_config(pipeline)
-    frame = pd.read_csv(Path(config.runs_dir) / "dvt" / "budget.csv")
+    frame = pd.read_csv(config.run_dir("dvt") / "budget.csv")
     T = frame[[f"threshold_{k}" for k in range(3)]].to_numpy()
     seen = set()
     for p, row in enumerate(T, start=1):
@@ -96,7 +96,7 @@ def test_real_early_exit_equals_simulated_at_every_budget(pipeline, split):
 
 def test_real_early_exit_equals_simulated_with_random_thresholds(pipeline):
     config = load_config(pipeline)
-    conf = read_logits(Path(config.runs_dir) / "dvt" / "logits.parquet")["test"].confidence
+    conf = read_logits(config.run_dir("dvt") / "logits.parquet")["test"].confidence
     rng = np.random.default_rng(0)
     for i in range(10):
         T = rng.uniform(conf.min(axis=0), conf.max(axis=0))
@@ -111,7 +111,7 @@ def test_real_early_exit_equals_simulated_for_every_reuse_setting(tmp_path, feat
     fetch.run(config)
     save_random_checkpoint(config, "v")
     collect(config, run="v")
-    conf = read_logits(Path(config.runs_dir) / "v" / "logits.parquet")["test"].confidence
+    conf = read_logits(config.run_dir("v") / "logits.parquet")["test"].confidence
     T = np.quantile(conf, [0.6, 0.5, 0.0], axis=0).diagonal()  # about 40% leave at exit 1, then half
     exits = assert_real_equals_simulated(config, "v", "test", T, chunks=(1, 9))
     assert set(exits.tolist()) == {0, 1, 2}
@@ -120,7 +120,7 @@ def test_real_early_exit_equals_simulated_for_every_reuse_setting(tmp_path, feat
 def test_speed_json_records_static_and_early_exit_throughput(pipeline):
     config = load_config(pipeline)
     result = speed(config, run="dvt")
-    stored = json.loads((Path(config.runs_dir) / "dvt" / "speed.json").read_text())
+    stored = json.loads((config.run_dir("dvt") / "speed.json").read_text())
     assert stored == result
     assert stored["device"] == "cpu" and stored["threads"] == 1 and stored["batch_size"] == 32
     if platform.libc_ver()[0] == "glibc":  # timed with freed memory kept (dvt.speed.keep_freed_memory)
@@ -130,8 +130,8 @@ def test_speed_json_records_static_and_early_exit_throughput(pipeline):
     assert set(static["exits"]) == {"exit1", "exit2", "exit3"}
     assert static["cascade"] == static["exits"]["exit3"] and static["standalone"]["grid"] == 8
     assert set(stored["dynamic"]) == {"p5", "p10"}
-    frame = pd.read_csv(Path(config.runs_dir) / "dvt" / "budget.csv").set_index("budget")
-    stored_test = read_logits(Path(config.runs_dir) / "dvt" / "logits.parquet")["test"]
+    frame = pd.read_csv(config.run_dir("dvt") / "budget.csv").set_index("budget")
+    stored_test = read_logits(config.run_dir("dvt") / "logits.parquet")["test"]
     batch = np.random.default_rng(BATCH_SEED).choice(100, size=32, replace=False)
     for name, d in stored["dynamic"].items():
         T = frame.loc[d["budget"], [f"threshold_{k}" for k in range(3)]].to_numpy(dtype=float)
@@ -167,4 +167,4 @@ def test_bad_speed_input(pipeline, capsys, override, message):
 
 def test_speed_needs_a_checkpoint(pipeline, capsys):
     assert main(["speed", "--params", str(pipeline), "--run", "untrained"]) == 2
-    assert "train it first with `dvt train --run untrained`" in capsys.readouterr().err
+    assert "train it first with `dvt train --run untrained --seed 42`" in capsys.readouterr().err

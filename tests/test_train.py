@@ -36,7 +36,7 @@ def write_params(tmp_path: Path, **changes) -> Path:
 
 
 def final_state(tmp_path: Path, run: str = "dvt") -> dict:
-    return checkpoint.load(tmp_path / "runs" / run / "checkpoint.pt")
+    return checkpoint.load(tmp_path / "runs" / run / "seed42" / "checkpoint.pt")
 
 
 def assert_same_weights(a: dict, b: dict) -> None:
@@ -51,7 +51,7 @@ def test_training_writes_outputs_and_is_deterministic(tmp_path):
         root.mkdir()
         summary = train(load_config(write_params(root)), run="dvt")
     assert summary["epochs"] == 3 and set(summary["top1"]) == {"exit1", "exit2"}
-    log = (one / "runs" / "dvt" / "train_log.csv").read_text().splitlines()
+    log = (one / "runs" / "dvt" / "seed42" / "train_log.csv").read_text().splitlines()
     assert log[0].split(",")[:6] == ["epoch", "lr", "loss_exit1", "loss_exit2", "loss", "top1_exit1"]
     assert len(log) == 4
     a, b = final_state(one), final_state(two)
@@ -65,10 +65,10 @@ def test_training_writes_outputs_and_is_deterministic(tmp_path):
 def test_finished_run_is_a_noop(tmp_path, capsys):
     config = load_config(write_params(tmp_path, train__epochs=2, train__subset=200))
     assert train(config, run="single")["images_per_second"] > 0
-    stamp = (tmp_path / "runs" / "single" / "checkpoint.pt").stat().st_mtime_ns
+    stamp = (tmp_path / "runs" / "single" / "seed42" / "checkpoint.pt").stat().st_mtime_ns
     train(config, run="single")
     assert "nothing to do" in capsys.readouterr().out
-    assert (tmp_path / "runs" / "single" / "checkpoint.pt").stat().st_mtime_ns == stamp
+    assert (tmp_path / "runs" / "single" / "seed42" / "checkpoint.pt").stat().st_mtime_ns == stamp
 
 
 def test_kill_9_mid_training_then_resume_matches_uninterrupted(tmp_path):
@@ -76,7 +76,7 @@ def test_kill_9_mid_training_then_resume_matches_uninterrupted(tmp_path):
     reference.mkdir(), killed.mkdir()
     train(load_config(write_params(reference)), run="dvt")
     params = write_params(killed)
-    ckpt = killed / "runs" / "dvt" / "resume.pt"
+    ckpt = killed / "runs" / "dvt" / "seed42" / "resume.pt"
     proc = subprocess.Popen([sys.executable, "-m", "dvt.cli", "train", "--params", str(params), "--run", "dvt"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
@@ -86,7 +86,7 @@ def test_kill_9_mid_training_then_resume_matches_uninterrupted(tmp_path):
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
     assert checkpoint.load(ckpt)["epoch"] < 3
-    assert not (killed / "runs" / "dvt" / "checkpoint.pt").exists()  # only a finished run has one
+    assert not (killed / "runs" / "dvt" / "seed42" / "checkpoint.pt").exists()  # only a finished run has one
     assert main(["train", "--params", str(params), "--run", "dvt"]) == 0
     assert not ckpt.exists()
     a, b = final_state(reference), final_state(killed)
@@ -97,7 +97,7 @@ def test_kill_9_mid_training_then_resume_matches_uninterrupted(tmp_path):
 def test_other_settings_are_refused_and_nothing_is_overwritten(tmp_path, capsys):
     params = write_params(tmp_path, train__epochs=2)
     assert main(["train", "--params", str(params), "--run", "single"]) == 0
-    ckpt = tmp_path / "runs" / "single" / "checkpoint.pt"
+    ckpt = tmp_path / "runs" / "single" / "seed42" / "checkpoint.pt"
     before = ckpt.read_bytes()
     capsys.readouterr()
     assert main(["train", "--params", str(params), "--run", "single", "--set", "train.lr=0.01"]) == 2
@@ -140,8 +140,8 @@ def test_nan_loss_stops_naming_the_exit_and_keeps_last_checkpoint(tmp_path, monk
     monkeypatch.setattr(Cascade, "forward", poisoned)
     with pytest.raises(DvtError, match=r"loss of exit 2 \(grid 4x4\) became nan at epoch 2.*epoch 1\) is kept"):
         train(config, run="dvt")
-    assert checkpoint.load(tmp_path / "runs" / "dvt" / "resume.pt")["epoch"] == 1
-    assert not (tmp_path / "runs" / "dvt" / "checkpoint.pt").exists()
+    assert checkpoint.load(tmp_path / "runs" / "dvt" / "seed42" / "resume.pt")["epoch"] == 1
+    assert not (tmp_path / "runs" / "dvt" / "seed42" / "checkpoint.pt").exists()
 
 
 def test_fine_tuning_from_a_checkpoint_with_another_class_count(tmp_path):
@@ -152,7 +152,7 @@ def test_fine_tuning_from_a_checkpoint_with_another_class_count(tmp_path):
     target.mkdir()
     params = write_params(target, data__synthetic__classes=5, train__epochs=2, train__optimizer="sgd",
                           train__lr=0.01, train__backbone_lr_scale=0.1,
-                          runs={"ft": {"grids": [2, 4], "init": str(source / "runs" / "dvt" / "checkpoint.pt")}})
+                          runs={"ft": {"grids": [2, 4], "init": str(source / "runs" / "dvt" / "seed42" / "checkpoint.pt")}})
     summary = train(load_config(params), run="ft")
     assert summary["epochs"] == 2
     tuned = final_state(target, "ft")["model"]
@@ -177,7 +177,7 @@ def test_torchrun_two_processes(tmp_path):
 
 def test_stale_resume_state_from_other_settings_is_refused_then_dropped_by_restart(tmp_path, capsys):
     params = write_params(tmp_path, train__epochs=2)
-    folder = tmp_path / "runs" / "single"
+    folder = tmp_path / "runs" / "single" / "seed42"
     assert main(["train", "--params", str(params), "--run", "single"]) == 0
     (folder / "checkpoint.pt").replace(folder / "resume.pt")  # as if killed before the last rename
     capsys.readouterr()

@@ -218,10 +218,10 @@ def compare_reuse(roles: Roles) -> Ablation | None:
     return Ablation(grids=roles.dvt.grids, costs=costs, rows=tuple(rows))
 
 
-def metrics(*, dataset: str, roles: Roles, costs: list[VsCost], speeds: list[VsSpeed],
+def metrics(*, dataset: str, seeds: int, roles: Roles, costs: list[VsCost], speeds: list[VsSpeed],
             ablation: Ablation | None) -> dict[str, Any]:
-    """reports/metrics.json: the comparisons above, small and nested for `dvc exp show`."""
-    out: dict[str, Any] = {"dataset": dataset, "dvt_run": roles.dvt.name if roles.dvt else None}
+    """reports/metrics.json: the comparisons above (means over `seeds` seeds), small and nested for `dvc exp show`."""
+    out: dict[str, Any] = {"dataset": dataset, "dvt_run": roles.dvt.name if roles.dvt else None, "seeds": seeds}
     out["matched_gmacs"] = {c.run: {"gmacs": c.gmacs, "top1": c.top1, "dvt_top1_at_gmacs": c.dvt_top1_at_gmacs,
                                     "dvt_gmacs_at_top1": c.dvt_gmacs_at_top1, "speedup": c.speedup}
                             for c in costs}

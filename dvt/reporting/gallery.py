@@ -39,6 +39,8 @@ class Pick:
 @dataclass(frozen=True)
 class Picks:
     run: str
+    seed: int  # the seed whose model picked them (the first of params.yaml)
+    logits: str  # the logits.parquet they come from
     grids: tuple[int, ...]
     easy: tuple[Pick, ...]
     hard: tuple[Pick, ...]
@@ -60,7 +62,8 @@ class Gallery:
 
 def pick(run: RunFiles, *, size: int) -> Picks:
     """`size` easy and `size` hard test images of a cascade, by its logits; ties go to the lower sample."""
-    test = read_logits(run.logits_path, splits=[TEST])[TEST]
+    path = run.logits_path
+    test = read_logits(path, splits=[TEST])[TEST]
     early = test.confidence[:, :-1].max(axis=1)  # (n,) best confidence before the last exit
     easy = np.lexsort((test.sample, -test.confidence[:, 0].astype(np.float64)))[:size]
     hard = np.lexsort((test.sample, early.astype(np.float64)))[:size]
@@ -69,7 +72,7 @@ def pick(run: RunFiles, *, size: int) -> Picks:
         return tuple(Pick(sample=int(test.sample[i]), label=int(test.labels[i]), confidence=float(score[i]),
                           pred_first=int(test.pred[i, 0]), pred_last=int(test.pred[i, -1])) for i in rows)
 
-    return Picks(run=run.name, grids=run.grids, easy=make(easy, test.confidence[:, 0]), hard=make(hard, early))
+    return Picks(run=run.name, seed=run.seeds[0].seed, logits=str(path), grids=run.grids, easy=make(easy, test.confidence[:, 0]), hard=make(hard, early))
 
 
 def _array_images(folder: Path, samples: list[int]) -> tuple[dict[int, np.ndarray], np.ndarray]:
@@ -98,7 +101,7 @@ def prepare(config: Config, picks: Picks) -> Gallery:
     folder, manifest = read_manifest(config.data)
     chosen = picks.easy + picks.hard
     samples = sorted({p.sample for p in chosen})
-    logits = f"{config.runs_dir}/{picks.run}/logits.parquet"
+    logits, collect = picks.logits, f"dvt collect --run {picks.run} --seed {picks.seed}"
     try:
         if manifest["format"] == "imagefolder-index":
             images, labels = _index_images(folder, Path(manifest["source"]), samples)
@@ -106,11 +109,11 @@ def prepare(config: Config, picks: Picks) -> Gallery:
             images, labels = _array_images(folder, samples)
     except (OSError, IndexError, ValueError) as err:
         raise DvtError(f"the test images of {folder} do not match {logits} ({err}): rerun `dvt fetch`, then "
-                       f"`dvt collect --run {picks.run}`") from None
+                       f"`{collect}`") from None
     by_sample = dict(zip(samples, labels.tolist()))
     if any(by_sample[p.sample] != p.label for p in chosen):
         raise DvtError(f"{logits} gives other labels than {folder} for the same test images: rerun "
-                       f"`dvt collect --run {picks.run}`")
+                       f"`{collect}`")
     all_sides = object_sides(folder, TEST)
     sides = None if all_sides is None else {s: int(all_sides[s]) for s in samples}
     return Gallery(picks=picks, classes=list(manifest["classes"]), images=images, sides=sides)

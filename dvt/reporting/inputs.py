@@ -5,6 +5,8 @@ files are read lazily; the whole report still reads everything before it writes 
 file is one DvtError line naming the first stage of that run still to run (train, collect, flops,
 budget, speed). A file that contradicts params.yaml (other grids, backbone or number of budgets) is
 stale and is refused, naming the stage that rewrites it. speed.json is optional where asked so.
+With several seeds (params.yaml `seeds`) a run's numbers are means over them, read from
+runs/<run>/seed<S>/ (flops.json, the same for every seed, is runs/<run>/flops.json).
 """
 
 from __future__ import annotations
@@ -33,16 +35,13 @@ WRITER = {"train_log.csv": "train", "train.json": "train", "logits.parquet": "co
           "budget.csv": "budget", "eval.json": "budget", "speed.json": "speed"}
 
 
-class RunFiles:
-    """One run's stage outputs; each property reads its file the first time it is used."""
+class _Run:
+    """What a run is, from params.yaml alone (nothing read), and its budgeted curve: shared by one
+    seed's files (SeedFiles) and the run over all its seeds (RunFiles)."""
 
-    def __init__(self, config: Config, name: str) -> None:
-        self.config, self.name = config, name
-        self.spec: RunConfig = config.run(name)
-        self.folder = Path(config.runs_dir) / name
-
-    def __repr__(self) -> str:
-        return f"RunFiles({self.name!r})"
+    config: Config
+    name: str
+    spec: RunConfig
 
     @property
     def grids(self) -> tuple[int, ...]:
@@ -65,17 +64,51 @@ class RunFiles:
     def is_cascade(self) -> bool:
         return self.num_exits > 1
 
+    # Given by each kind of run: cumulative GMACs and test top-1 per exit, one row per budget.
+    gmacs: tuple[float, ...]
+    top1: tuple[float, ...]
+    budget: pd.DataFrame
+
+    def curve(self) -> tuple[np.ndarray, np.ndarray]:
+        """The budgeted curve (GMACs, top-1) of budget.csv plus its two limits, everyone at exit 1 and
+        everyone at the last exit, which are real operating points (thresholds +-inf)."""
+        g, a = self.gmacs, self.top1
+        return (np.concatenate([self.budget["gmacs"].to_numpy(float), [g[0], g[-1]]]),
+                np.concatenate([self.budget["accuracy"].to_numpy(float), [a[0], a[-1]]]))
+
+
+
+
+class SeedFiles(_Run):
+    """One seed of one run: its stage outputs, each read the first time it is used.
+
+    `config` is narrowed to that seed (Config.with_seed); flops.json is the run's, shared by its seeds.
+    """
+
+    def __init__(self, config: Config, name: str) -> None:
+        self.config, self.name = config, name
+        self.seed = config.seed
+        self.spec: RunConfig = config.run(name)
+        self.folder = config.run_dir(name)
+
+    def __repr__(self) -> str:
+        return f"SeedFiles({self.name!r}, seed={self.seed})"
+
     # -- files --------------------------------------------------------------------------------
+
+    def _where(self, file: str) -> Path:
+        return self.config.flops_path(self.name) if file == "flops.json" else self.folder / file
 
     def path(self, file: str) -> Path:
         """The path of a file this run must have; a DvtError naming the stage to run if it is missing."""
-        path = self.folder / file
+        path = self._where(file)
         if path.is_file():
             return path
         stage = WRITER[file]
-        todo = [s for s in (*STAGES[stage][1], stage) if not (self.folder / STAGES[s][0]).is_file()] or [stage]
+        todo = [s for s in (*STAGES[stage][1], stage) if not self._where(STAGES[s][0]).is_file()] or [stage]
         then = f" (then {', '.join(todo[1:])})" if len(todo) > 1 else ""
-        raise DvtError(f"{path} not found: run `dvt {todo[0]} --run {self.name}` first{then}")
+        first = f"dvt flops --run {self.name}" if todo[0] == "flops" else self.config.command(todo[0], self.name)
+        raise DvtError(f"{path} not found: run `{first}` first{then}")
 
     def _json(self, file: str) -> dict[str, Any]:
         path = self.path(file)
@@ -84,7 +117,7 @@ class RunFiles:
         except ValueError:
             data = None
         if not isinstance(data, dict):
-            raise DvtError(f"{path} is not a JSON object: rerun `dvt {WRITER[file]} --run {self.name}`")
+            raise DvtError(f"{path} is not a JSON object: rerun `{self._rerun(file)}`")
         return data
 
     def _csv(self, file: str) -> pd.DataFrame:
@@ -92,10 +125,14 @@ class RunFiles:
         try:
             return pd.read_csv(path)
         except (ValueError, pd.errors.ParserError):
-            raise DvtError(f"{path} is not a readable CSV: rerun `dvt {WRITER[file]} --run {self.name}`") from None
+            raise DvtError(f"{path} is not a readable CSV: rerun `{self._rerun(file)}`") from None
+
+    def _rerun(self, file: str) -> str:
+        stage = WRITER[file]
+        return f"dvt flops --run {self.name}" if stage == "flops" else self.config.command(stage, self.name)
 
     def _stale(self, file: str, why: str) -> DvtError:
-        return DvtError(f"{self.folder / file} {why}: rerun `dvt {WRITER[file]} --run {self.name}`")
+        return DvtError(f"{self._where(file)} {why}: rerun `{self._rerun(file)}`")
 
     @cached_property
     def eval(self) -> dict[str, Any]:
@@ -138,7 +175,7 @@ class RunFiles:
     @cached_property
     def speed(self) -> dict[str, Any] | None:
         """speed.json, or None when `dvt speed` has not run for this run."""
-        if not (self.folder / "speed.json").is_file():
+        if not self._where("speed.json").is_file():
             return None
         data = self._json("speed.json")
         if data.get("grids") != list(self.grids):
@@ -165,16 +202,82 @@ class RunFiles:
     def params(self) -> int:
         return int(self.flops["total"]["params"])
 
-    def curve(self) -> tuple[np.ndarray, np.ndarray]:
-        """The budgeted curve (GMACs, top-1) of budget.csv plus its two limits, everyone at exit 1 and
-        everyone at the last exit, which are real operating points (thresholds +-inf)."""
-        g, a = self.gmacs, self.top1
-        return (np.concatenate([self.budget["gmacs"].to_numpy(float), [g[0], g[-1]]]),
-                np.concatenate([self.budget["accuracy"].to_numpy(float), [a[0], a[-1]]]))
+
+def _mean_tree(items: list[Any]) -> Any:
+    """The mean of same-shaped JSON values: numbers averaged leaf by leaf, anything else (and numbers
+    equal in all of them) taken from the first."""
+    first = items[0]
+    if isinstance(first, dict):
+        return {k: _mean_tree([i[k] for i in items]) for k in first if all(k in i for i in items)}
+    if all(i == first for i in items) or isinstance(first, bool) or not isinstance(first, (int, float)):
+        return first
+    return float(np.mean(items))
+
+
+class RunFiles(_Run):
+    """One run over the seeds of params.yaml, as the report shows it: every number is the mean over the
+    seeds (a budget row: the mean of that budget's operating points), `top1_std` the sample standard
+    deviation of each exit's top-1 (None with one seed). `seeds` keeps each seed's own files, for what
+    cannot be averaged (which image leaves where)."""
+
+    def __init__(self, config: Config, name: str) -> None:
+        self.config, self.name = config, name
+        self.spec = config.run(name)
+        self.seeds = tuple(SeedFiles(config.with_seed(s), name) for s in config.seeds)
+
+    def __repr__(self) -> str:
+        return f"RunFiles({self.name!r}, seeds={list(self.config.seeds)})"
+
+    @property
+    def flops(self) -> dict[str, Any]:
+        return self.seeds[0].flops  # one file for all seeds (shapes only)
+
+    @property
+    def params(self) -> int:
+        return self.seeds[0].params
+
+    @property
+    def gmacs(self) -> tuple[float, ...]:
+        return tuple(float(np.mean(g)) for g in zip(*(s.gmacs for s in self.seeds)))
+
+    @property
+    def top1(self) -> tuple[float, ...]:
+        return tuple(float(np.mean(t)) for t in zip(*(s.top1 for s in self.seeds)))
+
+    @property
+    def top1_std(self) -> tuple[float, ...] | None:
+        if len(self.seeds) < 2:
+            return None
+        return tuple(float(np.std(t, ddof=1)) for t in zip(*(s.top1 for s in self.seeds)))
+
+    @cached_property
+    def budget(self) -> pd.DataFrame:
+        frames = [s.budget for s in self.seeds]
+        if len(frames) == 1:
+            return frames[0]
+        return pd.concat(frames).groupby(level=0).mean(numeric_only=True)
+
+    @cached_property
+    def train_log(self) -> pd.DataFrame:
+        frames = [s.train_log for s in self.seeds]
+        if len(frames) == 1:
+            return frames[0]
+        return pd.concat(frames).groupby("epoch", as_index=False).mean(numeric_only=True)
+
+    @cached_property
+    def speed(self) -> dict[str, Any] | None:
+        """speed.json averaged over the seeds; None unless every seed has one."""
+        found = [s.speed for s in self.seeds]
+        return None if any(f is None for f in found) else _mean_tree(found)
+
+    @property
+    def logits_path(self) -> Path:
+        """The first seed's logits (the gallery shows one trained model)."""
+        return self.seeds[0].logits_path
 
 
 def run_files(config: Config) -> dict[str, RunFiles]:
-    """Every run of params.yaml, in params order (nothing is read yet)."""
+    """Every run of params.yaml over its seeds, in params order (nothing is read yet)."""
     if not config.runs:
         raise DvtError("params.yaml names no runs: add some under runs: (one grid = a ViT, several = DVT)")
     return {name: RunFiles(config, name) for name in config.runs}

@@ -40,7 +40,17 @@ def _fmt(spec: str, suffix: str = "") -> Callable[[float | None], str]:
     return fmt
 
 
-FILTERS: dict[str, Callable[[float | None], str]] = {
+def _pct_pm(x: float | None, std: float | None = None) -> str:
+    """Top-1 with its seed standard deviation where there are several seeds: '68.89 ± 0.41'."""
+    return FILTERS["pct"](x) + ("" if std is None or x is None else f" ± {std:.2f}")
+
+
+def _pct_each(values: tuple[float, ...], stds: tuple[float, ...] | None = None) -> str:
+    """One top-1 per exit, each with its seed standard deviation where there is one: 'a / b / c'."""
+    return " / ".join(_pct_pm(v, None if stds is None else s) for v, s in zip(values, stds or values))
+
+
+FILTERS: dict[str, Callable[..., str]] = {
     "pct": _fmt(".2f"),  # top-1, percent
     "share": lambda x: _fmt(".2f")(None if x is None else 100 * x),  # a fraction, as percent
     "gmacs": _fmt(".4g"),  # GMACs: 4 significant digits, whatever the model size
@@ -59,7 +69,7 @@ def environment(templates: Path) -> jinja2.Environment:
                        "report.dir/templates (the repository's reports/templates)")
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(templates), undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True, autoescape=False)
-    env.filters.update(FILTERS)
+    env.filters.update(FILTERS, pct_pm=_pct_pm, pct_each=_pct_each)
     env.globals["DASH"] = DASH
     return env
 
@@ -79,8 +89,12 @@ def grid_name(grids: tuple[int, ...]) -> str:
 
 def common(config: Config, setting: Setting, roles: Roles, reference: Reference) -> dict[str, Any]:
     """What every page gets."""
+    seeds = list(config.seeds)
+    seed_note = (f"Every number of ours is the mean over {len(seeds)} seeds ({', '.join(map(str, seeds))}); "
+                 "± gives the sample standard deviation over them." if len(seeds) > 1 else "")
     return {"unit": UNIT, "dataset": DATASET_NAMES[config.data.dataset], "backbone": config.model.backbone,
-            "image_size": setting.image_size, "dvt": roles.dvt, "paper": reference.paper, "grid_name": grid_name}
+            "image_size": setting.image_size, "dvt": roles.dvt, "paper": reference.paper, "grid_name": grid_name,
+            "seeds": seeds, "seed_note": seed_note}
 
 
 def table1(reference: Reference, setting: Setting, singles: tuple[RunFiles, ...],
@@ -88,7 +102,8 @@ def table1(reference: Reference, setting: Setting, singles: tuple[RunFiles, ...]
     paper = reference.table1
     same_setting = paper.setting == setting
     rows = [{"run": r.name, "grid": r.grids[0], "gmacs": r.gmacs[0], "params_m": r.params / 1e6,
-             "top1": r.top1[0], "paper": paper.row(r.grids[0]) if same_setting else None} for r in singles]
+             "top1": r.top1[0], "top1_std": r.top1_std[0] if r.top1_std else None,
+             "paper": paper.row(r.grids[0]) if same_setting else None} for r in singles]
     spread = None
     if len(singles) >= 2:
         small, large = singles[0], singles[-1]
@@ -99,7 +114,7 @@ def table1(reference: Reference, setting: Setting, singles: tuple[RunFiles, ...]
                     "more": by_grid[-1].top1 - by_grid[0].top1, "cost": by_grid[-1].gmacs / by_grid[0].gmacs}
     # The paper's numbers go beside ours only for the same setting and token grids.
     cnns = [{"run": r.name, "backbone": r.backbone, "gmacs": r.gmacs[0], "params_m": r.params / 1e6,
-             "top1": r.top1[0]} for r in baselines]
+             "top1": r.top1[0], "top1_std": r.top1_std[0] if r.top1_std else None} for r in baselines]
     return {"rows": rows, "cnns": cnns, "official": any(r["paper"] for r in rows), "same_setting": same_setting,
             "table1": paper, "spread": spread, "paper_spread": paper_spread}
 

@@ -46,12 +46,14 @@ def _load(path: str):
 PARAMS = _params_file()
 CFG = _load(PARAMS)
 RUNS = list(CFG.runs)
+SEEDS = [str(s) for s in CFG.seeds]
 DATA = f"{CFG.data.root}/{CFG.data.dataset}"
 REPORT = CFG.report.dir
 _TREE = to_dict(CFG)  # the resolved params as plain data, for the rules' `params:`
 
 wildcard_constraints:
     run="|".join(map(re.escape, RUNS)) or "(?!)",
+    seed="|".join(SEEDS),
 
 
 def dvt(stage: str, *args: str) -> str:
@@ -79,5 +81,10 @@ def settings(*keys: str):
     return value
 
 
-def run_file(name: str):
-    return f"runs/{{run}}/{name}"
+def run_file(name: str) -> str:
+    """A file of one seed of a run (wildcards run and seed); flops.json is the run's, shared by its seeds."""
+    return "runs/{run}/flops.json" if name == "flops.json" else f"runs/{{run}}/seed{{seed}}/{name}"
+
+
+def seed_args() -> str:
+    return "--run {wildcards.run} --seed {wildcards.seed}"

@@ -1,4 +1,5 @@
-# From a trained checkpoint to the numbers the tables need, one job per run and stage.
+# From a trained checkpoint to the numbers the tables need, one job per run, seed and stage (flops:
+# one per run, the same for every seed).
 
 
 rule flops:
@@ -18,9 +19,9 @@ rule collect:
     output:
         run_file("logits.parquet"),
     params:
-        settings=settings("eval.threshold_split", "eval.batch_size", "train.seed", "train.amp"),
+        settings=settings("eval.threshold_split", "eval.batch_size", "train.amp"),
     shell:
-        dvt("collect", "--run {wildcards.run}")
+        dvt("collect", seed_args())
 
 
 rule budget:
@@ -33,7 +34,7 @@ rule budget:
     params:
         settings=settings("eval.num_budgets", "eval.q_step", "eval.threshold_split"),
     shell:
-        dvt("budget", "--run {wildcards.run}")
+        dvt("budget", seed_args())
 
 
 # Timing wants the machine to itself: the job takes every core Snakemake was given, so no other job
@@ -50,4 +51,4 @@ rule speed:
         settings=settings("speed", "train.amp"),
     threads: workflow.cores
     shell:
-        dvt("speed", "--run {wildcards.run}")
+        dvt("speed", seed_args())

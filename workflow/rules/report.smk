@@ -13,7 +13,9 @@ ABLATION = [r.name for r in _roles.ablation.values() if r is not None]
 
 
 def files_of(runs: list[str], *names: str) -> list[str]:
-    return [f"runs/{run}/{name}" for run in runs for name in names]
+    """The named files of every seed of `runs` (flops.json: the run's own)."""
+    return [f"runs/{run}/{name}" if name == "flops.json" else f"runs/{run}/seed{seed}/{name}"
+            for run in runs for name in names for seed in SEEDS]
 
 
 # The findings read what Tables 1-3 and the ablation read, and DVT's logits (where images exit).
@@ -55,7 +57,7 @@ for _part, (_out, _inputs) in REPORT_PARTS.items():
             # The shell command is evaluated when the job runs, after this loop has moved on: the part
             # must travel as a param, not as the loop variable.
             part=_part,
-            settings=settings("runs", "report"),
+            settings=settings("runs", "seeds", "report"),
         shell:
             dvt("report", "--part {params.part}")
 
@@ -69,6 +71,6 @@ rule report_index:
     output:
         f"{REPORT}/index.md",
     params:
-        settings=settings("runs", "report"),
+        settings=settings("runs", "seeds", "report"),
     shell:
         dvt("report", "--part index")

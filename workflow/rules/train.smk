@@ -1,5 +1,5 @@
 # --restart: Snakemake re-runs train only when a setting changed, so a checkpoint of other settings is
-# stale. An interrupted job resumes from runs/<run>/resume.pt, which is not an output (Snakemake
+# stale. An interrupted job resumes from runs/<run>/seed<S>/resume.pt, which is not an output (Snakemake
 # deletes a job's outputs before running it) and so survives. GPUs are asked for in the slurm profile.
 rule train:
     input:
@@ -14,4 +14,4 @@ rule train:
     # CPU than fewer jobs with more threads each); Snakemake passes it on as OMP_NUM_THREADS.
     threads: CFG.train.threads or 1
     shell:
-        dvt("train", "--run {wildcards.run}", "--restart")
+        dvt("train", seed_args(), "--restart")
