@@ -17,7 +17,7 @@ which separates the early-exit mechanism's own cost from how well GMACs predict 
 On a shared machine the load changes from minute to minute: --rounds N times every run N times
 (collect and budget once) and adds a row of per-column medians per run.
 
-Weights (--weights): `auto` takes runs/<run>/checkpoint.pt when it is a finished checkpoint of the
+Weights (--weights): `auto` takes runs/<run>/seed<S>/checkpoint.pt (the first seed) when it is a finished checkpoint of the
 current settings, else random initial weights; `random` always uses random weights. Time does not
 depend on the weights, and the budget's thresholds, fitted on the calibration split, send the
 budget's target shares out at each exit whatever the weights, so random weights time the same work.
@@ -48,7 +48,7 @@ from dvt.speed import run as speed
 
 def place_weights(source: Config, scratch: Config, run: str, mode: str) -> str:
     """Put a checkpoint for `run` into the scratch runs folder; returns which kind it is."""
-    target = Path(scratch.runs_dir) / run / "checkpoint.pt"
+    target = scratch.run_dir(run) / "checkpoint.pt"
     target.parent.mkdir(parents=True, exist_ok=True)
     if mode == "auto":
         try:
@@ -56,7 +56,7 @@ def place_weights(source: Config, scratch: Config, run: str, mode: str) -> str:
             return "trained"
         except DvtError:
             pass  # not trained (or trained with other settings): time random weights instead
-    torch.manual_seed(scratch.train.seed)
+    torch.manual_seed(scratch.seed)
     model = model_for_run(scratch, run)
     checkpoint.save(target, {"model": model.state_dict(), "config": checkpoint.run_fingerprint(scratch, run),
                              "epoch": scratch.train.epochs, "log": []})
@@ -76,10 +76,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--rounds must be >= 1, got {args.rounds}")
 
     source = load_config(args.params, args.overrides)
+    source = source.with_seed(source.seeds[0])
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="dvt-early-exit-"))
     middle = (source.eval.num_budgets + 1) // 2
     scratch = load_config(args.params, [*args.overrides, f"runs_dir={workdir / 'runs'}",
-                                        f"speed.budgets=[{middle}]"])
+                                        f"speed.budgets=[{middle}]"]).with_seed(source.seed)
     runs = args.runs or [name for name, rc in source.runs.items() if rc.num_exits > 1]
     results: dict[str, tuple[str, list[dict[str, Any]]]] = {}
     for run in runs:

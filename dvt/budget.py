@@ -1,13 +1,13 @@
 """`dvt budget --run R`: fit the paper's early-exit thresholds and evaluate them on the test split (§5).
 
-Reads runs/R/logits.parquet (refused unless it was written for this run's settings and checkpoint),
+Reads runs/R/seed<S>/logits.parquet (refused unless it was written for this run's settings and checkpoint),
 fits one set of thresholds per budget p = 1..eval.num_budgets on eval.threshold_split and evaluates
 them on the test split:
 
-* runs/R/budget.csv, one row per budget: budget (p), q (= p * eval.q_step), gmacs (expected
+* runs/R/seed<S>/budget.csv, one row per budget: budget (p), q (= p * eval.q_step), gmacs (expected
   cumulative GMACs per test image), accuracy (test top-1, %), exit_fraction_k and threshold_k
   (k 0-based). A one-exit run has the single row of its one operating point (q empty).
-* runs/R/eval.json, small and nested for `dvc exp show`: per-exit cumulative GMACs and test top-1;
+* runs/R/seed<S>/eval.json, small and nested for `dvc exp show`: per-exit cumulative GMACs and test top-1;
   for a cascade the curve's extremes, DVT's accuracy at each exit's cost and the cost at which DVT
   matches each exit's accuracy; and the operating points for --target-gmacs / --target-accuracy.
   Only this run's own outputs are read: comparisons with other runs (the paper's speed-ups against
@@ -139,12 +139,13 @@ def _print_target(run: str, kind: str, found: dict[str, Any]) -> None:
 
 def run(config: Config, *, run: str, target_gmacs: float | None = None,
         target_accuracy: float | None = None) -> dict[str, Any]:
-    """Write runs/<run>/budget.csv and runs/<run>/eval.json; returns the eval.json content."""
+    """Write runs/<run>/seed<S>/budget.csv and eval.json; returns the eval.json content."""
     rc = config.run(run)
     path, fit, test, F = _read(config, run)
     K = len(F)
     if K != rc.num_exits:
-        raise DvtError(f"{path} has {K} exits but run {run} has {rc.num_exits}; rerun `{config.command('collect', run)}`")
+        raise DvtError(f"{path} has {K} exits but run {run} has {rc.num_exits}; "
+                       f"rerun `{config.command('collect', run)}`")
     # Targets first: an impossible target fails before any output is written.
     targets = _targets(fit, test, F, target_gmacs=target_gmacs, target_accuracy=target_accuracy)
     q, T = _fit(config, fit, K)

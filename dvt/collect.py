@@ -48,14 +48,15 @@ class SplitSource:
 
 
 def trained_checkpoint(config: Config, run: str) -> Path:
-    """runs/R/checkpoint.pt, refusing a missing, half-trained or differently-configured one."""
+    """runs/R/seed<S>/checkpoint.pt, refusing a missing, half-trained or differently-configured one."""
     path = config.run_dir(run) / "checkpoint.pt"
     if not path.is_file():
         raise DvtError(f"{path} not found: train it first with `{config.command('train', run)}`")
     state = checkpoint.load(path)
     diff = checkpoint.describe_difference(state.get("config", {}), checkpoint.run_fingerprint(config, run))
     if diff:
-        raise DvtError(f"{path} was trained with other settings ({diff}); rerun `{config.command('train', run)} --restart`")
+        raise DvtError(f"{path} was trained with other settings ({diff}); "
+                       f"rerun `{config.command('train', run)} --restart`")
     if state.get("epoch", 0) < config.train.epochs:
         raise DvtError(f"{path} holds {state.get('epoch', 0)} of {config.train.epochs} epochs: finish it with "
                        f"`{config.command('train', run)}`")
@@ -127,7 +128,7 @@ def _write_split(model: Cascade, source: SplitSource, out: LogitsWriter, *, conf
 
 
 def run(config: Config, *, run: str) -> dict:
-    """Write runs/<run>/logits.parquet; returns the per-exit test top-1 (percent) and where it went."""
+    """Write runs/<run>/seed<S>/logits.parquet; returns the per-exit test top-1 (percent) and where it went."""
     path = trained_checkpoint(config, run)
     model = model_for_run(config, run)
     load_weights(model, path, strict=True)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch

@@ -1,4 +1,4 @@
-"""`runs/<run>/logits.parquet`: every exit's logits on the calibration and test splits (DESIGN.md).
+"""`runs/<run>/seed<S>/logits.parquet`: every exit's logits on the calibration and test splits (DESIGN.md).
 
 Long format, one row per (sample, exit), so pandas and pyarrow read it without our code:
 

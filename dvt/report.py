@@ -137,8 +137,8 @@ class Report:
         return pages.render(self.env, PARTS[part], {**pages.common(self.config, setting, roles, ref), **context})
 
     def metrics(self) -> dict[str, Any]:
-        return compare.metrics(dataset=self.config.data.dataset, seeds=len(self.config.seeds), roles=self.roles, costs=self.costs,
-                               speeds=self.speeds, ablation=self.ablation)
+        return compare.metrics(dataset=self.config.data.dataset, seeds=len(self.config.seeds), roles=self.roles,
+                               costs=self.costs, speeds=self.speeds, ablation=self.ablation)
 
     def draw(self, folder: Path) -> list[str]:
         """Every figure into `folder`; returns the file names."""

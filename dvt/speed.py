@@ -24,7 +24,7 @@ What is timed, and the reference each speed-up is measured against:
 Batches are padded as `dvt.inference.pad_rows` says (to at least 4 rows), so the timed early exit
 is exactly the one tested against the simulation.
 
-Writes runs/R/speed.json: run, grids, device, device_name, torch, threads, batch_size, amp,
+Writes runs/R/seed<S>/speed.json: run, grids, device, device_name, torch, threads, batch_size, amp,
 allocator, native_kernel, warmup, repeats; static.exits.exitK / static.cascade / static.standalone
 {gmacs, img_per_s (, grid)}; dynamic.pP {budget, thresholds, exit_fractions, gmacs, img_per_s,
 test {gmacs, accuracy} (budget.csv), vs_cascade / vs_standalone {measured, ideal, efficiency},
@@ -209,7 +209,7 @@ def _stage_time_prediction(prefix_seconds: list[float], shares: np.ndarray, seco
 
 
 def run(config: Config, *, run: str) -> dict[str, Any]:
-    """Write runs/<run>/speed.json; returns its content."""
+    """Write runs/<run>/seed<S>/speed.json; returns its content."""
     sc = config.speed
     folder = config.run_dir(run)
     ckpt = folder / "checkpoint.pt"
@@ -290,7 +290,8 @@ def run(config: Config, *, run: str) -> dict[str, Any]:
         torch.set_num_threads(threads)
 
     result = {
-        "run": run, "seed": config.seed, "grids": list(model.grids), "device": device.type, "device_name": _device_name(device),
+        "run": run, "seed": config.seed, "grids": list(model.grids), "device": device.type,
+        "device_name": _device_name(device),
         "torch": torch.__version__, "threads": sc.threads, "batch_size": len(x), "amp": amp,
         "allocator": "glibc, freed memory kept (mallopt)" if allocator_kept else "default",
         # Whether relation reuse ran its C kernel (dvt.models.native) or the matmul fallback.
@@ -301,7 +302,8 @@ def run(config: Config, *, run: str) -> dict[str, Any]:
     summary = "; ".join(f"p={d['budget']}: {d['img_per_s']:.0f} img/s, x{d['vs_standalone']['measured']:.2f} vs "
                         f"standalone (ideal x{d['vs_standalone']['ideal']:.2f}, "
                         f"{d['vs_standalone']['efficiency']:.2f} of ideal)" for d in dynamic.values())
-    print(f"dvt speed: {run} on {device.type} ({sc.threads} thread{'s' if sc.threads > 1 else ''}, batch {len(x)}): "
+    threads = f"{sc.threads} thread{'s' if sc.threads > 1 else ''}"
+    print(f"dvt speed: {run}/seed{config.seed} on {device.type} ({threads}, batch {len(x)}): "
           f"cascade {static['cascade']['img_per_s']:.0f} img/s, standalone {_last_exit_name(config, run, model)} "
           f"{static['standalone']['img_per_s']:.0f} img/s" + (f"; {summary}" if summary else "")
           + f" -> {folder / 'speed.json'}")

@@ -6,8 +6,8 @@ without weight decay on norms, biases, tokens and position embeddings; warmup + 
 stepped per update; label smoothing, drop-path, and optionally mixup/cutmix, RandAugment, random
 erasing, EMA and gradient clipping, all from timm.
 
-The training state is written to runs/R/resume.pt at the end of every epoch and becomes
-runs/R/checkpoint.pt (one rename) when the last epoch ends, so checkpoint.pt always means "finished".
+The training state is written to runs/R/seed<S>/resume.pt at the end of every epoch and becomes
+runs/R/seed<S>/checkpoint.pt (one rename) when the last epoch ends, so checkpoint.pt always means "finished".
 A rerun resumes from resume.pt (same settings) and ends with exactly the weights of an uninterrupted
 run, because model, optimiser, scheduler, EMA and every random generator are restored. resume.pt is
 not a declared pipeline output on purpose: DVC and Snakemake delete a stage's declared outputs before
@@ -150,7 +150,7 @@ def run(config: Config, *, run: str, restart: bool = False) -> dict:
             if dist.main:
                 _write_log(files["log"], state["log"])
                 write_json(files["summary"], _summary(config, run, state["log"]))
-            print(f"dvt train: {run} is already trained ({state['epoch']} epochs); nothing to do")
+            print(f"dvt train: {run}/seed{config.seed} is already trained ({state['epoch']} epochs); nothing to do")
             return _summary(config, run, state["log"])
 
     train_set = load_split(config, "train")
@@ -220,7 +220,7 @@ def run(config: Config, *, run: str, restart: bool = False) -> dict:
             scaler.load_state_dict(state["scaler"])
         checkpoint.set_rng_state(state["rng"], data_gen)
         rows, start_epoch = list(state["log"]), state["epoch"]
-        print(f"dvt train: {run}: resuming after epoch {start_epoch} of {tc.epochs}")
+        print(f"dvt train: {run}/seed{config.seed}: resuming after epoch {start_epoch} of {tc.epochs}")
 
     from tqdm import tqdm
 
@@ -281,7 +281,8 @@ def run(config: Config, *, run: str, restart: bool = False) -> dict:
                 "scaler": scaler.state_dict() if scaler.is_enabled() else None,
                 "rng": checkpoint.rng_state(data_gen), "config": fingerprint, "epoch": epoch + 1, "log": rows})
             _write_log(files["log"], rows)
-            print(f"dvt train: {run} epoch {epoch + 1}/{tc.epochs}: loss {row['loss']:.4f}, calibration top-1 "
+            print(f"dvt train: {run}/seed{config.seed} epoch {epoch + 1}/{tc.epochs}: loss {row['loss']:.4f}, "
+                  "calibration top-1 "
                   + " / ".join(f"{t:.2f}" for t in top1) + f" ({seconds:.1f} s, {row['images_per_s']:.0f} img/s)")
         if dist.world > 1:
             torch.distributed.barrier()

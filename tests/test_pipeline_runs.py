@@ -94,9 +94,9 @@ def test_dvc_end_to_end(tmp_path):
 
     set_param(root, "speed", "repeats", 2)
     status = json.loads(sh(root, str(BIN / "dvc"), "status", "--json").stdout)
-    assert set(status) == {"speed@single", "speed@dvt", "speed@cnn"}
+    assert set(status) == {"speed@single-42", "speed@dvt-42", "speed@cnn-42"}
     rerun = sh(root, str(BIN / "dvc"), "repro").stdout
-    assert "Running stage 'speed@dvt'" in rerun and "Running stage 'train@" not in rerun
+    assert "Running stage 'speed@dvt-42'" in rerun and "Running stage 'train@" not in rerun
     assert "Running stage 'collect@" not in rerun
 
     sh(root, *GIT, "add", "-A")
@@ -105,7 +105,14 @@ def test_dvc_end_to_end(tmp_path):
     shown = json.loads(sh(root, str(BIN / "dvc"), "exp", "show", "--json").stdout)
     text = json.dumps(shown)
     assert "lr-test" in text and "0.0042" in text
-    assert "runs/dvt/eval.json" in text  # the per-run metrics are listed
+    assert "runs/dvt/seed42/eval.json" in text  # the per-run metrics are listed
+
+    # A second seed trains and measures only the new seed, then re-renders the report.
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    (root / "params.yaml").write_text(yaml.safe_dump({**params, "seeds": [42, 7]}, sort_keys=False))
+    status = json.loads(sh(root, str(BIN / "dvc"), "status", "--json").stdout)
+    assert set(status) == {f"{stage}@{run}-7" for stage in ("train", "collect", "budget", "speed")
+                           for run in ("single", "dvt", "cnn")} | {"report"}
 
 
 def test_snakemake_end_to_end(tmp_path):
@@ -124,3 +131,14 @@ def test_snakemake_end_to_end(tmp_path):
     rules = {line.split()[0] for line in planned.split("Job stats:")[1].split("total")[0].splitlines()[3:] if line}
     assert {"speed"} <= rules
     assert not rules & {"fetch", "train", "collect", "budget", "flops"}
+
+    # A second seed: every run trains once more, under runs/<run>/seed7/, and nothing of seed 42 reruns.
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    (root / "params.yaml").write_text(yaml.safe_dump({**params, "seeds": [42, 7]}, sort_keys=False))
+    planned = sh(root, str(BIN / "snakemake"), "-n", "--cores", "2").stdout
+    trained = sorted(line.split("output: ")[1] for line in planned.splitlines() if "output: runs/" in line
+                     and "checkpoint.pt" in line)
+    assert [t.split(",")[0] for t in trained] == [f"runs/{run}/seed7/checkpoint.pt" for run in ("cnn", "dvt", "single")]
+    # (seed 42's speed jobs are still due from the repeats edit above; nothing else of it reruns)
+    assert not [line for line in planned.splitlines() if "output: runs/" in line and "seed42" in line
+                and "speed.json" not in line]
