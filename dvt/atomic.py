@@ -1,4 +1,11 @@
-"""Atomic file writes: a reader sees the old file or the complete new one, never a partial one."""
+"""Atomic file writes: a reader sees the old file or the complete new one, never a partial one.
+
+Temporary files and folders sit beside their target as `.<name>.<host>-<pid>-<random>.tmp`, so that
+`.dvcignore` keeps them out of DVC's hashes and a later write can tell a dead writer's leftovers (same
+host, process gone) from a live one's: every write to a target first sweeps the dead writers' temps
+of that target. A folder is replaced in three renames (old aside, new in, old deleted); a kill between
+them is finished or undone the next time the folder is written.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +13,13 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+_HOST = socket.gethostname().replace("-", "_").replace(".", "_") or "host"
+_ASIDE = "old"  # the random part of an old folder moved aside during a swap
 
 
 def _umask() -> int:
@@ -17,12 +28,57 @@ def _umask() -> int:
     return mask
 
 
+def _prefix(path: Path) -> str:
+    return f".{path.name}.{_HOST}-{os.getpid()}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        p.unlink(missing_ok=True)
+
+
+def _dead_temps(path: Path) -> list[Path]:
+    """Temporaries of `path` left by writers on this host whose process is gone (a kill -9)."""
+    found = []
+    for p in path.parent.glob(f".{path.name}.{_HOST}-*.tmp"):
+        pid = p.name[len(f".{path.name}.{_HOST}-"):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            found.append(p)
+    return found
+
+
+def sweep(path: str | os.PathLike) -> None:
+    """Finish or undo a folder swap a kill interrupted, then delete dead writers' temporaries of `path`."""
+    path = Path(path)
+    dead = _dead_temps(path)
+    aside = [p for p in dead if p.name.endswith(f"-{_ASIDE}.tmp")]
+    if aside and not path.exists():
+        # Killed between "old aside" and "new in": put the old folder back (a whole, older version).
+        os.replace(max(aside, key=lambda p: p.stat().st_mtime), path)
+    for p in dead:
+        if p.exists():
+            _remove(p)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, *, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix + ".tmp")
+    sweep(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_prefix(path), suffix=suffix + ".tmp")
     os.close(fd)
     tmp = Path(tmp)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file ordinary permissions
@@ -38,13 +94,16 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary folder beside `path`; it replaces `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    sweep(path)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=_prefix(path), suffix=".tmp"))
     os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
+        aside = path.parent / f"{_prefix(path)}{_ASIDE}.tmp"
         if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+            os.replace(path, aside)  # 1: the old folder steps aside (a kill here is undone by sweep)
+        os.replace(tmp, path)  # 2: the new one takes its place
+        _remove(aside)  # 3: (a kill before this leaves only a dead temp, which sweep deletes)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

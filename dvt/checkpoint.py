@@ -86,8 +86,10 @@ def set_rng_state(state: dict[str, Any], data_generator: torch.Generator | None 
 def save(path: str | Path, payload: dict[str, Any]) -> None:
     import torch
 
-    with atomic_path(path) as tmp:
-        torch.save({"format": FORMAT, "git_commit": git_commit(), **payload}, tmp)
+    # Saved through a file object: given a path, torch names the archive inside after the file, and the
+    # temporary file's random name would make every save of the same state a different file (hash).
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        torch.save({"format": FORMAT, "git_commit": git_commit(), **payload}, handle)
 
 
 def load(path: str | Path) -> dict[str, Any]:
@@ -96,8 +98,11 @@ def load(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except (OSError, RuntimeError, EOFError) as err:
-        raise DvtError(f"{path}: not a readable checkpoint ({err})") from None
+    # Unpickling bytes that are not a checkpoint fails with whatever the bytes happen to trigger
+    # (UnpicklingError, BadZipFile, UnicodeDecodeError, KeyError, ...): every one means "not readable".
+    except Exception as err:  # noqa: BLE001
+        reason = (str(err).strip().splitlines() or [""])[0]
+        raise DvtError(f"{path}: not a readable checkpoint ({type(err).__name__}: {reason})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise DvtError(f"{path}: not a dvt checkpoint (format {ckpt.get('format') if isinstance(ckpt, dict) else '?'})")
     return ckpt

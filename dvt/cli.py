@@ -15,6 +15,8 @@ from dvt.errors import DvtError
 
 # stage name -> (module with run(), one-line help, takes --run)
 STAGES: dict[str, tuple[str, str, bool]] = {
+    "check": ("dvt.check", "refuse any setting a later stage would refuse (backbones, grids, augmentation, files)",
+              False),
     "fetch": ("dvt.data.fetch", "fetch or index the dataset named in params (data.*) into data/<dataset>/", False),
     "train": ("dvt.train", "train one run (a single-token model or a DVT cascade) into runs/<run>/seed<S>/", True),
     "collect": ("dvt.collect", "write every exit's logits on the calibration and test splits to Parquet", True),
@@ -25,6 +27,8 @@ STAGES: dict[str, tuple[str, str, bool]] = {
 }
 # Stages that work on one trained seed of a run: they take --seed (default: every seed in params, in turn).
 PER_SEED = ("train", "collect", "budget", "speed")
+# Stages that build a model: they run `dvt check` first (the others need no torch and stay fast).
+CHECKED = ("train", "flops", "collect", "speed")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -73,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         kwargs = {k: v for k, v in vars(args).items() if k not in ("stage", "params", "overrides", "seed")}
         if "run" in kwargs:
             config.run(kwargs["run"])  # unknown run names fail here, before any work
+        if args.stage in CHECKED:
+            from dvt.check import check
+
+            check(config)
         entry = _stage_entry(args.stage)
         if args.stage not in PER_SEED:
             entry(config, **kwargs)

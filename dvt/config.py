@@ -237,8 +237,8 @@ class SpeedConfig:
 
     def __post_init__(self) -> None:
         _require(self.batch_size >= 1, "speed.batch_size", self.batch_size, "must be >= 1")
-        _require(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "speed.device",
-                 self.device, "auto, cpu, cuda or cuda:N")
+        _require(self.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", self.device) is not None,
+                 "speed.device", self.device, "auto, cpu, cuda or cuda:N")
         _require(self.warmup >= 0, "speed.warmup", self.warmup, "must be >= 0")
         _require(self.repeats >= 1, "speed.repeats", self.repeats, "must be >= 1")
         _require(all(p >= 1 for p in self.budgets), "speed.budgets", list(self.budgets), "budget indices are >= 1")
@@ -453,12 +453,30 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error (PyYAML keeps
+    the last value silently: `lr:` written twice would train with whichever came second)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise ConfigError(f"key {key!r} is given twice in one section (lines {seen[key]} and {line}); "
+                                  "keep one")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"params file {str(path)!r} not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""

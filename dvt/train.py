@@ -6,8 +6,10 @@ without weight decay on norms, biases, tokens and position embeddings; warmup + 
 stepped per update; label smoothing, drop-path, and optionally mixup/cutmix, RandAugment, random
 erasing, EMA and gradient clipping, all from timm.
 
-The training state is written to runs/R/seed<S>/resume.pt at the end of every epoch and becomes
-runs/R/seed<S>/checkpoint.pt (one rename) when the last epoch ends, so checkpoint.pt always means "finished".
+The training state is written to runs/R/seed<S>/resume.pt at the end of every epoch; when the last
+epoch ends it is written to runs/R/seed<S>/checkpoint.pt and resume.pt goes, so checkpoint.pt always
+means "finished". checkpoint.pt holds no wall-clock times (they go to train_log.csv and train.json):
+later stages depend on its hash, which retraining bit for bit leaves unchanged.
 A rerun resumes from resume.pt (same settings) and ends with exactly the weights of an uninterrupted
 run, because model, optimiser, scheduler, EMA and every random generator are restored. resume.pt is
 not a declared pipeline output on purpose: DVC and Snakemake delete a stage's declared outputs before
@@ -17,6 +19,7 @@ command trains with DDP.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import time
@@ -32,6 +35,7 @@ from dvt.config import Config
 from dvt.data.loading import load_split, make_loader
 from dvt.errors import DvtError
 from dvt.inference import autocast, pick_device, top1_per_exit
+from dvt.lock import exclusive
 from dvt.models import model_for_run
 from dvt.weights import load_weights
 
@@ -88,13 +92,21 @@ def _fmt(v) -> str:
 
 
 def _summary(config: Config, run: str, rows: list[dict], extra: dict | None = None) -> dict:
+    """train.json. Rows without timings (rebuilt from a checkpoint, which keeps none) give None for them."""
     k = config.run(run).num_exits
     last = rows[-1] if rows else {}
+    timed = [r for r in rows if r.get("seconds") is not None]
     return {"run": run, "seed": config.seed, "grids": list(config.run(run).exit_grids), "epochs": last.get("epoch", 0),
             "top1": {f"exit{i + 1}": last.get(f"top1_exit{i + 1}") for i in range(k)},
-            "seconds_per_epoch": statistics.median(r["seconds"] for r in rows) if rows else None,
-            "images_per_second": statistics.median(r["images_per_s"] for r in rows) if rows else None,
+            "seconds_per_epoch": statistics.median(r["seconds"] for r in timed) if timed else None,
+            "images_per_second": statistics.median(r["images_per_s"] for r in timed) if timed else None,
             **(extra or {})}
+
+
+def _timed(rows: list[dict], timings: list[dict]) -> list[dict]:
+    """The log rows with each epoch's wall-clock seconds and images/s (None where not known)."""
+    return [{**r, **(timings[i] if i < len(timings) else {"seconds": None, "images_per_s": None})}
+            for i, r in enumerate(rows)]
 
 
 def _import_checkpoint(config: Config, run: str, files: dict[str, Path]) -> None:
@@ -117,6 +129,15 @@ def _import_checkpoint(config: Config, run: str, files: dict[str, Path]) -> None
 
 
 def run(config: Config, *, run: str, restart: bool = False) -> dict:
+    """Train (or resume, or import) one seed of `run`; a second trainer of it refuses while this one runs."""
+    # Under torchrun every process runs this; the first holds the lock for all of them.
+    lock = exclusive(config.run_dir(run), "train") if int(os.environ.get("RANK", "0")) == 0 \
+        else contextlib.nullcontext()
+    with lock:
+        return _train(config, run=run, restart=restart)
+
+
+def _train(config: Config, *, run: str, restart: bool) -> dict:
     rc = config.run(run)
     tc = config.train
     out = config.run_dir(run)
@@ -132,8 +153,11 @@ def run(config: Config, *, run: str, restart: bool = False) -> dict:
     if tc.threads is not None:
         torch.set_num_threads(tc.threads)
 
-    # Resume or refuse before anything is built, so a mismatch costs nothing.
+    # Resume or refuse before anything is built, so a mismatch costs nothing. With --restart a file of
+    # other settings is ignored, not deleted: it is overwritten only when the new run writes its own,
+    # so a setting refused below (or a kill) loses nothing.
     fingerprint = checkpoint.run_fingerprint(config, run)
+    extra = {"ema": tc.ema_decay is not None, "processes": dist.world}
     state = None
     for kind in ("checkpoint", "resume"):
         if state is not None or not files[kind].is_file():
@@ -143,15 +167,20 @@ def run(config: Config, *, run: str, restart: bool = False) -> dict:
         if diff and not restart:
             raise DvtError(f"{files[kind]} was trained with other settings ({diff}); delete it, "
                            "rename the run, or pass --restart")
-        if diff:  # --restart: start over, and drop the stale file so a later resume cannot pick it up
-            files[kind].unlink()
+        if diff:
             state = None
         elif kind == "checkpoint":
-            if dist.main:
-                _write_log(files["log"], state["log"])
-                write_json(files["summary"], _summary(config, run, state["log"]))
+            summary = _summary(config, run, state["log"], extra)
+            # A finished run is left as it is; only a deleted log or summary is written again (without
+            # timings, which the checkpoint does not keep).
+            if dist.main and not files["log"].is_file():
+                _write_log(files["log"], _timed(state["log"], []))
+            if dist.main and not files["summary"].is_file():
+                write_json(files["summary"], summary)
+            if dist.main:  # left by a kill between writing checkpoint.pt and deleting it
+                files["resume"].unlink(missing_ok=True)
             print(f"dvt train: {run}/seed{config.seed} is already trained ({state['epoch']} epochs); nothing to do")
-            return _summary(config, run, state["log"])
+            return summary
 
     train_set = load_split(config, "train")
     cal_set = load_split(config, "calibration")
@@ -208,7 +237,8 @@ def run(config: Config, *, run: str, restart: bool = False) -> dict:
     if dist.world > 1:
         train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    rows: list[dict] = []
+    rows: list[dict] = []  # per epoch, deterministic: what the checkpoint keeps
+    timings: list[dict] = []  # per epoch, wall-clock: only in resume.pt and the log
     start_epoch = 0
     if state is not None:
         model.load_state_dict(state["model"])
@@ -219,7 +249,7 @@ def run(config: Config, *, run: str, restart: bool = False) -> dict:
         if scaler.is_enabled() and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         checkpoint.set_rng_state(state["rng"], data_gen)
-        rows, start_epoch = list(state["log"]), state["epoch"]
+        rows, timings, start_epoch = list(state["log"]), list(state.get("timings", [])), state["epoch"]
         print(f"dvt train: {run}/seed{config.seed}: resuming after epoch {start_epoch} of {tc.epochs}")
 
     from tqdm import tqdm
@@ -270,28 +300,31 @@ def run(config: Config, *, run: str, restart: bool = False) -> dict:
         row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
                **{f"loss_exit{k + 1}": float(loss_sums[k] / steps) for k in range(len(grids))},
                "loss": float(loss_sums.sum() / steps),
-               **{f"top1_exit{k + 1}": t for k, t in enumerate(top1)},
-               "seconds": seconds, "images_per_s": seen / seconds}
+               **{f"top1_exit{k + 1}": t for k, t in enumerate(top1)}}
         rows.append(row)
+        timings.append({"seconds": seconds, "images_per_s": seen / seconds})
+        state = {"model": model.state_dict(), "ema": ema.module.state_dict() if ema is not None else None,
+                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+                 "rng": checkpoint.rng_state(data_gen), "config": fingerprint, "epoch": epoch + 1, "log": rows}
         if dist.main:
-            checkpoint.save(files["resume"], {
-                "model": model.state_dict(),
-                "ema": ema.module.state_dict() if ema is not None else None,
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-                "rng": checkpoint.rng_state(data_gen), "config": fingerprint, "epoch": epoch + 1, "log": rows})
-            _write_log(files["log"], rows)
+            checkpoint.save(files["resume"], {**state, "timings": timings})
+            _write_log(files["log"], _timed(rows, timings))
             print(f"dvt train: {run}/seed{config.seed} epoch {epoch + 1}/{tc.epochs}: loss {row['loss']:.4f}, "
                   "calibration top-1 "
-                  + " / ".join(f"{t:.2f}" for t in top1) + f" ({seconds:.1f} s, {row['images_per_s']:.0f} img/s)")
+                  + " / ".join(f"{t:.2f}" for t in top1) + f" ({seconds:.1f} s, {seen / seconds:.0f} img/s)")
         if dist.world > 1:
             torch.distributed.barrier()
 
-    summary = _summary(config, run, rows, {"ema": ema is not None, "processes": dist.world})
+    summary = _summary(config, run, _timed(rows, timings), extra)
     if dist.main:
-        _write_log(files["log"], rows)
+        _write_log(files["log"], _timed(rows, timings))
         write_json(files["summary"], summary)
-        files["resume"].replace(files["checkpoint"])  # last: checkpoint.pt appears only when all is written
+        # Last, so that checkpoint.pt appears only when all is written. It keeps no wall-clock times:
+        # later stages depend on its hash, and retraining bit for bit must leave that hash alone.
+        checkpoint.save(files["checkpoint"], {k: v for k, v in state.items()
+                                              if k not in ("timings", "format", "git_commit")})
+        files["resume"].unlink()
     if dist.world > 1:
         torch.distributed.destroy_process_group()
     return summary

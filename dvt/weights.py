@@ -24,8 +24,11 @@ def _read(path: str | Path) -> dict:
         raise DvtError(f"checkpoint {str(path)!r} not found")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=False)
-    except (OSError, RuntimeError, EOFError, ValueError) as err:
-        raise DvtError(f"{path}: not a readable checkpoint ({err})") from None
+    # Unpickling bytes that are not a checkpoint fails with whatever the bytes happen to trigger
+    # (UnpicklingError, BadZipFile, UnicodeDecodeError, KeyError, ...): every one means "not readable".
+    except Exception as err:  # noqa: BLE001
+        reason = (str(err).strip().splitlines() or [""])[0]
+        raise DvtError(f"{path}: not a readable checkpoint ({type(err).__name__}: {reason})") from None
     if not isinstance(obj, dict):
         raise DvtError(f"{path}: not a checkpoint dict")
     return obj

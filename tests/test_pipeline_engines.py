@@ -28,11 +28,20 @@ def engine_env() -> dict[str, str]:
 
 
 def dvc_jobs(root: Path) -> dict[str, str]:
-    """{output path: command} of every stage of dvc.yaml, as DVC expands it."""
+    """{output path: command} of every stage of dvc.yaml, as DVC expands it, less the `check` stage.
+
+    `check` is DVC's alone: it validates params.yaml before any stage runs, which Snakemake does when
+    it loads the workflow (a Snakemake rule would rerun everything after it by its file's mtime).
+    """
     from dvc.repo import Repo
 
     with Repo(str(root)) as repo:
-        return {out.def_path: stage.cmd for stage in repo.index.stages for out in stage.outs}
+        jobs = {out.def_path: stage.cmd for stage in repo.index.stages for out in stage.outs}
+        # ... and every other stage follows it.
+        assert all("runs/params.ok" in [d.def_path for d in stage.deps] for stage in repo.index.stages
+                   if stage.name not in ("check", "report"))
+    assert jobs.pop("runs/params.ok") == "dvt check"
+    return jobs
 
 
 def snakemake_jobs(root: Path, *targets: str, args: tuple[str, ...] = ("--forceall",)) -> dict[str, str]:

@@ -6,6 +6,7 @@ that read it; `dvc exp run -S` records an experiment that `dvc exp show` lists.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -75,6 +76,28 @@ def set_param(root: Path, section: str, key: str, value) -> None:
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
+def tree_hashes(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for folder in ("runs", "reports") for p in sorted((root / folder).rglob("*")) if p.is_file()}
+
+
+def assert_typos_stop_before_any_job(root: Path, engine: list[str]) -> None:
+    """A backbone or grid typo in a finished pipeline's params.yaml is one error line before any job
+    runs, and no file under runs/ or reports/ changes (issue #15, item 2)."""
+    good = (root / "params.yaml").read_text()
+    before = tree_hashes(root)
+    for section, key, value, message in (("model", "backbone", "vit_micr", "unknown backbone 'vit_micr'"),
+                                         ("runs", "dvt", {"grids": [2, 5]}, "runs.dvt.grids: grid 5 cannot be made")):
+        set_param(root, section, key, value)
+        out = subprocess.run(engine, cwd=root, capture_output=True, text=True, env=engine_env())
+        assert out.returncode != 0
+        said = [line for line in (out.stdout + out.stderr).splitlines() if message in line]
+        assert len(said) == 1, out.stdout + out.stderr
+        assert "Running stage 'train" not in out.stdout and "rule train" not in out.stdout + out.stderr
+        assert tree_hashes(root) == before
+        (root / "params.yaml").write_text(good)
+
+
 def test_dvc_end_to_end(tmp_path):
     root = tiny_repo(tmp_path)
     first = sh(root, str(BIN / "dvc"), "repro").stdout
@@ -87,10 +110,17 @@ def test_dvc_end_to_end(tmp_path):
     assert sane["vits_are_sane"]["numbers"]["baseline"] == "cnn"
     assert sane["vits_are_sane"]["holds"] is not None
 
+    assert_typos_stop_before_any_job(root, [str(BIN / "dvc"), "repro"])
+
     tic = time.perf_counter()
     again = sh(root, str(BIN / "dvc"), "repro")
     assert "up to date" in again.stdout and "Running stage" not in again.stdout
     assert time.perf_counter() - tic < 10  # the README's < 2 s is measured on the default pipeline
+    # What a kill -9 leaves in runs/ (a temp of an atomic write, an epoch's resume state) does not make
+    # the report look changed (issue #15, item 13).
+    (root / "runs" / "dvt" / "seed42" / ".logits.parquet.host-1-abc.tmp").write_bytes(b"partial")
+    (root / "runs" / "single" / "seed42" / "resume.pt").write_bytes(b"state")
+    assert json.loads(sh(root, str(BIN / "dvc"), "status", "--json").stdout) == {}
 
     set_param(root, "speed", "repeats", 2)
     status = json.loads(sh(root, str(BIN / "dvc"), "status", "--json").stdout)
@@ -124,6 +154,8 @@ def test_snakemake_end_to_end(tmp_path):
     sh(root, str(BIN / "snakemake"), "--cores", "2")
     for name in REPORTS:
         assert (root / "reports" / name).exists(), name
+    assert "Nothing to be done" in sh(root, str(BIN / "snakemake"), "-n").stdout
+    assert_typos_stop_before_any_job(root, [str(BIN / "snakemake"), "--cores", "2"])
     assert "Nothing to be done" in sh(root, str(BIN / "snakemake"), "-n").stdout
 
     set_param(root, "speed", "repeats", 2)

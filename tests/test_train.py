@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -60,15 +61,48 @@ def test_training_writes_outputs_and_is_deterministic(tmp_path):
     # The loss falls while training: the model learns the synthetic classes.
     assert a["log"][-1]["loss"] < a["log"][0]["loss"]
     assert a["config"] == checkpoint.run_fingerprint(load_config(one / "params.yaml"), "dvt")
+    # Wall-clock times are in the log, not in the checkpoint: retraining bit for bit gives the same
+    # file, so the stages that depend on its hash do not rerun (issue #15, item 6).
+    assert "seconds" in log[0].split(",") and "timings" not in a and "seconds" not in a["log"][0]
+    assert checkpoint.sha256(one / "runs" / "dvt" / "seed42" / "checkpoint.pt") == \
+        checkpoint.sha256(two / "runs" / "dvt" / "seed42" / "checkpoint.pt")
 
 
 def test_finished_run_is_a_noop(tmp_path, capsys):
-    config = load_config(write_params(tmp_path, train__epochs=2, train__subset=200))
-    assert train(config, run="single")["images_per_second"] > 0
-    stamp = (tmp_path / "runs" / "single" / "seed42" / "checkpoint.pt").stat().st_mtime_ns
-    train(config, run="single")
+    config = load_config(write_params(tmp_path, train__epochs=2, train__subset=200, train__ema_decay=0.9))
+    first = train(config, run="single")
+    assert first["images_per_second"] > 0
+    folder = tmp_path / "runs" / "single" / "seed42"
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.iterdir()}
+    assert set(before) == {"checkpoint.pt", "train.json", "train_log.csv", ".train.lock"}
+    # Nothing is rewritten: a train.json without its ema and processes keys made DVC retrain (#15, 3).
+    again = train(config, run="single")
     assert "nothing to do" in capsys.readouterr().out
-    assert (tmp_path / "runs" / "single" / "seed42" / "checkpoint.pt").stat().st_mtime_ns == stamp
+    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.iterdir()} == before
+    assert again.keys() == first.keys() and again["ema"] is True and again["processes"] == 1
+    # A deleted summary comes back with the same keys (the times are not in the checkpoint).
+    (folder / "train.json").unlink()
+    train(config, run="single")
+    rebuilt = json.loads((folder / "train.json").read_text())
+    assert rebuilt.keys() == first.keys() and rebuilt["top1"] == first["top1"] and rebuilt["seconds_per_epoch"] is None
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.batch_size=1000", "train.batch_size = 1000 is larger than the train split"),
+    ("runs.single.grids=[5]", "grid"),
+    ("model.backbone=vit_nope", "unknown backbone 'vit_nope'"),
+])
+def test_a_refused_restart_keeps_the_trained_run(tmp_path, capsys, override, message):
+    """--restart with a setting that is then refused used to delete the checkpoint first (#15, item 1)."""
+    params = write_params(tmp_path, train__epochs=1, train__warmup_epochs=0, train__subset=64)
+    assert main(["train", "--params", str(params), "--run", "single"]) == 0
+    folder = tmp_path / "runs" / "single" / "seed42"
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    capsys.readouterr()
+    assert main(["train", "--params", str(params), "--run", "single", "--set", override, "--restart"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
 
 def test_kill_9_mid_training_then_resume_matches_uninterrupted(tmp_path):
@@ -184,5 +218,27 @@ def test_stale_resume_state_from_other_settings_is_refused_then_dropped_by_resta
     assert main(["train", "--params", str(params), "--run", "single", "--set", "train.lr=0.01"]) == 2
     assert "resume.pt was trained with other settings" in capsys.readouterr().err
     assert main(["train", "--params", str(params), "--run", "single", "--set", "train.lr=0.01", "--restart"]) == 0
-    assert not (folder / "resume.pt").exists()
+    assert not (folder / "resume.pt").exists()  # the run with the new settings replaced it, then finished
     assert checkpoint.load(folder / "checkpoint.pt")["config"]["train"]["lr"] == 0.01
+
+
+def test_a_second_trainer_of_the_same_run_refuses_while_the_first_holds_it(tmp_path, capsys):
+    """Two `dvt train` of one run used to both exit 0, the last to finish silently winning (#15, 4)."""
+    params = write_params(tmp_path, train__epochs=1, train__warmup_epochs=0, train__subset=64)
+    folder = tmp_path / "runs" / "single" / "seed42"
+    # A process holding the run's lock as a trainer does, until it is killed.
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from dvt.lock import exclusive\n"
+                               "with exclusive(sys.argv[1], 'train'):\n print('held', flush=True); time.sleep(600)",
+                               str(folder)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(["train", "--params", str(params), "--run", "single", "--set", "train.lr=0.01"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "is busy: another `dvt train` is working on it" in err[0]
+        assert sorted(p.name for p in folder.iterdir()) == [".train.lock"]
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    # The lock of a killed trainer does not block the next one.
+    assert main(["train", "--params", str(params), "--run", "single"]) == 0
+    assert (folder / "checkpoint.pt").is_file()

@@ -11,7 +11,6 @@ Everything is written into a temporary folder that replaces `data/<dataset>/` on
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
@@ -223,9 +222,7 @@ def run(config: Config) -> Manifest:
     else:
         content, body = _prepare_arrays(data)
         write = _write_arrays
-    for stale in out.parent.glob(f".{out.name}.*.tmp"):  # left by a killed fetch
-        shutil.rmtree(stale, ignore_errors=True)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out) as tmp:  # (first sweeps what a killed fetch left, see dvt.atomic)
         write(tmp, content)
         manifest = write_manifest(tmp, {"dataset": data.dataset, **body, "params": fp,
                                         "calibration_seed": CALIBRATION_SEED, "files": file_checksums(tmp)})

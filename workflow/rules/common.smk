@@ -14,6 +14,7 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
+from dvt.check import check
 from dvt.config import from_dict, read_params, to_dict
 from dvt.errors import DvtError
 
@@ -35,6 +36,7 @@ def _load(path: str):
             raise WorkflowError("snakemake --config cannot set dvt's nested keys; edit the parameter file or "
                                 "pass another one with --configfile FILE")
         loaded = from_dict(raw)
+        check(loaded)  # what the stages would refuse later (backbones, grids, ...): refused before any job
     except DvtError as err:
         print(f"snakemake: error in {path}: {err}", file=sys.stderr)
         sys.exit(2)

@@ -1,0 +1,66 @@
+"""`dvt check`: every value of params.yaml that a later stage would refuse, refused at once.
+
+The strict loader (dvt.config) checks names, types and ranges without importing torch. This adds what
+needs the model registry, timm or the file system: each run's backbone and token grids at the
+dataset's image size, the RandAugment string, weights files named by runs, and data.root. It runs
+
+* in `dvt` before every stage that builds a model (train, flops, collect, speed);
+* in Snakemake when the workflow loads (rules/common.smk), before any job is scheduled;
+* in DVC as the `check` stage, which every other stage follows: its output never changes, so it
+  reruns (a second or two) only when params.yaml changes and never makes another stage rerun.
+
+So a typo stops both engines before any job deletes or rewrites a file (issue #15).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dvt.atomic import write_text
+from dvt.config import Config
+from dvt.errors import ConfigError, DvtError
+
+# What the DVC `check` stage writes: always these bytes, so stages depending on it never rerun for it.
+CHECKED = "params.ok"
+
+
+def check(config: Config) -> None:
+    """ConfigError naming the key for the first value some stage would refuse."""
+    from dvt.data.info import dataset_info
+    from dvt.models.registry import check_grids
+
+    size = dataset_info(config.data).image_size
+    for name, rc in config.runs.items():
+        try:
+            check_grids(config.backbone_of(name), rc.exit_grids, size)
+        except DvtError as err:
+            key = "model.backbone" if "unknown backbone" in str(err) else f"runs.{name}.grids"
+            raise ConfigError(f"{key}: {err}") from None
+        for key in ("init", "checkpoint"):
+            path = getattr(rc, key)
+            if path is not None and not Path(path).is_file():
+                raise ConfigError(f"runs.{name}.{key} = {path!r}: no such file")
+    if config.train.randaugment:
+        _check_randaugment(config.train.randaugment, size)
+    root = Path(config.data.root)
+    existing = next((p for p in (root, *root.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ConfigError(f"data.root = {config.data.root!r}: {existing} is a file, not a folder")
+
+
+def _check_randaugment(spec: str, size: int) -> None:
+    from timm.data import create_transform
+
+    try:
+        create_transform(size, is_training=True, auto_augment=spec)
+    except (AssertionError, ValueError, KeyError, IndexError):
+        raise ConfigError(f"train.randaugment = {spec!r} is not a timm augmentation string, e.g. "
+                          "rand-m9-mstd0.5-inc1 (or null)") from None
+
+
+def run(config: Config) -> None:
+    check(config)
+    out = Path(config.runs_dir) / CHECKED
+    if not out.is_file() or out.read_text() != "ok\n":
+        write_text(out, "ok\n")
+    print(f"dvt check: {len(config.runs)} runs x {len(config.seeds)} seeds: every setting is valid")

@@ -1,0 +1,109 @@
+"""`dvt check` and the loader refuse, in one line and before any work, what a later stage would refuse.
+
+Each case here once got past loading and failed (or silently did the wrong thing) only inside a stage:
+issue #15, items 2, 7 and 12.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dvt.check import CHECKED, check
+from dvt.cli import main
+from dvt.config import load_config, read_params
+from dvt.errors import ConfigError
+from tests.conftest import REPO, make_config
+
+
+@pytest.mark.parametrize("sections, message", [
+    ({"model": {"backbone": "vit_micro_sss"}, "runs": {"a": {"grids": [3]}}},
+     "model.backbone: unknown backbone 'vit_micro_sss'; valid backbones: "),
+    ({"model": {"backbone": "vit_micro_ss"}, "runs": {"a": {"grids": [3, 8]}}},
+     "runs.a.grids: grid 8 cannot be made from 28x28 images by backbone 'vit_micro_ss'; valid grids at this size: "),
+    ({"runs": {"a": {"grids": [3], "init": "nowhere/checkpoint.pt"}}}, "runs.a.init = 'nowhere/checkpoint.pt': no such file"),
+    ({"runs": {"a": {"grids": [3]}}, "train": {"randaugment": "bogus"}},
+     "train.randaugment = 'bogus' is not a timm augmentation string"),
+])
+def test_what_a_stage_would_refuse_is_refused_by_check(tmp_path, sections, message):
+    config = make_config(tmp_path, **{"model": {"backbone": "vit_micro_ss"}, **sections})
+    with pytest.raises(ConfigError, match="^" + message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
+        check(config)
+
+
+def test_a_valid_config_passes_and_the_shipped_params_too(tmp_path):
+    check(make_config(tmp_path, runs={"a": {"grids": [3, 5, 7]}}, train={"randaugment": "rand-m9-mstd0.5-inc1"}))
+    check(load_config(REPO / "params.yaml"))
+
+
+def test_data_root_under_a_file_is_refused(tmp_path):
+    (tmp_path / "afile").write_text("")
+    config = make_config(tmp_path, data={"root": str(tmp_path / "afile" / "data")}, runs={"a": {"grids": [3]}})
+    with pytest.raises(ConfigError, match=r"data.root = .*afile/data': .*afile is a file, not a folder"):
+        check(config)
+
+
+def test_speed_device_must_be_a_device(tmp_path):
+    with pytest.raises(ConfigError, match=r"speed.device = 'cuda:x' is not allowed: auto, cpu, cuda or cuda:N"):
+        make_config(tmp_path, speed={"device": "cuda:x"})
+    assert make_config(tmp_path, speed={"device": "cuda:1"}).speed.device == "cuda:1"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("train:\n  lr: 0.1\n  epochs: 2\n  lr: 0.2\n", "key 'lr' is given twice in one section (lines 2 and 4)"),
+    ("runs:\n  dvt:\n    grids: [3]\n  dvt:\n    grids: [5]\n", "key 'dvt' is given twice in one section (lines 2 and 4)"),
+])
+def test_a_key_given_twice_is_refused_naming_both_lines(tmp_path, text, message):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        read_params(path)
+    assert str(err.value) == f"{path}: {message}; keep one"
+
+
+def test_the_check_stage_writes_the_same_bytes_and_refuses_in_one_line(tmp_path, capsys):
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params.update(runs_dir=str(tmp_path / "runs"), data={**params["data"], "root": str(tmp_path / "data")})
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    assert main(["check", "--params", str(path)]) == 0
+    ok = tmp_path / "runs" / CHECKED
+    first = ok.read_bytes()
+    assert main(["check", "--params", str(path)]) == 0 and ok.read_bytes() == first
+    capsys.readouterr()
+    assert main(["check", "--params", str(path), "--set", "model.backbone=vit_micro_sss"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("dvt check: error: model.backbone: unknown backbone 'vit_micro_sss'")
+    assert ok.read_bytes() == first
+    # train, flops, collect and speed check too, before touching anything.
+    assert main(["flops", "--params", str(path), "--run", "dvt", "--set", "runs.dvt.grids=[3,8]"]) == 2
+    assert "runs.dvt.grids: grid 8 cannot be made" in capsys.readouterr().err
+    assert not Path(tmp_path / "runs" / "dvt").exists()
+
+
+def test_a_weights_file_of_random_bytes_is_one_line(tmp_path, capsys):
+    """A checkpoint, `init` or `checkpoint` file of random bytes used to end in an UnpicklingError
+    traceback (issue #15, item 10)."""
+    import numpy as np
+
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(np.random.default_rng(0).bytes(4096))
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params.update(runs_dir=str(tmp_path / "runs"), data={"dataset": "synthetic", "root": str(tmp_path / "data"),
+                                                         "calibration_size": 50,
+                                                         "synthetic": {"train_size": 200, "test_size": 50}},
+                  model={"backbone": "vit_micro"},
+                  runs={"ft": {"grids": [4], "init": str(junk)}, "imported": {"grids": [4], "checkpoint": str(junk)},
+                        "plain": {"grids": [4]}})
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    assert main(["fetch", "--params", str(path)]) == 0
+    (tmp_path / "runs" / "plain" / "seed42").mkdir(parents=True)
+    (tmp_path / "runs" / "plain" / "seed42" / "checkpoint.pt").write_bytes(junk.read_bytes())
+    capsys.readouterr()
+    for stage, run in (("train", "ft"), ("train", "imported"), ("collect", "plain"), ("train", "plain")):
+        assert main([stage, "--params", str(path), "--run", run]) == 2, (stage, run)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "not a readable checkpoint (UnpicklingError" in err[0], (stage, run, err)
