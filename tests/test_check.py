@@ -22,7 +22,7 @@ from tests.conftest import REPO, make_config
     ({"model": {"backbone": "vit_micro_sss"}, "runs": {"a": {"grids": [3]}}},
      "model.backbone: unknown backbone 'vit_micro_sss'; valid backbones: "),
     ({"model": {"backbone": "vit_micro_ss"}, "runs": {"a": {"grids": [3, 8]}}},
-     "runs.a.grids: grid 8 cannot be made from 28x28 images by backbone 'vit_micro_ss'; valid grids at this size: "),
+     "runs.a.grids: grid 8 cannot be made from 56x56 images by backbone 'vit_micro_ss'; valid grids at this size: "),
     ({"runs": {"a": {"grids": [3], "init": "nowhere/checkpoint.pt"}}}, "runs.a.init = 'nowhere/checkpoint.pt': no such file"),
     ({"runs": {"a": {"grids": [3]}}, "train": {"randaugment": "bogus"}},
      "train.randaugment = 'bogus' is not a timm augmentation string"),

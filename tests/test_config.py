@@ -91,6 +91,13 @@ def test_full_config_is_the_default_plus_the_single_reuse_cascades():
     assert all(full.runs[name] == run for name, run in default.runs.items())
 
 
+def test_a_key_left_out_means_what_params_yaml_says():
+    """An empty or partial params file used to take other defaults than params.yaml (calibration 5,000
+    instead of 3,000, vit_tiny, 10 epochs): `dvt fetch` re-split the data (issue #15, item 8)."""
+    shipped = load_config(REPO / "params.yaml")
+    assert replace(from_dict({}), runs=shipped.runs) == shipped
+
+
 def test_three_seed_config_is_the_default_with_three_seeds():
     default, three = load_config(REPO / "params.yaml"), load_config(REPO / "configs" / "cluttered-3seeds.yaml")
     assert three.seeds == (42, 43, 44) and default.seeds == (42,)

@@ -100,6 +100,53 @@ def test_stages_refuse_data_fetched_with_other_params(tmp_path):
     assert len(load_split(edited, "calibration")) == 20
 
 
+def _edit_manifest(folder: Path, change) -> None:
+    manifest = json.loads((folder / "MANIFEST.json").read_text())
+    change(manifest)
+    (folder / "MANIFEST.json").write_text(json.dumps(manifest))
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-100])
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda f: _truncate(f / "MANIFEST.json"), "MANIFEST.json is not a readable manifest: run `dvt fetch` again"),
+    (lambda f: _edit_manifest(f, lambda m: m["counts"].update(test=5)),
+     "MANIFEST.json was changed after `dvt fetch` wrote it: run `dvt fetch` again"),
+    (lambda f: _edit_manifest(f, lambda m: m.update(classes=m["classes"][:3])),
+     "MANIFEST.json was changed after `dvt fetch` wrote it: run `dvt fetch` again"),
+    (lambda f: _edit_manifest(f, lambda m: m.pop("classes")),
+     "MANIFEST.json was changed after `dvt fetch` wrote it: run `dvt fetch` again"),
+    (lambda f: (f / "train_labels.npy").unlink(), "train_labels.npy is missing: run `dvt fetch` again"),
+    (lambda f: _truncate(f / "train_images.npy"),
+     "train_images.npy changed after `dvt fetch` wrote it (sha256 differs): run `dvt fetch` again"),
+    (lambda f: np.save(f / "train_labels.npy", np.zeros(40, np.int64)),
+     "train_labels.npy changed after `dvt fetch` wrote it (sha256 differs): run `dvt fetch` again"),
+])
+def test_a_damaged_or_edited_dataset_is_one_line_and_fetch_repairs_it(tmp_path, capsys, damage, message):
+    """A hand-edited manifest or changed data files used to be taken as they were, or end in a
+    JSONDecodeError / KeyError / ValueError traceback (issue #15, items 9 and 11)."""
+    import yaml
+
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({
+        "data": {"dataset": "synthetic", "root": str(tmp_path / "data"), "calibration_size": 10,
+                 "synthetic": {"train_size": 50, "test_size": 10}},
+        "model": {"backbone": "vit_micro"}, "runs": {"one": {"grids": [4]}}, "runs_dir": str(tmp_path / "runs"),
+        "train": {"epochs": 1, "batch_size": 8, "warmup_epochs": 0}}))
+    assert main(["fetch", "--params", str(params)]) == 0
+    damage(tmp_path / "data" / "synthetic")
+    capsys.readouterr()
+    assert main(["train", "--params", str(params), "--run", "one"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "runs" / "one").exists()
+    assert main(["fetch", "--params", str(params)]) == 0
+    assert "up to date" not in capsys.readouterr().out
+    assert main(["train", "--params", str(params), "--run", "one"]) == 0
+
+
 def test_synthetic_is_deterministic(tmp_path):
     from dvt.data.synthetic import generate
     from dvt.config import SyntheticConfig

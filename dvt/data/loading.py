@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from dvt.config import Config
 from dvt.data.info import DatasetInfo, dataset_info
-from dvt.data.manifest import read_manifest
+from dvt.data.manifest import read_manifest, verify_split
 
 SPLITS = ("train", "calibration", "test")
 
@@ -140,6 +140,7 @@ def load_split(config: Config, split: str, *, training: bool | None = None) -> D
         raise ValueError(f"unknown split {split!r}")
     training = split == "train" if training is None else training
     folder, manifest = read_manifest(config.data)
+    verify_split(folder, manifest, split)
     info = dataset_info(config.data)
     if manifest["format"] == "imagefolder-index":
         from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD

@@ -1,7 +1,10 @@
 """MANIFEST.json: what `dvt fetch` wrote (source, classes, counts, checksums) and from which params.
 
 The manifest is written last, so its presence means the folder is complete; its `params` and file
-checksums decide whether a rerun of `dvt fetch` has anything to do.
+checksums decide whether a rerun of `dvt fetch` has anything to do. It carries a checksum of its own
+content, and the stages check it and the sha256 of every file of a split they load: a hand-edited
+manifest or a data file changed after the fetch is refused with one line that says to re-fetch. (A
+manifest without recorded files, written by hand for data of one's own, is taken as it is.)
 """
 
 from __future__ import annotations
@@ -46,7 +49,19 @@ def fingerprint(data: DataConfig) -> dict[str, object]:
     return fp
 
 
+# What every stage after fetch reads from a manifest.
+REQUIRED = ("dataset", "format", "classes", "counts", "image_size", "channels")
+# The files of each split, as `dvt fetch` names them (arrays; ImageNet: an index into the source folder).
+SPLIT_FILES = ("{split}_images.npy", "{split}_labels.npy", "{split}_objects.npy", "{split}.csv")
+
+
+def _digest(manifest: Manifest) -> str:
+    body = {k: v for k, v in manifest.items() if k != "checksum"}
+    return "sha256:" + hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
 def write_manifest(folder: Path, body: Manifest) -> Manifest:
+    body = {**body, "checksum": _digest(body)}
     write_json(folder / MANIFEST, body)
     return body
 
@@ -60,7 +75,9 @@ def is_current(folder: Path, params: dict[str, Any]) -> Manifest | None:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError:
         return None
-    if manifest.get("params") != params:
+    if not isinstance(manifest, dict) or manifest.get("params") != params:
+        return None
+    if manifest.get("checksum") != _digest(manifest):  # edited by hand, or written before manifests had one
         return None
     files = manifest.get("files", {})
     if any(not (folder / name).is_file() for name in files):
@@ -74,7 +91,17 @@ def read_manifest(data: DataConfig) -> tuple[Path, Manifest]:
     path = folder / MANIFEST
     if not path.is_file():
         raise DvtError(f"{folder} has no {MANIFEST}: run `dvt fetch` first")
-    manifest = json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text())
+    except (ValueError, OSError):
+        manifest = None
+    if not isinstance(manifest, dict):
+        raise DvtError(f"{path} is not a readable manifest: run `dvt fetch` again")
+    if "files" in manifest and manifest.get("checksum") != _digest(manifest):
+        raise DvtError(f"{path} was changed after `dvt fetch` wrote it: run `dvt fetch` again")
+    missing = [key for key in REQUIRED if key not in manifest]
+    if missing:
+        raise DvtError(f"{path} lacks {', '.join(missing)}: run `dvt fetch` again")
     # Otherwise an edit of, say, data.calibration_size would silently train on the old split. (A
     # manifest written by hand, without the params `dvt fetch` records, is taken as it is.)
     wanted, fetched = fingerprint(data), manifest.get("params", {})
@@ -83,3 +110,23 @@ def read_manifest(data: DataConfig) -> tuple[Path, Manifest]:
         raise DvtError(f"{folder} was fetched with data.{', data.'.join(stale)}, not what the params say now: "
                        f"run `dvt fetch` again")
     return folder, manifest
+
+
+_verified: dict[tuple[str, int, int], str] = {}  # (path, size, mtime) -> sha256, checked in this process
+
+
+def verify_split(folder: Path, manifest: Manifest, split: str) -> None:
+    """DvtError unless every file of `split` the manifest records is there with its recorded sha256."""
+    recorded = manifest.get("files", {})
+    for name in (pattern.format(split=split) for pattern in SPLIT_FILES):
+        if name not in recorded:
+            continue
+        path = folder / name
+        if not path.is_file():
+            raise DvtError(f"{path} is missing: run `dvt fetch` again")
+        stat = path.stat()
+        key = (str(path), stat.st_size, stat.st_mtime_ns)
+        if key not in _verified:
+            _verified[key] = f"sha256:{sha256(path)}"
+        if _verified[key] != recorded[name]:
+            raise DvtError(f"{path} changed after `dvt fetch` wrote it (sha256 differs): run `dvt fetch` again")
