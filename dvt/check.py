@@ -4,7 +4,7 @@ The strict loader (dvt.config) checks names, types and ranges without importing 
 needs the model registry, timm or the file system: each run's backbone and token grids at the
 dataset's image size, the RandAugment string, weights files named by runs, and data.root. It runs
 
-* in `dvt` before every stage that builds a model (train, flops, collect, speed);
+* in `dvt` before every stage that builds a model or writes data (fetch, train, flops, collect, speed);
 * in Snakemake when the workflow loads (rules/common.smk), before any job is scheduled;
 * in DVC as the `check` stage, which every other stage follows: its output never changes, so it
   reruns (a second or two) only when params.yaml changes and never makes another stage rerun.

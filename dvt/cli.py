@@ -27,8 +27,9 @@ STAGES: dict[str, tuple[str, str, bool]] = {
 }
 # Stages that work on one trained seed of a run: they take --seed (default: every seed in params, in turn).
 PER_SEED = ("train", "collect", "budget", "speed")
-# Stages that build a model: they run `dvt check` first (the others need no torch and stay fast).
-CHECKED = ("train", "flops", "collect", "speed")
+# Stages that build a model or write data: they run `dvt check` first (budget and report need no
+# torch and stay fast).
+CHECKED = ("fetch", "train", "flops", "collect", "speed")
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -38,11 +38,16 @@ def test_a_valid_config_passes_and_the_shipped_params_too(tmp_path):
     check(load_config(REPO / "params.yaml"))
 
 
-def test_data_root_under_a_file_is_refused(tmp_path):
+def test_data_root_under_a_file_is_refused(tmp_path, capsys):
     (tmp_path / "afile").write_text("")
     config = make_config(tmp_path, data={"root": str(tmp_path / "afile" / "data")}, runs={"a": {"grids": [3]}})
     with pytest.raises(ConfigError, match=r"data.root = .*afile/data': .*afile is a file, not a folder"):
         check(config)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({"data": {"dataset": "synthetic", "root": str(tmp_path / "afile" / "data")}}))
+    assert main(["fetch", "--params", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is a file, not a folder" in err[0]
 
 
 def test_speed_device_must_be_a_device(tmp_path):

@@ -185,8 +185,10 @@ def easy_images_are_larger(per_seed: list[ExitSides], *, num_exits: int, budget:
         last_mean.append(last.mean())
         z.append((first.mean() - last.mean()) / se if se > 0 else math.inf)
     if per_seed:
-        numbers.update({"seeds": len(per_seed), "images_at_exit1": _r(np.mean(first_n), 1),
-                        f"images_at_exit{num_exits}": _r(np.mean(last_n), 1)})
+        # Image counts: whole numbers with one seed, means over seeds otherwise.
+        count = (lambda n: int(n[0])) if len(per_seed) == 1 else (lambda n: _r(np.mean(n), 1))
+        numbers.update({"seeds": len(per_seed), "images_at_exit1": count(first_n),
+                        f"images_at_exit{num_exits}": count(last_n)})
     if per_seed and len(z) == len(per_seed):
         diff = float(np.mean(first_mean) - np.mean(last_mean))
         numbers.update({"mean_side_exit1_px": _r(np.mean(first_mean)),
