@@ -162,7 +162,14 @@ def _train(config: Config, *, run: str, restart: bool) -> dict:
     for kind in ("checkpoint", "resume"):
         if state is not None or not files[kind].is_file():
             continue
-        state = checkpoint.load(files[kind])
+        try:
+            state = checkpoint.load(files[kind])
+        except DvtError as err:
+            if not restart:
+                raise
+            # --restart starts over whatever the old file holds; it is replaced when this run writes its own.
+            print(f"dvt train: {run}/seed{config.seed}: starting over ({err})")
+            continue
         diff = checkpoint.describe_difference(state["config"], fingerprint)
         if diff and not restart:
             raise DvtError(f"{files[kind]} was trained with other settings ({diff}); delete it, "

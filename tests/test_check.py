@@ -112,3 +112,9 @@ def test_a_weights_file_of_random_bytes_is_one_line(tmp_path, capsys):
         assert main([stage, "--params", str(path), "--run", run]) == 2, (stage, run)
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "not a readable checkpoint (UnpicklingError" in err[0], (stage, run, err)
+    # --restart (what the engines pass) starts over instead, and the junk is replaced by a real checkpoint.
+    assert main(["train", "--params", str(path), "--run", "plain", "--restart", "--set", "train.epochs=1",
+                 "--set", "train.warmup_epochs=0", "--set", "train.batch_size=50"]) == 0
+    assert "starting over" in capsys.readouterr().out
+    assert main(["collect", "--params", str(path), "--run", "plain", "--set", "train.epochs=1",
+                 "--set", "train.warmup_epochs=0", "--set", "train.batch_size=50"]) == 0

@@ -49,7 +49,8 @@ def test_idx_round_trip_and_truncation(tmp_path):
 def test_fashion_mnist_from_idx_folder(tmp_path):
     rng = np.random.default_rng(0)
     raw = write_fashion(tmp_path / "raw", rng)
-    config = make_config(tmp_path, data={"source": str(tmp_path / "raw"), "calibration_size": 20})
+    config = make_config(tmp_path, data={"dataset": "fashion-mnist", "source": str(tmp_path / "raw"),
+                                         "calibration_size": 20})
     manifest = fetch.run(config)
     assert manifest["counts"] == {"train": 100, "calibration": 20, "test": 30}
     assert (manifest["image_size"], manifest["channels"], len(manifest["classes"])) == (28, 1, 10)
