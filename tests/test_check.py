@@ -23,7 +23,8 @@ from tests.conftest import REPO, make_config
      "model.backbone: unknown backbone 'vit_micro_sss'; valid backbones: "),
     ({"model": {"backbone": "vit_micro_ss"}, "runs": {"a": {"grids": [3, 8]}}},
      "runs.a.grids: grid 8 cannot be made from 56x56 images by backbone 'vit_micro_ss'; valid grids at this size: "),
-    ({"runs": {"a": {"grids": [3], "init": "nowhere/checkpoint.pt"}}}, "runs.a.init = 'nowhere/checkpoint.pt': no such file"),
+    ({"runs": {"a": {"grids": [3], "init": "nowhere/checkpoint.pt"}}},
+     "runs.a.init = 'nowhere/checkpoint.pt': no such file"),
     ({"runs": {"a": {"grids": [3]}}, "train": {"randaugment": "bogus"}},
      "train.randaugment = 'bogus' is not a timm augmentation string"),
 ])
@@ -58,7 +59,8 @@ def test_speed_device_must_be_a_device(tmp_path):
 
 @pytest.mark.parametrize("text, message", [
     ("train:\n  lr: 0.1\n  epochs: 2\n  lr: 0.2\n", "key 'lr' is given twice in one section (lines 2 and 4)"),
-    ("runs:\n  dvt:\n    grids: [3]\n  dvt:\n    grids: [5]\n", "key 'dvt' is given twice in one section (lines 2 and 4)"),
+    ("runs:\n  dvt:\n    grids: [3]\n  dvt:\n    grids: [5]\n",
+     "key 'dvt' is given twice in one section (lines 2 and 4)"),
 ])
 def test_a_key_given_twice_is_refused_naming_both_lines(tmp_path, text, message):
     path = tmp_path / "params.yaml"

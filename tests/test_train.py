@@ -186,7 +186,8 @@ def test_fine_tuning_from_a_checkpoint_with_another_class_count(tmp_path):
     target.mkdir()
     params = write_params(target, data__synthetic__classes=5, train__epochs=2, train__optimizer="sgd",
                           train__lr=0.01, train__backbone_lr_scale=0.1,
-                          runs={"ft": {"grids": [2, 4], "init": str(source / "runs" / "dvt" / "seed42" / "checkpoint.pt")}})
+                          runs={"ft": {"grids": [2, 4],
+                                       "init": str(source / "runs" / "dvt" / "seed42" / "checkpoint.pt")}})
     summary = train(load_config(params), run="ft")
     assert summary["epochs"] == 2
     tuned = final_state(target, "ft")["model"]
