@@ -102,7 +102,8 @@ def load(path: str | Path) -> dict[str, Any]:
     # (UnpicklingError, BadZipFile, UnicodeDecodeError, KeyError, ...): every one means "not readable".
     except Exception as err:  # noqa: BLE001
         reason = (str(err).strip().splitlines() or [""])[0]
-        raise DvtError(f"{path}: not a readable checkpoint ({type(err).__name__}: {reason})") from None
+        raise DvtError(f"{path}: not a readable checkpoint ({type(err).__name__}: {reason}); delete it and train "
+                       "again (`dvt train --restart` starts over)") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise DvtError(f"{path}: not a dvt checkpoint (format {ckpt.get('format') if isinstance(ckpt, dict) else '?'})")
     return ckpt

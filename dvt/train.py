@@ -186,7 +186,8 @@ def _train(config: Config, *, run: str, restart: bool) -> dict:
                 write_json(files["summary"], summary)
             if dist.main:  # left by a kill between writing checkpoint.pt and deleting it
                 files["resume"].unlink(missing_ok=True)
-            print(f"dvt train: {run}/seed{config.seed} is already trained ({state['epoch']} epochs); nothing to do")
+            epochs = f"{state['epoch']} epoch{'s' if state['epoch'] != 1 else ''}"
+            print(f"dvt train: {run}/seed{config.seed} is already trained ({epochs}); nothing to do")
             return summary
 
     train_set = load_split(config, "train")
