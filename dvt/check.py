@@ -27,15 +27,19 @@ CHECKED = "params.ok"
 def check(config: Config) -> None:
     """ConfigError naming the key for the first value some stage would refuse."""
     from dvt.data.info import dataset_info
-    from dvt.models.registry import check_grids
+    from dvt.models.registry import check_grids, get_spec
 
     size = dataset_info(config.data).image_size
     for name, rc in config.runs.items():
+        backbone = config.backbone_of(name)
         try:
-            check_grids(config.backbone_of(name), rc.exit_grids, size)
+            get_spec(backbone)
         except DvtError as err:
-            key = "model.backbone" if "unknown backbone" in str(err) else f"runs.{name}.grids"
-            raise ConfigError(f"{key}: {err}") from None
+            raise ConfigError(f"model.backbone: {err}") from None
+        try:
+            check_grids(backbone, rc.exit_grids, size)
+        except DvtError as err:
+            raise ConfigError(f"runs.{name}.grids: {err}") from None
         for key in ("init", "checkpoint"):
             path = getattr(rc, key)
             if path is not None and not Path(path).is_file():

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     import torch
 
 FORMAT = "dvt-checkpoint-v1"
-__all__ = ["FORMAT", "run_fingerprint", "describe_difference", "save", "load", "sha256",
+__all__ = ["FORMAT", "run_fingerprint", "describe_difference", "save", "load", "read_file", "sha256",
            "rng_state", "set_rng_state", "git_commit"]
 
 
@@ -92,18 +92,22 @@ def save(path: str | Path, payload: dict[str, Any]) -> None:
         torch.save({"format": FORMAT, "git_commit": git_commit(), **payload}, handle)
 
 
-def load(path: str | Path) -> dict[str, Any]:
+def read_file(path: Path, *, hint: str = "") -> Any:
+    """torch.load on the CPU; a file that is not a torch checkpoint is one DvtError line (+ `hint`)."""
     import torch
 
-    path = Path(path)
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=False)
     # Unpickling bytes that are not a checkpoint fails with whatever the bytes happen to trigger
     # (UnpicklingError, BadZipFile, UnicodeDecodeError, KeyError, ...): every one means "not readable".
     except Exception as err:  # noqa: BLE001
         reason = (str(err).strip().splitlines() or [""])[0]
-        raise DvtError(f"{path}: not a readable checkpoint ({type(err).__name__}: {reason}); delete it and train "
-                       "again (`dvt train --restart` starts over)") from None
+        raise DvtError(f"{path}: not a readable checkpoint ({type(err).__name__}: {reason}){hint}") from None
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    ckpt = read_file(path, hint="; delete it and train again (`dvt train --restart` starts over)")
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise DvtError(f"{path}: not a dvt checkpoint (format {ckpt.get('format') if isinstance(ckpt, dict) else '?'})")
     return ckpt

@@ -294,8 +294,9 @@ class Config:
         return Path(self.runs_dir) / run / f"seed{self.seed}"
 
     def command(self, stage: str, run: str) -> str:
-        """The `dvt` command line that makes one seed's file of `run`, for error messages."""
-        return f"dvt {stage} --run {run} --seed {self.seed}"
+        """The `dvt` command line that makes `stage`'s file of `run` (one seed's; flops: the run's), for
+        error messages."""
+        return f"dvt {stage} --run {run}" + ("" if stage == "flops" else f" --seed {self.seed}")
 
     def flops_path(self, run: str) -> Path:
         """runs/<run>/flops.json: a model's cost, the same for every seed."""

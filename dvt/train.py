@@ -324,9 +324,10 @@ def _train(config: Config, *, run: str, restart: bool) -> dict:
         if dist.world > 1:
             torch.distributed.barrier()
 
-    summary = _summary(config, run, _timed(rows, timings), extra)
+    log = _timed(rows, timings)
+    summary = _summary(config, run, log, extra)
     if dist.main:
-        _write_log(files["log"], _timed(rows, timings))
+        _write_log(files["log"], log)
         write_json(files["summary"], summary)
         # Last, so that checkpoint.pt appears only when all is written. It keeps no wall-clock times:
         # later stages depend on its hash, and retraining bit for bit must leave that hash alone.

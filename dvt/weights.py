@@ -10,8 +10,6 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-import torch
-
 from dvt import checkpoint
 from dvt.errors import DvtError
 from dvt.models import Cascade, load_official
@@ -22,13 +20,7 @@ def _read(path: str | Path) -> dict:
     path = Path(path).expanduser()
     if not path.is_file():
         raise DvtError(f"checkpoint {str(path)!r} not found")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    # Unpickling bytes that are not a checkpoint fails with whatever the bytes happen to trigger
-    # (UnpicklingError, BadZipFile, UnicodeDecodeError, KeyError, ...): every one means "not readable".
-    except Exception as err:  # noqa: BLE001
-        reason = (str(err).strip().splitlines() or [""])[0]
-        raise DvtError(f"{path}: not a readable checkpoint ({type(err).__name__}: {reason})") from None
+    obj = checkpoint.read_file(path)
     if not isinstance(obj, dict):
         raise DvtError(f"{path}: not a checkpoint dict")
     return obj

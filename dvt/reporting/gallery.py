@@ -72,7 +72,8 @@ def pick(run: RunFiles, *, size: int) -> Picks:
         return tuple(Pick(sample=int(test.sample[i]), label=int(test.labels[i]), confidence=float(score[i]),
                           pred_first=int(test.pred[i, 0]), pred_last=int(test.pred[i, -1])) for i in rows)
 
-    return Picks(run=run.name, seed=run.seeds[0].seed, logits=str(path), grids=run.grids, easy=make(easy, test.confidence[:, 0]), hard=make(hard, early))
+    return Picks(run=run.name, seed=run.seeds[0].seed, logits=str(path), grids=run.grids,
+                 easy=make(easy, test.confidence[:, 0]), hard=make(hard, early))
 
 
 def _array_images(folder: Path, samples: list[int]) -> tuple[dict[int, np.ndarray], np.ndarray]:
@@ -101,7 +102,7 @@ def prepare(config: Config, picks: Picks) -> Gallery:
     folder, manifest = read_manifest(config.data)
     chosen = picks.easy + picks.hard
     samples = sorted({p.sample for p in chosen})
-    logits, collect = picks.logits, f"dvt collect --run {picks.run} --seed {picks.seed}"
+    logits, collect = picks.logits, config.with_seed(picks.seed).command("collect", picks.run)
     try:
         if manifest["format"] == "imagefolder-index":
             images, labels = _index_images(folder, Path(manifest["source"]), samples)

@@ -77,8 +77,6 @@ class _Run:
                 np.concatenate([self.budget["accuracy"].to_numpy(float), [a[0], a[-1]]]))
 
 
-
-
 class SeedFiles(_Run):
     """One seed of one run: its stage outputs, each read the first time it is used.
 
@@ -107,8 +105,7 @@ class SeedFiles(_Run):
         stage = WRITER[file]
         todo = [s for s in (*STAGES[stage][1], stage) if not self._where(STAGES[s][0]).is_file()] or [stage]
         then = f" (then {', '.join(todo[1:])})" if len(todo) > 1 else ""
-        first = f"dvt flops --run {self.name}" if todo[0] == "flops" else self.config.command(todo[0], self.name)
-        raise DvtError(f"{path} not found: run `{first}` first{then}")
+        raise DvtError(f"{path} not found: run `{self.config.command(todo[0], self.name)}` first{then}")
 
     def _json(self, file: str) -> dict[str, Any]:
         path = self.path(file)
@@ -128,8 +125,7 @@ class SeedFiles(_Run):
             raise DvtError(f"{path} is not a readable CSV: rerun `{self._rerun(file)}`") from None
 
     def _rerun(self, file: str) -> str:
-        stage = WRITER[file]
-        return f"dvt flops --run {self.name}" if stage == "flops" else self.config.command(stage, self.name)
+        return self.config.command(WRITER[file], self.name)
 
     def _stale(self, file: str, why: str) -> DvtError:
         return DvtError(f"{self._where(file)} {why}: rerun `{self._rerun(file)}`")
