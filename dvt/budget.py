@@ -7,9 +7,12 @@ them on the test split:
 * runs/R/seed<S>/budget.csv, one row per budget: budget (p), q (= p * eval.q_step), gmacs (expected
   cumulative GMACs per test image), accuracy (test top-1, %), exit_fraction_k and threshold_k
   (k 0-based). A one-exit run has the single row of its one operating point (q empty).
-* runs/R/seed<S>/eval.json, small and nested for `dvc exp show`: per-exit cumulative GMACs and test top-1;
-  for a cascade the curve's extremes, DVT's accuracy at each exit's cost and the cost at which DVT
-  matches each exit's accuracy; and the operating points for --target-gmacs / --target-accuracy.
+* runs/R/seed<S>/eval.json: per-exit cumulative GMACs and test top-1; for a cascade the curve's
+  extremes, DVT's accuracy at each exit's cost and the cost at which DVT matches each exit's accuracy;
+  and the operating points for --target-gmacs / --target-accuracy.
+* runs/R/seed<S>/metrics.json, the run's headline for `dvc exp show` (numbers only, in git): test
+  top-1 per exit, the GMACs of running every exit, and for a cascade top-1 and GMACs at the named
+  budgets p = 10 / 20 / 30.
   Only this run's own outputs are read: comparisons with other runs (the paper's speed-ups against
   one-exit models) are `dvt report`'s, so each run's stage depends on its own files alone.
 
@@ -34,6 +37,8 @@ from dvt.logits import SplitLogits, check_matches, read_logits, read_metadata
 from dvt.thresholds import OperatingPoint
 
 TEST = "test"
+# The budgets named in metrics.json: low, middle and high on the paper's 59-budget scale.
+HEADLINE_BUDGETS = (10, 20, 30)
 
 
 def _number(x: float | None) -> float | None:
@@ -106,6 +111,16 @@ def _dvt_summary(curve: tuple[np.ndarray, np.ndarray], F: np.ndarray, top1: np.n
     }
 
 
+def _headline(top1: np.ndarray, F: np.ndarray, frame) -> dict[str, Any]:
+    """metrics.json: a handful of rounded numbers (top-1 in %, GMACs to 4 significant digits)."""
+    out: dict[str, Any] = {"top1": {f"exit{k + 1}": round(float(t), 2) for k, t in enumerate(top1)},
+                           "gmacs": float(f"{F[-1]:.4g}")}
+    rows = frame.set_index("budget")
+    named = {f"p{p}": {"top1": round(float(rows.at[p, "accuracy"]), 2), "gmacs": float(f"{rows.at[p, 'gmacs']:.4g}")}
+             for p in HEADLINE_BUDGETS if len(F) > 1 and p in rows.index}
+    return {**out, "budget": named} if named else out
+
+
 def _operating_point(point: OperatingPoint, test: SplitLogits, F: np.ndarray, target: float) -> dict[str, Any]:
     on_test = thresholds.evaluate(test.confidence, test.correct, F, point.thresholds)
     return {
@@ -139,7 +154,7 @@ def _print_target(run: str, kind: str, found: dict[str, Any]) -> None:
 
 def run(config: Config, *, run: str, target_gmacs: float | None = None,
         target_accuracy: float | None = None) -> dict[str, Any]:
-    """Write runs/<run>/seed<S>/budget.csv and eval.json; returns the eval.json content."""
+    """Write runs/<run>/seed<S>/budget.csv, eval.json and metrics.json; returns the eval.json content."""
     rc = config.run(run)
     path, fit, test, F = _read(config, run)
     K = len(F)
@@ -172,6 +187,7 @@ def run(config: Config, *, run: str, target_gmacs: float | None = None,
     with atomic_path(folder / "budget.csv") as tmp:
         frame.to_csv(tmp, index=False)
     write_json(folder / "eval.json", metrics)
+    write_json(folder / "metrics.json", _headline(top1, F, frame))
     for kind, found_point in targets.items():
         _print_target(run, kind, found_point)
     if K > 1:

@@ -28,13 +28,12 @@ __all__ = ["FORMAT", "run_fingerprint", "describe_difference", "save", "load", "
 
 
 def run_fingerprint(config: Config, run: str) -> dict[str, Any]:
-    """The settings that determine a run's weights; a checkpoint resumes only under the same ones.
-
-    Thread counts are left out (they change speed, not the recipe).
-    """
+    """The settings that determine a run's weights; a checkpoint resumes only under the same ones
+    (train.threads included: on the CPU the weights depend on it in the last bits; data.num_workers
+    too: each loader worker draws the augmentations from its own random stream)."""
     train = to_dict(config.train)
-    train.pop("threads")
-    return {"data": {**fingerprint(config.data), "image_size": config.data.image_size},
+    return {"data": {**fingerprint(config.data), "image_size": config.data.image_size,
+                     "num_workers": config.data.num_workers},
             "model": to_dict(config.model), "run": to_dict(config.run(run)), "train": train, "seed": config.seed}
 
 

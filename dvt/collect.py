@@ -136,6 +136,7 @@ def run(config: Config, *, run: str) -> dict:
     gmacs, gmacs_source = cumulative_gmacs(config, run, model)
     device = pick_device("auto")
     model.to(device)
+    torch.set_num_threads(config.eval.threads)  # fixed, not the engine's: see EvalConfig.threads
     sources = _sources(config)
     out_path = config.run_dir(run) / "logits.parquet"
     top1: dict[str, list[float]] = {}

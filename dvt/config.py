@@ -181,9 +181,11 @@ class TrainConfig:
     # Use at most this many training images per epoch (null = all); for quick runs.
     subset: int | None = None
     amp: bool = True
-    # CPU threads of torch; null = torch's default, which follows OMP_NUM_THREADS (Snakemake sets it
-    # to the job's threads) and otherwise takes every core (a sequential `dvc repro`).
-    threads: int | None = None
+    # CPU threads of torch while training. A result setting, not only a speed one: the CPU backward
+    # sums in an order that depends on the thread count (one cascade step at 1 and at 2 threads: 213
+    # of 230 gradient tensors differ in the last bits), so the weights follow it. Fixed here, never
+    # taken from the engine, so `dvc repro` and `snakemake --cores N` train the same weights.
+    threads: int = 2
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "train.epochs", self.epochs, "must be >= 1")
@@ -208,8 +210,7 @@ class TrainConfig:
             _require(self.clip_grad > 0, "train.clip_grad", self.clip_grad, "must be > 0 or null")
         if self.subset is not None:
             _require(self.subset >= 1, "train.subset", self.subset, "must be >= 1 or null")
-        if self.threads is not None:
-            _require(self.threads >= 1, "train.threads", self.threads, "must be >= 1 or null")
+        _require(self.threads >= 1, "train.threads", self.threads, "must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -220,12 +221,17 @@ class EvalConfig:
     # Which images fit the thresholds: the held-out calibration split, or (as the authors did)
     # augmented training images.
     threshold_split: Literal["calibration", "train-augmented"] = "calibration"
+    # Speed only: an image's logits do not depend on the size of its batch (tests/test_collect.py).
     batch_size: int = 256
+    # CPU threads of `dvt collect`. Logits are the same at 1 and 2 threads, but some GEMMs of larger
+    # thread counts sum in another order, so the count is fixed here rather than left to the engine.
+    threads: int = 2
 
     def __post_init__(self) -> None:
         _require(self.num_budgets >= 1, "eval.num_budgets", self.num_budgets, "must be >= 1")
         _require(self.q_step > 0, "eval.q_step", self.q_step, "must be > 0")
         _require(self.batch_size >= 1, "eval.batch_size", self.batch_size, "must be >= 1")
+        _require(self.threads >= 1, "eval.threads", self.threads, "must be >= 1")
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,9 @@ Parts, each one output under report.dir (`--part` renders one; without it, all o
 | findings | findings.md   | what table1-3 and ablation read, DVT's logits.parquet, the test objects'   |
 |          |               | sizes (cluttered-fashion-mnist): each finding of the paper, held or not   |
 | findings_json | findings.json | the same findings as data                                           |
-| metrics  | metrics.json  | what table2, table3 and ablation read: their comparisons, for dvc exp show |
+| comparisons | comparisons.json | what table2, table3 and ablation read: their comparisons, as data    |
+| metrics  | metrics.json  | the headline: each run's top-1, DVT's cost share and speed-up, findings held |
+|          |               | (numbers only, for `dvc exp show`; reads what findings reads)             |
 | index    | index.md      | params.yaml; DVT's logits.parquet (gallery ids); any speed.json (optional) |
 
 With several seeds every number is the mean over them (Table 1 and the ablation also give the standard
@@ -24,7 +26,7 @@ first cascade with both reuses (else the first cascade); the cascades on DVT's g
 
 Everything is read, checked and rendered before anything is written: a missing or stale input is one
 DvtError line naming the stage to run. Figures are drawn into a temporary folder that replaces
-figures/ whole once every other part has been rendered; pages and metrics.json are replaced file by file.
+figures/ whole once every other part has been rendered; pages and JSON files are replaced file by file.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ from dvt.thresholds import assign_exits
 
 PARTS = {"table1": "table1.md", "table2": "table2.md", "table3": "table3.md", "ablation": "ablation.md",
          "findings": "findings.md", "findings_json": "findings.json", "figures": "figures",
-         "metrics": "metrics.json", "index": "index.md"}
+         "comparisons": "comparisons.json", "metrics": "metrics.json", "index": "index.md"}
 
 
 class Report:
@@ -136,9 +138,13 @@ class Report:
         }[part]()
         return pages.render(self.env, PARTS[part], {**pages.common(self.config, setting, roles, ref), **context})
 
+    def comparisons(self) -> dict[str, Any]:
+        return compare.comparisons(dataset=self.config.data.dataset, seeds=len(self.config.seeds),
+                                   roles=self.roles, costs=self.costs, speeds=self.speeds, ablation=self.ablation)
+
     def metrics(self) -> dict[str, Any]:
-        return compare.metrics(dataset=self.config.data.dataset, seeds=len(self.config.seeds), roles=self.roles,
-                               costs=self.costs, speeds=self.speeds, ablation=self.ablation)
+        return compare.headline(runs=list(self.runs.values()), roles=self.roles, costs=self.costs, speeds=self.speeds,
+                                held=sum(f.holds is True for f in self.verdicts))
 
     def draw(self, folder: Path) -> list[str]:
         """Every figure into `folder`; returns the file names."""
@@ -166,6 +172,8 @@ def run(config: Config, *, part: str | None = None) -> dict[str, Any]:
             if p == "figures":
                 # Replaces figures/ only when the block ends without error, i.e. after every part rendered.
                 done[p] = report.draw(stack.enter_context(atomic_dir(report.out / PARTS[p])))
+            elif p == "comparisons":
+                done[p] = report.comparisons()
             elif p == "metrics":
                 done[p] = report.metrics()
             elif p == "findings_json":
@@ -176,7 +184,7 @@ def run(config: Config, *, part: str | None = None) -> dict[str, Any]:
         # JSON parts are serialised before the first file is written, so an unwritable value fails
         # the whole report instead of leaving some pages new and some old.
         texts = {p: json.dumps(content, indent=2) + "\n" for p, content in done.items()
-                 if p in ("metrics", "findings_json")}
+                 if p in ("comparisons", "metrics", "findings_json")}
         for p, content in done.items():
             if p in texts:
                 write_text(report.out / PARTS[p], texts[p])
@@ -189,7 +197,7 @@ def run(config: Config, *, part: str | None = None) -> dict[str, Any]:
 def _summary(report: Report, done: dict[str, Any]) -> None:
     files = ", ".join(f"{PARTS[p]}/ ({len(v)} files)" if p == "figures" else PARTS[p] for p, v in done.items())
     best = max((c for c in report.costs if c.speedup is not None), key=lambda c: c.speedup, default=None) \
-        if "table3" in done or "metrics" in done else None
+        if "table3" in done or "comparisons" in done else None
     saving = f"; DVT ({report.dvt.name}) needs {best.speedup:.2f}x fewer GMACs than {best.run} at its top-1" \
         if best else ""
     print(f"dvt report: {files} -> {report.out}{saving}")

@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -150,8 +152,7 @@ def _train(config: Config, *, run: str, restart: bool) -> dict:
     if device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
         torch.cuda.set_device(device)
-    if tc.threads is not None:
-        torch.set_num_threads(tc.threads)
+    torch.set_num_threads(tc.threads)
 
     # Resume or refuse before anything is built, so a mismatch costs nothing. With --restart a file of
     # other settings is ignored, not deleted: it is overwritten only when the new run writes its own,
@@ -201,6 +202,10 @@ def _train(config: Config, *, run: str, restart: bool) -> dict:
     if tc.batch_size % dist.world:
         raise DvtError(f"train.batch_size = {tc.batch_size} does not split over {dist.world} processes")
 
+    # Every generator the run draws from (numpy: timm's mixup/cutmix; python: RandAugment), and so also
+    # their states in checkpoint.pt: retraining gives the same bytes, and later stages stay up to date.
+    random.seed(config.seed)
+    np.random.seed(config.seed)
     torch.manual_seed(config.seed)
     model = model_for_run(config, run)
     if rc.init:

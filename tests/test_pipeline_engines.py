@@ -152,3 +152,17 @@ def test_another_params_file_reaches_every_command(tmp_path):
     assert jobs["runs/only/seed42/checkpoint.pt"] == f"dvt train --params {other} --run only --seed 42 --restart"
     assert all(f"--params {other}" in cmd for cmd in jobs.values())
     assert not any("/dvt/" in p for p in jobs)  # the default runs are gone, not merged in
+
+
+def test_both_engines_declare_the_same_params_for_each_stage():
+    """An edit must re-run the same jobs under either engine: dvc.yaml's `params:` of each stage and the
+    `settings(...)` of the Snakemake rule of the same name list the same keys."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    rules = "\n".join(p.read_text() for p in sorted((REPO / "workflow" / "rules").glob("*.smk")))
+    declared = {m.group(1): m.group(2) for m in re.finditer(r"^rule (\w+):\n(.*?)(?=^\S)", rules + "\nEND", re.M | re.S)}
+    for name in ("fetch", "train", "flops", "collect", "budget", "speed"):
+        body = stages[name].get("do", stages[name])
+        dvc = sorted(p.replace("${item.run}", "{run}").replace("${key}", "{run}") for p in body["params"])
+        call = re.search(r"settings=settings\((.*?)\),\n", declared[name], re.S)
+        assert call, name
+        assert dvc == sorted(re.findall(r'"([^"]+)"', call.group(1))), name

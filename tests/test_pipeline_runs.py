@@ -1,13 +1,15 @@
 """Both engines run the whole pipeline on a tiny synthetic config, each in its own temporary git repo.
 
-Checked: the reports come out; a second run is a no-op; a params edit re-runs exactly the stages
-that read it; `dvc exp run -S` records an experiment that `dvc exp show` lists.
+Checked: the reports come out; both engines write the same bytes; a second run is a no-op; a params
+edit re-runs exactly the stages whose results it changes, and a speed-only edit re-runs nothing;
+`dvc exp run -S` records an experiment that `dvc exp show` lists.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -27,7 +29,9 @@ TINY_CHANGES = {
     "data": {"dataset": "synthetic", "calibration_size": 40,
              "synthetic": {"train_size": 160, "test_size": 40, "image_size": 8, "channels": 1, "classes": 4}},
     "model": {"backbone": "vit_micro", "drop_path": 0.0},
-    "train": {"epochs": 1, "warmup_epochs": 0, "batch_size": 32, "threads": 1},
+    # Two training threads, while Snakemake below gets one core: the weights must follow params.yaml,
+    # not the engine.
+    "train": {"epochs": 1, "warmup_epochs": 0, "batch_size": 32, "threads": 2},
     "eval": {"num_budgets": 5, "batch_size": 64},
     "speed": {"batch_size": 16, "warmup": 0, "repeats": 1, "budgets": [2], "threads": 1},
     "report": {"gallery_size": 2},
@@ -43,8 +47,8 @@ def tiny_params() -> dict:
 
 
 GIT = [str(shutil.which("git")), "-c", "user.name=t", "-c", "user.email=t@t"]
-REPORTS = ["table1.md", "table2.md", "table3.md", "ablation.md", "findings.md", "findings.json", "metrics.json",
-           "index.md", "figures"]
+REPORTS = ["table1.md", "table2.md", "table3.md", "ablation.md", "findings.md", "findings.json", "comparisons.json",
+           "metrics.json", "index.md", "figures"]
 
 
 def sh(root: Path, *cmd: str) -> subprocess.CompletedProcess:
@@ -53,15 +57,14 @@ def sh(root: Path, *cmd: str) -> subprocess.CompletedProcess:
     return out
 
 
-def tiny_repo(tmp_path: Path) -> Path:
-    """A git repo holding the workflow files of this one and the tiny params.yaml."""
-    root = tmp_path / "repo"
-    root.mkdir()
+def tiny_repo(root: Path) -> Path:
+    """A git repo at root holding the workflow files of this one and the tiny params.yaml."""
+    root.mkdir(parents=True)
     for name in ("dvc.yaml", ".dvcignore"):
         shutil.copy(REPO / name, root / name)
     shutil.copytree(REPO / "workflow", root / "workflow")
     shutil.copytree(REPO / "reports" / "templates", root / "reports" / "templates")
-    (root / ".gitignore").write_text("/data/\n/runs/\n.snakemake/\n")
+    shutil.copy(REPO / ".gitignore", root / ".gitignore")
     (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
     sh(root, *GIT, "init", "-q")
     sh(root, str(BIN / "dvc"), "init", "-q")
@@ -77,8 +80,10 @@ def set_param(root: Path, section: str, key: str, value) -> None:
 
 
 def tree_hashes(root: Path) -> dict[str, str]:
+    """sha256 of every file under runs/ and reports/ (less Snakemake's bookkeeping in folder outputs)."""
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for folder in ("runs", "reports") for p in sorted((root / folder).rglob("*")) if p.is_file()}
+            for folder in ("runs", "reports") for p in sorted((root / folder).rglob("*"))
+            if p.is_file() and p.name != ".snakemake_timestamp"}
 
 
 def assert_typos_stop_before_any_job(root: Path, engine: list[str]) -> None:
@@ -97,11 +102,44 @@ def assert_typos_stop_before_any_job(root: Path, engine: list[str]) -> None:
         assert tree_hashes(root) == before
         (root / "params.yaml").write_text(good)
 
-
-def test_dvc_end_to_end(tmp_path):
-    root = tiny_repo(tmp_path)
-    first = sh(root, str(BIN / "dvc"), "repro").stdout
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> dict[str, Path]:
+    """The tiny pipeline run to the end once by each engine, each in its own repo (tests copy them)."""
+    base = tmp_path_factory.mktemp("engines")
+    dvc_root, snake_root = tiny_repo(base / "dvc"), tiny_repo(base / "snakemake")
+    first = sh(dvc_root, str(BIN / "dvc"), "repro").stdout
     assert "standalone resnet18_w16" in first  # the CNN's speed line names the CNN, not a token grid
+    sh(snake_root, str(BIN / "snakemake"), "--cores", "1")
+    return {"dvc": dvc_root, "snakemake": snake_root}
+
+
+def copy_of(finished: dict[str, Path], engine: str, tmp_path: Path) -> Path:
+    """A private copy of a finished repo (mtimes kept, so Snakemake sees nothing new)."""
+    return Path(shutil.copytree(finished[engine], tmp_path / engine, symlinks=True))
+
+
+# Wall-clock measurements, which no two runs share: train.json / train_log.csv keep the seconds per
+# epoch (the checkpoint keeps the same log without them, and is compared), speed.json the timings,
+# and the report parts that show them (Table 2, the speed finding, the measured speed-up).
+TIMED = re.compile(r"^runs/.*/(train\.json|train_log\.csv|speed\.json)$"
+                   r"|^reports/(table2\.md|findings\.(md|json)|comparisons\.json|metrics\.json)$")
+
+
+def test_both_engines_write_the_same_bytes(finished):
+    """Same params.yaml, same checkpoints, logits, budgets and reports, whatever the engine and its cores."""
+    dvc, snake = tree_hashes(finished["dvc"]), tree_hashes(finished["snakemake"])
+    assert set(dvc) - set(snake) == {"runs/params.ok"}  # DVC's own check stage
+    assert set(snake) <= set(dvc)
+    compared = sorted(p for p in snake if not TIMED.search(p))
+    assert {p.rsplit("/", 1)[-1] for p in compared} >= {"checkpoint.pt", "logits.parquet", "eval.json", "metrics.json",
+                                                         "budget.csv", "flops.json", "table1.md", "table3.md",
+                                                         "ablation.md", "index.md", "accuracy_vs_gmacs.png"}
+    differ = [p for p in compared if dvc[p] != snake[p]]
+    assert not differ, f"the engines wrote different bytes: {differ}"
+
+
+def test_dvc_end_to_end(finished, tmp_path):
+    root = copy_of(finished, "dvc", tmp_path)
     for name in REPORTS:
         assert (root / "reports" / name).exists(), name
     # The reference CNN trained through every stage and stands in Table 1 and the findings.
@@ -130,13 +168,6 @@ def test_dvc_end_to_end(tmp_path):
     assert "Running stage 'speed@dvt-42'" in rerun and "Running stage 'train@" not in rerun
     assert "Running stage 'collect@" not in rerun
 
-    sh(root, *GIT, "add", "-A")
-    sh(root, *GIT, "commit", "-qm", "repeats 2")
-    sh(root, str(BIN / "dvc"), "exp", "run", "-S", "train.lr=0.0042", "-n", "lr-test")
-    shown = json.loads(sh(root, str(BIN / "dvc"), "exp", "show", "--json").stdout)
-    text = json.dumps(shown)
-    assert "lr-test" in text and "0.0042" in text
-    assert "runs/dvt/seed42/eval.json" in text  # the per-run metrics are listed
 
     # A second seed trains and measures only the new seed, then re-renders the report.
     params = yaml.safe_load((root / "params.yaml").read_text())
@@ -146,13 +177,8 @@ def test_dvc_end_to_end(tmp_path):
                            for run in ("single", "dvt", "cnn")} | {"check", "report"}
 
 
-def test_snakemake_end_to_end(tmp_path):
-    root = tiny_repo(tmp_path)
-    sh(root, str(BIN / "snakemake"), "--cores", "2", "reports/table2.md")
-    assert (root / "reports" / "table2.md").is_file()
-    assert not (root / "reports" / "ablation.md").exists()  # only what Table 2 needs
-
-    sh(root, str(BIN / "snakemake"), "--cores", "2")
+def test_snakemake_end_to_end(finished, tmp_path):
+    root = copy_of(finished, "snakemake", tmp_path)
     for name in REPORTS:
         assert (root / "reports" / name).exists(), name
     assert "Nothing to be done" in sh(root, str(BIN / "snakemake"), "-n").stdout
@@ -175,3 +201,106 @@ def test_snakemake_end_to_end(tmp_path):
     # (seed 42's speed jobs are still due from the repeats edit above; nothing else of it reruns)
     assert not [line for line in planned.splitlines() if "output: runs/" in line and "seed42" in line
                 and "speed.json" not in line]
+
+
+def due(root: Path, engine: str) -> set[str]:
+    """What the engine would run now: DVC's changed stages, or the outputs of Snakemake's planned jobs."""
+    if engine == "dvc":
+        return set(json.loads(sh(root, str(BIN / "dvc"), "status", "--json").stdout))
+    planned = sh(root, str(BIN / "snakemake"), "-n", "--cores", "1").stdout
+    return {out for line in planned.splitlines() if line.strip().startswith("output: ")
+            for out in line.split("output: ")[1].split(", ")}
+
+
+@pytest.mark.parametrize("engine", ["dvc", "snakemake"])
+def test_an_edit_reruns_exactly_the_stages_whose_results_it_changes(finished, tmp_path, engine):
+    root = copy_of(finished, engine, tmp_path)
+    before = tree_hashes(root)
+    # Speed only (logits do not depend on the batch size, tests/test_collect.py): nothing re-runs.
+    set_param(root, "eval", "batch_size", 13)
+    if engine == "dvc":
+        assert due(root, engine) == {"check"}  # validates the edit; its output never changes
+        assert "Running stage 'check'" in sh(root, str(BIN / "dvc"), "repro").stdout
+        assert due(root, engine) == set()
+    else:
+        assert due(root, engine) == set()
+    assert tree_hashes(root) == before
+
+    # A result setting of one run: that run's stages and the report, nothing else.
+    runs = yaml.safe_load((root / "params.yaml").read_text())["runs"]
+    set_param(root, "runs", "dvt", {**runs["dvt"], "relation_reuse": False})
+    if engine == "dvc":
+        # (DVC lists the stages whose own inputs changed; dvt's collect, budget and speed follow its new
+        # checkpoint, and no other run's stage)
+        assert due(root, engine) == {"check", "report", "flops@dvt", "train@dvt-42"}
+    else:
+        planned = due(root, engine)
+        assert {p for p in planned if p.startswith("runs/")} == {
+            f"runs/dvt/seed42/{f}" for f in ("checkpoint.pt", "train.json", "train_log.csv", "logits.parquet",
+                                             "eval.json", "budget.csv", "speed.json")} | {"runs/dvt/flops.json"}
+        assert planned - {p for p in planned if p.startswith("runs/")} <= {f"reports/{r}" for r in REPORTS}
+
+    # Training threads change the weights (the CPU backward sums in a thread-dependent order), so every
+    # model retrains, and nothing but training and what follows it.
+    set_param(root, "runs", "dvt", runs["dvt"])
+    set_param(root, "train", "threads", 1)
+    if engine == "dvc":
+        assert due(root, engine) == {"check"} | {f"train@{run}-42" for run in runs}
+    else:
+        assert {p.rsplit("/", 1)[-1] for p in due(root, engine) if p.startswith("runs/")} == {
+            "checkpoint.pt", "train.json", "train_log.csv", "logits.parquet", "eval.json", "budget.csv",
+            "speed.json"}
+
+
+def metrics_of(entry: dict) -> dict[str, object]:
+    """{file:key: value} of one row of `dvc exp show --json`."""
+    def leaves(tree, prefix):
+        for k, v in tree.items():
+            yield from leaves(v, f"{prefix}.{k}") if isinstance(v, dict) else [(f"{prefix}.{k}", v)]
+
+    return dict(kv for path, m in (entry["data"].get("metrics") or {}).items() for kv in leaves(m["data"], path))
+
+
+def test_experiments_carry_their_numbers(finished, tmp_path):
+    """Issue #16, item 1: every experiment commit holds its metrics, the diff commands read them, and
+    applying an experiment leaves a workspace that DVC finds up to date."""
+    root = copy_of(finished, "dvc", tmp_path)
+    dvc = str(BIN / "dvc")
+    sh(root, *GIT, "add", "-A")
+    tracked = set(sh(root, *GIT, "ls-files").stdout.split())
+    # The headline numbers are in git; everything else of runs/ and reports/ is in DVC's cache.
+    assert {"reports/metrics.json", "dvc.lock"} | {f"runs/{r}/seed42/metrics.json" for r in ("single", "dvt", "cnn")} \
+        <= tracked
+    assert not [p for p in tracked if p.startswith(("runs/", "reports/")) and not p.endswith("metrics.json")
+                and not p.startswith("reports/templates/")]
+    sh(root, *GIT, "commit", "-qm", "baseline")
+    sh(root, dvc, "exp", "run", "-S", "train.lr=0.0042", "-n", "lr-test")
+
+    shown = json.loads(sh(root, dvc, "exp", "show", "--json").stdout)
+    baseline = next(e for e in shown if e["rev"] != "workspace")
+    rows = {"baseline": baseline, **{r["name"]: r for x in baseline["experiments"] for r in x["revs"]}}
+    assert set(rows) == {"baseline", "lr-test"}
+    numbers = {name: metrics_of(row) for name, row in rows.items()}
+    for name, found in numbers.items():
+        keys = {k for k in found if k.startswith("reports/metrics.json.")}
+        assert {"reports/metrics.json.top1.dvt", "reports/metrics.json.dvt.cost_share",
+                "reports/metrics.json.findings_held"} <= keys, name
+        assert "runs/dvt/seed42/metrics.json.top1.exit2" in found, name
+        assert all(isinstance(v, (int, float)) for v in found.values()), (name, found)
+    assert numbers["lr-test"] != numbers["baseline"]  # another learning rate, other numbers, all recorded
+
+    diff = json.loads(sh(root, dvc, "exp", "diff", "HEAD", "lr-test", "--json").stdout)
+    assert diff["params"]["params.yaml"]["train.lr"] == {"old": 0.002, "new": 0.0042, "diff": pytest.approx(0.0022)}
+    assert diff["metrics"]["reports/metrics.json"]  # the headline changed with the learning rate
+
+    # Back to the baseline (git and DVC's cache), then the experiment applied over it.
+    sh(root, *GIT, "checkout", "--", ".")
+    sh(root, dvc, "checkout")
+    assert json.loads(sh(root, dvc, "status", "--json").stdout) == {}
+    sh(root, dvc, "exp", "apply", "lr-test")
+    assert json.loads(sh(root, dvc, "status", "--json").stdout) == {}
+    assert "Running stage" not in sh(root, dvc, "repro", "--dry").stdout
+    applied = json.loads((root / "reports" / "metrics.json").read_text())
+    assert applied["top1"]["dvt"] == numbers["lr-test"]["reports/metrics.json.top1.dvt"]
+    metrics_diff = json.loads(sh(root, dvc, "metrics", "diff", "HEAD", "--json").stdout)
+    assert metrics_diff["reports/metrics.json"]["top1.dvt"]["new"] == applied["top1"]["dvt"]

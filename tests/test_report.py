@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from PIL import Image
@@ -186,7 +187,7 @@ def runs(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def rendered(runs) -> tuple[Config, dict]:
     config = load_config(runs)
-    return config, report(config)["metrics"]
+    return config, report(config)["comparisons"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,8 +218,6 @@ def stage_outputs(config: Config, run: str) -> dict:
     out = {"eval": json.loads((folder / "eval.json").read_text()), "flops": json.loads(config.flops_path(run).read_text())}
     speed_path = folder / "speed.json"
     out["speed"] = json.loads(speed_path.read_text()) if speed_path.is_file() else None
-    import pandas as pd
-
     out["budget"] = pd.read_csv(folder / "budget.csv")
     return out
 
@@ -280,21 +279,22 @@ def page(config: Config, name: str) -> str:
 def test_every_page_and_figure_is_written(rendered):
     config, metrics = rendered
     out = Path(config.report.dir)
-    for name in ("table1.md", "table2.md", "table3.md", "ablation.md", "index.md", "metrics.json"):
+    for name in ("table1.md", "table2.md", "table3.md", "ablation.md", "index.md", "metrics.json", "comparisons.json"):
         assert (out / name).is_file(), name
-    assert json.loads((out / "metrics.json").read_text()) == metrics
+    assert json.loads((out / "comparisons.json").read_text()) == metrics
     for stem in ("accuracy_vs_gmacs", "training_curves", "exit_fractions", "gallery"):
         assert (out / "figures" / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert b"<svg" in (out / "figures" / f"{stem}.svg").read_bytes()[:2000]
     index = page(config, "index.md")
-    for link in ("table1.md", "table2.md", "table3.md", "ablation.md", "figures/gallery.png", "metrics.json"):
+    for link in ("table1.md", "table2.md", "table3.md", "ablation.md", "figures/gallery.png", "metrics.json",
+                 "comparisons.json"):
         assert f"]({link})" in index
     assert "GFLOPs (multiply-adds)" in page(config, "table3.md")
     assert "{{" not in index and "{%" not in index
     # Nothing but the pages, metrics and figures appears next to the templates.
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["ablation.md", "figures", "findings.json", "findings.md", "index.md", "metrics.json", "table1.md",
-         "table2.md", "table3.md", "templates"])
+        ["ablation.md", "comparisons.json", "figures", "findings.json", "findings.md", "index.md", "metrics.json",
+         "table1.md", "table2.md", "table3.md", "templates"])
 
 
 def test_table1_numbers_are_the_one_exit_runs_outputs(rendered):
@@ -452,7 +452,7 @@ def test_without_the_ablation_runs_the_section_says_which_are_missing(runs, tmp_
     subset = {k: v for k, v in RUNS.items() if k in ("tokens_2x2", "tokens_8x8", "dvt")}
     params = params_beside(runs, tmp_path, runs=subset, report__gallery_size=0)
     config = load_config(params)
-    metrics = report(config)["metrics"]
+    metrics = report(config)["comparisons"]
     text = page(config, "ablation.md")
     assert "**Missing settings.**" in text
     for words, feature, relation in (("feature reuse only", "true", "false"), ("relation reuse only", "false", "true"),
@@ -469,7 +469,7 @@ def test_without_the_ablation_runs_the_section_says_which_are_missing(runs, tmp_
     capsys.readouterr()
     assert main(["report", "--params", str(params)]) == 0
     assert ("dvt report: table1.md, table2.md, table3.md, ablation.md, findings.md, findings.json, figures/ (6 files), "
-            "metrics.json, index.md" in capsys.readouterr().out)
+            "comparisons.json, metrics.json, index.md" in capsys.readouterr().out)
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
@@ -578,6 +578,43 @@ def test_findings_are_computed_from_the_stage_outputs(rendered):
     for f in found.values():
         verdict = {True: "yes", False: "no", None: "cannot tell"}[f["holds"]]
         assert f"| `{f['name']}` | {verdict} |" in text
+
+
+def test_headline_metrics_are_few_numbers_recomputed_from_the_stage_outputs(rendered):
+    """reports/metrics.json and each run's metrics.json: what `dvc exp show` shows, numbers only."""
+    config, comparisons = rendered
+    head = json.loads(page(config, "metrics.json"))
+    found = {f["name"]: f for f in json.loads(page(config, "findings.json"))["findings"]}
+
+    def leaves(tree, prefix=""):
+        for k, v in tree.items():
+            yield from leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else [(prefix + k, v)]
+
+    flat = dict(leaves(head))
+    assert all(v is None or isinstance(v, (int, float)) and not isinstance(v, bool) for v in flat.values()), flat
+    assert len(flat) <= 16
+    for run in config.runs:
+        assert head["top1"][run] == round(per_exit(stage_outputs(config, run)["eval"], "top1")[-1], 2)
+    assert head["findings_held"] == sum(f["holds"] is True for f in found.values())
+    finest = stage_outputs(config, "tokens_8x8")["eval"]
+    need = cost_for(curve(stage_outputs(config, "dvt")), finest["top1"]["exit1"])
+    assert head["dvt"]["cost_share"] == round(need / finest["gmacs"]["exit1"], 3)
+    assert head["dvt"]["cost_share"] == found["dvt_is_cheaper_at_equal_accuracy"]["numbers"]["cost_share"]
+    assert head["dvt"]["measured_speedup"] == round(comparisons["matched_throughput"]["tokens_8x8"]["speedup"], 2)
+    coarsest = stage_outputs(config, "tokens_2x2")["eval"]["gmacs"]["exit1"]
+    assert head["dvt"]["top1_at_coarsest_cost"] == round(value_at(curve(stage_outputs(config, "dvt")), coarsest), 2)
+
+    # Each run's own headline, written by `dvt budget` next to eval.json.
+    for run in ("dvt", "tokens_8x8"):
+        own = json.loads((config.run_dir(run) / "metrics.json").read_text())
+        ev = stage_outputs(config, run)["eval"]
+        assert own["top1"] == {k: round(v, 2) for k, v in ev["top1"].items()}
+        assert own["gmacs"] == pytest.approx(per_exit(ev, "gmacs")[-1], rel=1e-3)
+    budget = pd.read_csv(config.run_dir("dvt") / "budget.csv").set_index("budget")
+    own = json.loads((config.run_dir("dvt") / "metrics.json").read_text())
+    assert set(own["budget"]) == {"p10", "p20"}  # this config has 20 budgets: p30 does not exist
+    assert own["budget"]["p10"]["top1"] == round(budget.at[10, "accuracy"], 2)
+    assert "budget" not in json.loads((config.run_dir("tokens_8x8") / "metrics.json").read_text())
 
 
 def test_object_scale_finding_reads_where_images_leave(rendered, tmp_path):

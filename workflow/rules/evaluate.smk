@@ -19,7 +19,8 @@ rule collect:
     output:
         run_file("logits.parquet"),
     params:
-        settings=settings("eval.threshold_split", "eval.batch_size", "train.amp"),
+        settings=settings("eval.threshold_split", "eval.threads", "train.amp"),
+    threads: CFG.eval.threads  # scheduling only, as in rule train
     shell:
         dvt("collect", seed_args())
 
@@ -30,6 +31,7 @@ rule budget:
         run_file("logits.parquet"),
     output:
         metrics=run_file("eval.json"),
+        headline=run_file("metrics.json"),
         curve=run_file("budget.csv"),
     params:
         settings=settings("eval.num_budgets", "eval.q_step", "eval.threshold_split"),

@@ -9,9 +9,9 @@ rule train:
         summary=run_file("train.json"),
         log=run_file("train_log.csv"),
     params:
-        settings=settings("data.image_size", "model", "runs.{run}", "train", "eval.batch_size"),
-    # train.threads null: one thread per job, and Snakemake runs --cores jobs side by side (faster on a
-    # CPU than fewer jobs with more threads each); Snakemake passes it on as OMP_NUM_THREADS.
-    threads: CFG.train.threads or 1
+        settings=settings("data.image_size", "data.num_workers", "model", "runs.{run}", "train"),
+    # For scheduling only: `dvt train` sets torch's threads from train.threads itself, whatever
+    # Snakemake's --cores gives the job, so the weights do not depend on the engine.
+    threads: CFG.train.threads
     shell:
         dvt("train", seed_args(), "--restart")
