@@ -80,10 +80,11 @@ def set_param(root: Path, section: str, key: str, value) -> None:
 
 
 def tree_hashes(root: Path) -> dict[str, str]:
-    """sha256 of every file under runs/ and reports/ (less Snakemake's bookkeeping in folder outputs)."""
+    """sha256 of every file under runs/ and reports/, less hidden bookkeeping (train locks, Snakemake's
+    timestamps in folder outputs)."""
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
             for folder in ("runs", "reports") for p in sorted((root / folder).rglob("*"))
-            if p.is_file() and p.name != ".snakemake_timestamp"}
+            if p.is_file() and not p.name.startswith(".")}
 
 
 def assert_typos_stop_before_any_job(root: Path, engine: list[str]) -> None:
@@ -237,7 +238,8 @@ def test_an_edit_reruns_exactly_the_stages_whose_results_it_changes(finished, tm
         planned = due(root, engine)
         assert {p for p in planned if p.startswith("runs/")} == {
             f"runs/dvt/seed42/{f}" for f in ("checkpoint.pt", "train.json", "train_log.csv", "logits.parquet",
-                                             "eval.json", "budget.csv", "speed.json")} | {"runs/dvt/flops.json"}
+                                             "eval.json", "metrics.json", "budget.csv", "speed.json")} \
+            | {"runs/dvt/flops.json"}
         assert planned - {p for p in planned if p.startswith("runs/")} <= {f"reports/{r}" for r in REPORTS}
 
     # Training threads change the weights (the CPU backward sums in a thread-dependent order), so every
@@ -248,8 +250,8 @@ def test_an_edit_reruns_exactly_the_stages_whose_results_it_changes(finished, tm
         assert due(root, engine) == {"check"} | {f"train@{run}-42" for run in runs}
     else:
         assert {p.rsplit("/", 1)[-1] for p in due(root, engine) if p.startswith("runs/")} == {
-            "checkpoint.pt", "train.json", "train_log.csv", "logits.parquet", "eval.json", "budget.csv",
-            "speed.json"}
+            "checkpoint.pt", "train.json", "train_log.csv", "logits.parquet", "eval.json", "metrics.json",
+            "budget.csv", "speed.json"}
 
 
 def metrics_of(entry: dict) -> dict[str, object]:
@@ -272,7 +274,7 @@ def test_experiments_carry_their_numbers(finished, tmp_path):
     assert {"reports/metrics.json", "dvc.lock"} | {f"runs/{r}/seed42/metrics.json" for r in ("single", "dvt", "cnn")} \
         <= tracked
     assert not [p for p in tracked if p.startswith(("runs/", "reports/")) and not p.endswith("metrics.json")
-                and not p.startswith("reports/templates/")]
+                and not p.startswith("reports/templates/") and p != "runs/params.ok"]
     sh(root, *GIT, "commit", "-qm", "baseline")
     sh(root, dvc, "exp", "run", "-S", "train.lr=0.0042", "-n", "lr-test")
 
@@ -304,3 +306,21 @@ def test_experiments_carry_their_numbers(finished, tmp_path):
     assert applied["top1"]["dvt"] == numbers["lr-test"]["reports/metrics.json.top1.dvt"]
     metrics_diff = json.loads(sh(root, dvc, "metrics", "diff", "HEAD", "--json").stdout)
     assert metrics_diff["reports/metrics.json"]["top1.dvt"]["new"] == applied["top1"]["dvt"]
+
+
+def test_a_pushed_pipeline_pulls_into_a_fresh_clone_where_nothing_reruns(finished, tmp_path):
+    """Issue #16, item 6: trained checkpoints and every output reach a collaborator through a DVC remote
+    (a local folder here; S3, SSH or GCS in the README), and their clone has nothing to recompute."""
+    root = copy_of(finished, "dvc", tmp_path)
+    dvc = str(BIN / "dvc")
+    sh(root, dvc, "remote", "add", "-d", "shared", str(tmp_path / "remote"))
+    sh(root, *GIT, "add", "-A")
+    sh(root, *GIT, "commit", "-qm", "finished, with a remote")
+    sh(root, dvc, "push")
+    clone = tmp_path / "clone"
+    sh(tmp_path, *GIT, "clone", "-q", str(root), str(clone))
+    assert not (clone / "runs" / "dvt" / "seed42" / "checkpoint.pt").exists()
+    sh(clone, dvc, "pull")
+    assert tree_hashes(clone) == tree_hashes(root)
+    assert json.loads(sh(clone, dvc, "status", "--json").stdout) == {}
+    assert "Running stage" not in sh(clone, dvc, "repro").stdout
