@@ -54,7 +54,10 @@ def snakemake_jobs(root: Path, *targets: str, args: tuple[str, ...] = ("--forcea
         outputs = re.search(r"^\s+output: (.+)$", block, re.M)
         command = re.search(r"^Shell command: (.+)$", block, re.M)
         if outputs and command and command.group(1) != "None":
-            jobs.update({path: command.group(1) for path in outputs.group(1).split(", ")})
+            # Every job logs to logs/<rule>/...; without that redirect the command is dvc.yaml's.
+            bare, logged = re.subn(r" > logs/\S+\.log 2>&1$", "", command.group(1))
+            assert logged == 1, command.group(1)
+            jobs.update({path: bare for path in outputs.group(1).split(", ")})
     return jobs
 
 
@@ -166,3 +169,11 @@ def test_both_engines_declare_the_same_params_for_each_stage():
         call = re.search(r"settings=settings\((.*?)\),\n", declared[name], re.S)
         assert call, name
         assert dvc == sorted(re.findall(r'"([^"]+)"', call.group(1))), name
+
+
+def test_snakemake_lint_asks_only_for_the_environment_directive_the_snakefile_explains():
+    out = subprocess.run([str(BIN / "snakemake"), "--lint"], cwd=REPO, capture_output=True, text=True,
+                         env=engine_env())
+    lints = set(re.findall(r"^\s+\* (.+?):$", out.stdout + out.stderr, re.M))
+    assert lints == {"Specify a conda environment or container for each rule."}, out.stdout + out.stderr
+    assert "conda or container directive per rule" in (REPO / "workflow" / "Snakefile").read_text()

@@ -7,6 +7,7 @@ edit re-runs exactly the stages whose results it changes, and a speed-only edit 
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
@@ -183,6 +184,16 @@ def test_snakemake_end_to_end(finished, tmp_path):
     for name in REPORTS:
         assert (root / "reports" / name).exists(), name
     assert "Nothing to be done" in sh(root, str(BIN / "snakemake"), "-n").stdout
+    # Every job left its log and its benchmark (time, memory) under logs/.
+    assert (root / "logs" / "train" / "dvt" / "seed42.log").read_text().strip()
+    assert (root / "logs" / "train" / "dvt" / "seed42.benchmark.tsv").read_text().startswith("s\t")
+    # `snakemake --report`: one self-contained page that holds the rendered tables and the figures.
+    sh(root, str(BIN / "snakemake"), "--report", "report.html")
+    html = (root / "report.html").read_text()
+    pages = [base64.b64decode(m).decode() for m in re.findall(r"data:text/markdown;[^,]*base64,([A-Za-z0-9+/=]+)", html)]
+    assert any(p == (root / "reports" / "table1.md").read_text() for p in pages)
+    png = base64.b64encode((root / "reports" / "figures" / "accuracy_vs_gmacs.png").read_bytes()).decode()
+    assert png in html
     assert_typos_stop_before_any_job(root, [str(BIN / "snakemake"), "--cores", "2"])
     assert "Nothing to be done" in sh(root, str(BIN / "snakemake"), "-n").stdout
 

@@ -90,3 +90,65 @@ def run_file(name: str) -> str:
 
 def seed_args() -> str:
     return "--run {wildcards.run} --seed {wildcards.seed}"
+
+
+def logged(command: str) -> str:
+    """A job's shell command with its output in its log file (`show-failed-logs` prints it on failure)."""
+    return f"{command} > {{log}} 2>&1"
+
+
+def job_files(rule: str, name: str = "{run}/seed{seed}") -> dict[str, str]:
+    """A job's log and benchmark paths under logs/<rule>/ (name: the job's wildcards)."""
+    return {"log": f"logs/{rule}/{name}.log", "benchmark": f"logs/{rule}/{name}.benchmark.tsv"}
+
+
+# The report: which run plays which part (baselines, the DVT run, the ablation) is dvt's own rule, read
+# off the params, so that `snakemake reports/table2.md` trains and measures no more than Table 2 needs.
+from dvt.reporting.compare import assign_roles
+from dvt.reporting.inputs import run_files
+
+_roles = assign_roles(run_files(CFG))
+SINGLES = [r.name for r in _roles.singles]
+BASELINES = [r.name for r in _roles.baselines]
+DVT_RUN = [_roles.dvt.name] if _roles.dvt else []
+ABLATION = [r.name for r in _roles.ablation.values() if r is not None]
+
+
+def files_of(runs: list[str], *names: str) -> list[str]:
+    """The named files of every seed of `runs` (flops.json: the run's own)."""
+    return [f"runs/{run}/{name}" if name == "flops.json" else f"runs/{run}/seed{seed}/{name}"
+            for run in runs for name in names for seed in SEEDS]
+
+
+# The findings read what Tables 1-3 and the ablation read, and DVT's logits (where images exit).
+_FINDINGS_INPUTS = (files_of(DVT_RUN + SINGLES, "eval.json", "budget.csv", "speed.json")
+                    + files_of(BASELINES, "eval.json")
+                    + files_of(ABLATION, "eval.json", "budget.csv") + files_of(DVT_RUN, "logits.parquet"))
+
+# part -> (output under report.dir, the run files it reads, its section in `snakemake --report`)
+REPORT_PARTS = {
+    "table1": ("table1.md", files_of(SINGLES + BASELINES, "eval.json", "flops.json"), "Tables"),
+    "table2": ("table2.md", files_of(DVT_RUN + SINGLES, "eval.json", "budget.csv", "speed.json"), "Tables"),
+    "table3": ("table3.md", files_of(DVT_RUN + SINGLES, "eval.json", "budget.csv"), "Tables"),
+    "ablation": ("ablation.md", files_of(ABLATION, "eval.json", "budget.csv"), "Tables"),
+    "figures": ("figures", files_of(RUNS, "eval.json", "budget.csv", "train_log.csv")
+                + files_of(DVT_RUN, "logits.parquet"), "Figures"),
+    "findings": ("findings.md", _FINDINGS_INPUTS, "Findings"),
+    "findings_json": ("findings.json", _FINDINGS_INPUTS, "Findings"),
+    "comparisons": ("comparisons.json", files_of(DVT_RUN + SINGLES, "eval.json", "budget.csv", "speed.json")
+                    + files_of(ABLATION, "eval.json", "budget.csv"), "Data"),
+    # The headline counts the findings that hold, so it reads what they read (and every run's top-1).
+    "metrics": ("metrics.json", sorted(set(_FINDINGS_INPUTS + files_of(RUNS, "eval.json"))), "Data"),
+}
+
+
+def report_outputs() -> list[str]:
+    return [f"{REPORT}/{out}" for out, _, _ in REPORT_PARTS.values()] + [f"{REPORT}/index.md"]
+
+
+def report_output(part: str):
+    """The part's output, marked for `snakemake --report` (figures: every PNG of the folder)."""
+    out, _, category = REPORT_PARTS[part]
+    if part == "figures":
+        return report(directory(f"{REPORT}/{out}"), patterns=["{name}.png"], category=category)
+    return report(f"{REPORT}/{out}", category=category)

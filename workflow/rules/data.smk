@@ -4,5 +4,9 @@ rule fetch:
     params:
         settings=settings("data.dataset", "data.root", "data.source", "data.download", "data.calibration_size",
                           "data.synthetic", "data.cluttered"),
+    log:
+        "logs/fetch.log",
+    benchmark:
+        "logs/fetch.benchmark.tsv"
     shell:
-        dvt("fetch")
+        logged(dvt("fetch"))

@@ -7,8 +7,12 @@ rule flops:
         run_file("flops.json"),
     params:
         settings=settings("data.dataset", "data.image_size", "data.synthetic", "data.cluttered", "model", "runs.{run}"),
+    log:
+        job_files("flops", "{run}")["log"],
+    benchmark:
+        job_files("flops", "{run}")["benchmark"]
     shell:
-        dvt("flops", "--run {wildcards.run}")
+        logged(dvt("flops", "--run {wildcards.run}"))
 
 
 rule collect:
@@ -21,8 +25,12 @@ rule collect:
     params:
         settings=settings("eval.threshold_split", "eval.threads", "train.amp"),
     threads: CFG.eval.threads  # scheduling only, as in rule train
+    log:
+        job_files("collect")["log"],
+    benchmark:
+        job_files("collect")["benchmark"]
     shell:
-        dvt("collect", seed_args())
+        logged(dvt("collect", seed_args()))
 
 
 rule budget:
@@ -35,8 +43,12 @@ rule budget:
         curve=run_file("budget.csv"),
     params:
         settings=settings("eval.num_budgets", "eval.q_step", "eval.threshold_split"),
+    log:
+        job_files("budget")["log"],
+    benchmark:
+        job_files("budget")["benchmark"]
     shell:
-        dvt("budget", seed_args())
+        logged(dvt("budget", seed_args()))
 
 
 # Timing wants the machine to itself: the job takes every core Snakemake was given, so no other job
@@ -52,5 +64,9 @@ rule speed:
     params:
         settings=settings("speed", "train.amp"),
     threads: workflow.cores
+    log:
+        job_files("speed")["log"],
+    benchmark:
+        job_files("speed")["benchmark"]
     shell:
-        dvt("speed", seed_args())
+        logged(dvt("speed", seed_args()))

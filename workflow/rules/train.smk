@@ -13,5 +13,9 @@ rule train:
     # For scheduling only: `dvt train` sets torch's threads from train.threads itself, whatever
     # Snakemake's --cores gives the job, so the weights do not depend on the engine.
     threads: CFG.train.threads
+    log:
+        job_files("train")["log"],
+    benchmark:
+        job_files("train")["benchmark"]
     shell:
-        dvt("train", seed_args(), "--restart")
+        logged(dvt("train", seed_args(), "--restart"))
