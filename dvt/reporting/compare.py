@@ -223,7 +223,7 @@ def headline(*, runs: list[RunFiles], roles: Roles, costs: list[VsCost], speeds:
     """reports/metrics.json, the numbers `dvc exp show` puts in a row per experiment (means over seeds).
 
     Numbers only, and few: each run's last-exit top-1; DVT's share of the finest one-exit model's
-    GMACs at that model's top-1 (the paper's saving; it needs 0.56-0.63), its top-1 at the coarsest
+    GMACs at that model's top-1 (the paper's cascades: 0.57-0.63), its top-1 at the coarsest
     model's GMACs and the measured speed-up at the finest model's top-1; and how many of the paper's
     findings hold here. Missing numbers (no DVT run, no speed.json) are null.
     """
