@@ -1,8 +1,9 @@
 """Both engines run the whole pipeline on a tiny synthetic config, each in its own temporary git repo.
 
 Checked: the reports come out; both engines write the same bytes; a second run is a no-op; a params
-edit re-runs exactly the stages whose results it changes, and a speed-only edit re-runs nothing;
-`dvc exp run -S` records an experiment that `dvc exp show` lists.
+edit re-runs exactly the stages whose results it changes, and a speed-only edit re-runs nothing; an
+experiment carries its metrics through `dvc exp show` / `diff` / `apply`; a DVC remote gives a fresh
+clone every output; `snakemake --report` embeds the tables and figures.
 """
 
 from __future__ import annotations
