@@ -53,6 +53,7 @@ from dvt.thresholds import assign_exits
 PARTS = {"table1": "table1.md", "table2": "table2.md", "table3": "table3.md", "ablation": "ablation.md",
          "findings": "findings.md", "findings_json": "findings.json", "figures": "figures",
          "comparisons": "comparisons.json", "metrics": "metrics.json", "index": "index.md"}
+JSON_PARTS = ("findings_json", "comparisons", "metrics")
 
 
 class Report:
@@ -138,13 +139,17 @@ class Report:
         }[part]()
         return pages.render(self.env, PARTS[part], {**pages.common(self.config, setting, roles, ref), **context})
 
-    def comparisons(self) -> dict[str, Any]:
-        return compare.comparisons(dataset=self.config.data.dataset, seeds=len(self.config.seeds),
-                                   roles=self.roles, costs=self.costs, speeds=self.speeds, ablation=self.ablation)
-
-    def metrics(self) -> dict[str, Any]:
-        return compare.headline(runs=list(self.runs.values()), roles=self.roles, costs=self.costs, speeds=self.speeds,
-                                held=sum(f.holds is True for f in self.verdicts))
+    def data(self, part: str) -> dict[str, Any]:
+        """The content of a JSON part (one of JSON_PARTS)."""
+        return {
+            "comparisons": lambda: compare.comparisons(dataset=self.config.data.dataset, seeds=len(self.config.seeds),
+                                                       roles=self.roles, costs=self.costs, speeds=self.speeds,
+                                                       ablation=self.ablation),
+            "metrics": lambda: findings.headline(list(self.runs.values()), self.verdicts),
+            "findings_json": lambda: {"dataset": self.config.data.dataset,
+                                      "dvt_run": self.dvt.name if self.dvt else None,
+                                      "findings": [f.to_dict() for f in self.verdicts]},
+        }[part]()
 
     def draw(self, folder: Path) -> list[str]:
         """Every figure into `folder`; returns the file names."""
@@ -172,19 +177,13 @@ def run(config: Config, *, part: str | None = None) -> dict[str, Any]:
             if p == "figures":
                 # Replaces figures/ only when the block ends without error, i.e. after every part rendered.
                 done[p] = report.draw(stack.enter_context(atomic_dir(report.out / PARTS[p])))
-            elif p == "comparisons":
-                done[p] = report.comparisons()
-            elif p == "metrics":
-                done[p] = report.metrics()
-            elif p == "findings_json":
-                done[p] = {"dataset": config.data.dataset, "dvt_run": report.dvt.name if report.dvt else None,
-                           "findings": [f.to_dict() for f in report.verdicts]}
+            elif p in JSON_PARTS:
+                done[p] = report.data(p)
             else:
                 done[p] = report.page(p)
         # JSON parts are serialised before the first file is written, so an unwritable value fails
         # the whole report instead of leaving some pages new and some old.
-        texts = {p: json.dumps(content, indent=2) + "\n" for p, content in done.items()
-                 if p in ("comparisons", "metrics", "findings_json")}
+        texts = {p: json.dumps(content, indent=2) + "\n" for p, content in done.items() if p in JSON_PARTS}
         for p, content in done.items():
             if p in texts:
                 write_text(report.out / PARTS[p], texts[p])

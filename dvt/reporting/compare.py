@@ -218,31 +218,6 @@ def compare_reuse(roles: Roles) -> Ablation | None:
     return Ablation(grids=roles.dvt.grids, costs=costs, rows=tuple(rows))
 
 
-def headline(*, runs: list[RunFiles], roles: Roles, costs: list[VsCost], speeds: list[VsSpeed],
-             held: int) -> dict[str, Any]:
-    """reports/metrics.json, the numbers `dvc exp show` puts in a row per experiment (means over seeds).
-
-    Numbers only, and few: each run's last-exit top-1; DVT's share of the finest one-exit model's
-    GMACs at that model's top-1 (the paper's cascades: 0.57-0.63), its top-1 at the coarsest
-    model's GMACs and the measured speed-up at the finest model's top-1; and how many of the paper's
-    findings hold here. Missing numbers (no DVT run, no speed.json) are null.
-    """
-    out: dict[str, Any] = {"top1": {r.name: round(r.top1[-1], 2) for r in runs}, "findings_held": held}
-    if roles.dvt is not None and costs:
-        finest, coarsest = max(costs, key=lambda c: c.grid), min(costs, key=lambda c: c.grid)
-        measured = next((s.speedup for s in speeds if s.run == finest.run), None)
-        out["dvt"] = {
-            "cost_share": _rounded(None if finest.dvt_gmacs_at_top1 is None
-                                   else finest.dvt_gmacs_at_top1 / finest.gmacs, 3),
-            "top1_at_coarsest_cost": _rounded(coarsest.dvt_top1_at_gmacs, 2),
-            "measured_speedup": _rounded(measured, 2)}
-    return out
-
-
-def _rounded(x: float | None, digits: int) -> float | None:
-    return None if x is None else round(float(x), digits)
-
-
 def comparisons(*, dataset: str, seeds: int, roles: Roles, costs: list[VsCost], speeds: list[VsSpeed],
                 ablation: Ablation | None) -> dict[str, Any]:
     """reports/comparisons.json: every comparison of Tables 2-3 and the ablation (means over `seeds` seeds)."""

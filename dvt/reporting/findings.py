@@ -221,3 +221,23 @@ def faster_at_equal_accuracy(speeds: list[VsSpeed]) -> Finding:
         numbers=numbers,
         bar="measured throughput of DVT at the finest one-exit model's top-1 exceeds that model's",
         holds=holds)
+
+
+def headline(runs: list[RunFiles], verdicts: list[Finding]) -> dict[str, Any]:
+    """reports/metrics.json, the numbers `dvc exp show` puts in a row per experiment (means over seeds).
+
+    Numbers only, and few: each run's last-exit top-1; how many of the findings hold; and, read off
+    the findings (so both files always agree), DVT's share of the finest one-exit model's GMACs at
+    that model's top-1 (the paper's cascades: 0.57-0.63), its top-1 at the coarsest model's GMACs and
+    the measured speed-up at the finest model's top-1. Missing numbers (no speed.json) are null; with
+    no DVT run there is no "dvt" block.
+    """
+    numbers = {f.name: f.numbers for f in verdicts}
+    out: dict[str, Any] = {"top1": {r.name: _r(r.top1[-1]) for r in runs},
+                           "findings_held": sum(f.holds is True for f in verdicts)}
+    if numbers.get("dvt_is_cheaper_at_equal_accuracy"):
+        out["dvt"] = {
+            "cost_share": numbers["dvt_is_cheaper_at_equal_accuracy"]["cost_share"],
+            "top1_at_coarsest_cost": numbers.get("dvt_is_better_at_equal_cost", {}).get("dvt_top1_at_that_cost"),
+            "measured_speedup": numbers.get("dvt_is_faster_at_equal_accuracy", {}).get("measured_speedup")}
+    return out
