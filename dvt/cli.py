@@ -54,8 +54,8 @@ def _parser() -> argparse.ArgumentParser:
                                 "(the pipeline engines pass this: they re-run train only when a setting changed)")
         if name == "report":
             p.add_argument("--part", default=None,
-                           help="render only this part: table1, table2, table3, ablation, figures, metrics or index "
-                                "(default: all)")
+                           help="render only this part: table1, table2, table3, ablation, findings, findings_json, "
+                                "comparisons, metrics, figures, plots or index (default: all)")
         if name == "budget":
             p.add_argument("--target-gmacs", type=float, default=None,
                            help="also report thresholds for this average cost per image")

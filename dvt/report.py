@@ -16,6 +16,8 @@ Parts, each one output under report.dir (`--part` renders one; without it, all o
 | comparisons | comparisons.json | what table2, table3 and ablation read: their comparisons, as data    |
 | metrics  | metrics.json  | the headline: each run's top-1, DVT's cost share and speed-up, findings held |
 |          |               | (numbers only, for `dvc exp show`; reads what findings reads)             |
+| plots    | plots/        | what figures reads but the logits: one CSV per chart of DVC's top-level     |
+|          |               | plots (every run in one chart), and the page `dvc plots show` fills        |
 | index    | index.md      | params.yaml; DVT's logits.parquet (gallery ids); any speed.json (optional) |
 
 With several seeds every number is the mean over them (Table 1 and the ablation also give the standard
@@ -25,8 +27,9 @@ Which run plays which part is read off params.yaml: one-exit runs are the baseli
 first cascade with both reuses (else the first cascade); the cascades on DVT's grids are the ablation.
 
 Everything is read, checked and rendered before anything is written: a missing or stale input is one
-DvtError line naming the stage to run. Figures are drawn into a temporary folder that replaces
-figures/ whole once every other part has been rendered; pages and JSON files are replaced file by file.
+DvtError line naming the stage to run. Figures and plots are written into temporary folders that
+replace figures/ and plots/ whole once every other part has been rendered; pages and JSON files are
+replaced file by file.
 """
 
 from __future__ import annotations
@@ -46,14 +49,15 @@ from dvt.data.cluttered import object_sides, objects_file
 from dvt.data.info import dataset_info
 from dvt.errors import DvtError
 from dvt.logits import read_logits
-from dvt.reporting import compare, figures, findings, gallery, pages, reference
+from dvt.reporting import compare, figures, findings, gallery, overlays, pages, reference
 from dvt.reporting.inputs import run_files
 from dvt.thresholds import assign_exits
 
 PARTS = {"table1": "table1.md", "table2": "table2.md", "table3": "table3.md", "ablation": "ablation.md",
          "findings": "findings.md", "findings_json": "findings.json", "figures": "figures",
-         "comparisons": "comparisons.json", "metrics": "metrics.json", "index": "index.md"}
+         "comparisons": "comparisons.json", "metrics": "metrics.json", "plots": "plots", "index": "index.md"}
 JSON_PARTS = ("findings_json", "comparisons", "metrics")
+FOLDER_PARTS = ("figures", "plots")
 
 
 class Report:
@@ -164,6 +168,10 @@ class Report:
             drawn += gallery.draw(folder, pictures)
         return drawn
 
+    def overlay(self, folder: Path) -> list[str]:
+        """The tables of DVC's top-level plots and their offline page into `folder`; returns the file names."""
+        return overlays.write(folder, list(self.runs.values()))
+
 
 def run(config: Config, *, part: str | None = None) -> dict[str, Any]:
     """Render `part` (default: every part) into report.dir; returns what was written, by part."""
@@ -174,9 +182,10 @@ def run(config: Config, *, part: str | None = None) -> dict[str, Any]:
     done: dict[str, Any] = {}
     with contextlib.ExitStack() as stack:
         for p in wanted:
-            if p == "figures":
-                # Replaces figures/ only when the block ends without error, i.e. after every part rendered.
-                done[p] = report.draw(stack.enter_context(atomic_dir(report.out / PARTS[p])))
+            if p in FOLDER_PARTS:
+                # Replaces the folder only when the block ends without error, i.e. after every part rendered.
+                folder = stack.enter_context(atomic_dir(report.out / PARTS[p]))
+                done[p] = report.draw(folder) if p == "figures" else report.overlay(folder)
             elif p in JSON_PARTS:
                 done[p] = report.data(p)
             else:
@@ -187,14 +196,14 @@ def run(config: Config, *, part: str | None = None) -> dict[str, Any]:
         for p, content in done.items():
             if p in texts:
                 write_text(report.out / PARTS[p], texts[p])
-            elif p != "figures":
+            elif p not in FOLDER_PARTS:
                 write_text(report.out / PARTS[p], content)
     _summary(report, done)
     return done
 
 
 def _summary(report: Report, done: dict[str, Any]) -> None:
-    files = ", ".join(f"{PARTS[p]}/ ({len(v)} files)" if p == "figures" else PARTS[p] for p, v in done.items())
+    files = ", ".join(f"{PARTS[p]}/ ({len(v)} files)" if p in FOLDER_PARTS else PARTS[p] for p, v in done.items())
     best = max((c for c in report.costs if c.speedup is not None), key=lambda c: c.speedup, default=None) \
         if "table3" in done or "comparisons" in done else None
     saving = f"; DVT ({report.dvt.name}) needs {best.speedup:.2f}x fewer GMACs than {best.run} at its top-1" \

@@ -123,10 +123,21 @@ def early_exit_predict(model: Cascade, x: Tensor, thresholds: Sequence[float] | 
     return pred, exit_index
 
 
-def _time_all(fns: dict[str, Callable[[], object]], *, warmup: int, repeats: int,
-              device: torch.device) -> dict[str, float]:
-    """Median seconds of one call of each fn. The calls take turns within every repeat, so a change
-    in the machine's load (other jobs on a shared CPU) hits every fn alike and spares the ratios."""
+def exits_up_to(model: Cascade, x: Tensor, k: int, *, amp: bool = False) -> Callable[[], None]:
+    """A call running exits 1..k+1 (k 0-based) on every row of x: what an image leaving at exit k+1 pays."""
+    @torch.inference_mode()
+    def fn() -> None:
+        state = None
+        with autocast(x.device, amp):
+            for j in range(k + 1):
+                _, state = model.forward_exit(j, x, state)
+    return fn
+
+
+def time_turns(fns: dict[str, Callable[[], object]], *, warmup: int, repeats: int,
+               device: torch.device) -> dict[str, list[float]]:
+    """Seconds of each call of each fn, one per repeat. The calls take turns within every repeat, so a
+    change in the machine's load (other jobs on a shared CPU) hits every fn alike and spares the ratios."""
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -142,7 +153,7 @@ def _time_all(fns: dict[str, Callable[[], object]], *, warmup: int, repeats: int
             fn()
             sync()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
 
 
 def _device(name: str) -> torch.device:
@@ -152,7 +163,7 @@ def _device(name: str) -> torch.device:
     return device
 
 
-def _device_name(device: torch.device) -> str:
+def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     cpuinfo = Path("/proc/cpuinfo")
@@ -194,7 +205,7 @@ def _ratios(reference_seconds: float, reference_gmacs: float, seconds: float, gm
     return {"measured": measured, "ideal": ideal, "efficiency": measured / ideal}
 
 
-def _stage_time_prediction(prefix_seconds: list[float], shares: np.ndarray, seconds: float,
+def stage_time_prediction(prefix_seconds: list[float], shares: np.ndarray, seconds: float,
                            batch: int) -> dict[str, float]:
     """Early exit's time predicted from the static stage times: sum_k reach_k * (t_1..k - t_1..k-1).
 
@@ -239,19 +250,10 @@ def run(config: Config, *, run: str) -> dict[str, Any]:
         model.eval().to(device)
         x = _test_batch(config, sc.batch_size).to(device)
 
-        def prefix(k: int) -> Callable[[], object]:
-            @torch.inference_mode()
-            def fn() -> None:
-                state = None
-                with autocast(device, amp):
-                    for j in range(k + 1):
-                        _, state = model.forward_exit(j, x, state)
-            return fn
-
         def early_exit(T: np.ndarray) -> Callable[[], object]:
             return lambda: early_exit_predict(model, x, T, amp=amp)
 
-        fns: dict[str, Callable[[], object]] = {f"exit{k + 1}": prefix(k) for k in range(K)}
+        fns: dict[str, Callable[[], object]] = {f"exit{k + 1}": exits_up_to(model, x, k, amp=amp) for k in range(K)}
         if standalone is not None:
             standalone.to(device)
             fns["standalone"] = torch.inference_mode()(lambda: standalone(x))
@@ -260,7 +262,8 @@ def run(config: Config, *, run: str) -> dict[str, Any]:
             T = row[[f"threshold_{k}" for k in range(K)]].to_numpy(dtype=np.float64)
             budgets[f"p{p}"] = (int(p), T, row)
             fns[f"p{p}"] = early_exit(T)
-        seconds = _time_all(fns, warmup=sc.warmup, repeats=sc.repeats, device=device)
+        seconds = {name: statistics.median(t)
+                   for name, t in time_turns(fns, warmup=sc.warmup, repeats=sc.repeats, device=device).items()}
 
         prefix_seconds = [seconds[f"exit{k + 1}"] for k in range(K)]
         static: dict[str, Any] = {
@@ -284,14 +287,14 @@ def run(config: Config, *, run: str) -> dict[str, Any]:
                 "test": {"gmacs": float(row["gmacs"]), "accuracy": float(row["accuracy"])},
                 "vs_cascade": _ratios(prefix_seconds[-1], float(F[-1]), t, g),
                 "vs_standalone": _ratios(ref_seconds, ref_gmacs, t, g),
-                "vs_stage_times": _stage_time_prediction(prefix_seconds, shares, t, len(x)),
+                "vs_stage_times": stage_time_prediction(prefix_seconds, shares, t, len(x)),
             }
     finally:
         torch.set_num_threads(threads)
 
     result = {
         "run": run, "seed": config.seed, "grids": list(model.grids), "device": device.type,
-        "device_name": _device_name(device),
+        "device_name": device_name(device),
         "torch": torch.__version__, "threads": sc.threads, "batch_size": len(x), "amp": amp,
         "allocator": "glibc, freed memory kept (mallopt)" if allocator_kept else "default",
         # Whether relation reuse ran its C kernel (dvt.models.native) or the matmul fallback.

@@ -8,8 +8,10 @@ erasing, EMA and gradient clipping, all from timm.
 
 The training state is written to runs/R/seed<S>/resume.pt at the end of every epoch; when the last
 epoch ends it is written to runs/R/seed<S>/checkpoint.pt and resume.pt goes, so checkpoint.pt always
-means "finished". checkpoint.pt holds no wall-clock times (they go to train_log.csv and train.json):
-later stages depend on its hash, which retraining bit for bit leaves unchanged.
+means "finished". Each epoch is also logged to train_log.csv and, for `dvc plots` and `dvc exp show`,
+to DVCLive's files in live/ (dvt.live). checkpoint.pt holds no wall-clock times (they go to
+train_log.csv and train.json): later stages depend on its hash, which retraining bit for bit leaves
+unchanged.
 A rerun resumes from resume.pt (same settings) and ends with exactly the weights of an uninterrupted
 run, because model, optimiser, scheduler, EMA and every random generator are restored. resume.pt is
 not a declared pipeline output on purpose: DVC and Snakemake delete a stage's declared outputs before
@@ -31,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dvt import checkpoint
+from dvt import checkpoint, live
 from dvt.atomic import atomic_path, write_json
 from dvt.config import Config
 from dvt.data.loading import load_split, make_loader
@@ -78,15 +80,17 @@ def param_groups(model: nn.Module, *, weight_decay: float, backbone_lr_scale: fl
 
 
 def _outputs(out: Path) -> dict[str, Path]:
-    return {"checkpoint": out / "checkpoint.pt", "log": out / "train_log.csv", "summary": out / "train.json",
-            "resume": out / "resume.pt"}
+    return {"checkpoint": out / "checkpoint.pt", "log": out / "train_log.csv", "live": out / live.FOLDER,
+            "summary": out / "train.json", "resume": out / "resume.pt"}
 
 
-def _write_log(path: Path, rows: list[dict]) -> None:
-    with atomic_path(path) as tmp:
+def _write_log(files: dict[str, Path], rows: list[dict]) -> None:
+    """train_log.csv (every column, wall-clock times included) and the same epochs for DVCLive."""
+    with atomic_path(files["log"]) as tmp:
         keys = list(rows[0])
         lines = [",".join(keys)] + [",".join(_fmt(r[k]) for k in keys) for r in rows]
         tmp.write_text("\n".join(lines) + "\n")
+    live.write(files["live"], rows)
 
 
 def _fmt(v) -> str:
@@ -124,7 +128,7 @@ def _import_checkpoint(config: Config, run: str, files: dict[str, Path]) -> None
     row = {"epoch": 0, **{f"top1_exit{i + 1}": t for i, t in enumerate(top1)}, "seconds": 0.0, "images_per_s": 0.0}
     checkpoint.save(files["checkpoint"], {"model": model.state_dict(), "config": checkpoint.run_fingerprint(config, run),
                                           "epoch": config.train.epochs, "log": [row], "imported_from": source})
-    _write_log(files["log"], [row])
+    _write_log(files, [row])
     write_json(files["summary"], _summary(config, run, [row], {"imported_from": source}))
     print(f"dvt train: {run}: imported {rc.checkpoint}; calibration top-1 per exit "
           + " / ".join(f"{t:.2f}" for t in top1))
@@ -181,8 +185,8 @@ def _train(config: Config, *, run: str, restart: bool) -> dict:
             summary = _summary(config, run, state["log"], extra)
             # A finished run is left as it is; only a deleted log or summary is written again (without
             # timings, which the checkpoint does not keep).
-            if dist.main and not files["log"].is_file():
-                _write_log(files["log"], _timed(state["log"], []))
+            if dist.main and not (files["log"].is_file() and (files["live"] / "metrics.json").is_file()):
+                _write_log(files, _timed(state["log"], []))
             if dist.main and not files["summary"].is_file():
                 write_json(files["summary"], summary)
             if dist.main:  # left by a kill between writing checkpoint.pt and deleting it
@@ -322,7 +326,7 @@ def _train(config: Config, *, run: str, restart: bool) -> dict:
                  "rng": checkpoint.rng_state(data_gen), "config": fingerprint, "epoch": epoch + 1, "log": rows}
         if dist.main:
             checkpoint.save(files["resume"], {**state, "timings": timings})
-            _write_log(files["log"], _timed(rows, timings))
+            _write_log(files, _timed(rows, timings))
             print(f"dvt train: {run}/seed{config.seed} epoch {epoch + 1}/{tc.epochs}: loss {row['loss']:.4f}, "
                   "calibration top-1 "
                   + " / ".join(f"{t:.2f}" for t in top1) + f" ({seconds:.1f} s, {seen / seconds:.0f} img/s)")
@@ -332,7 +336,7 @@ def _train(config: Config, *, run: str, restart: bool) -> dict:
     log = _timed(rows, timings)
     summary = _summary(config, run, log, extra)
     if dist.main:
-        _write_log(files["log"], log)
+        _write_log(files, log)
         write_json(files["summary"], summary)
         # Last, so that checkpoint.pt appears only when all is written. It keeps no wall-clock times:
         # later stages depend on its hash, and retraining bit for bit must leave that hash alone.

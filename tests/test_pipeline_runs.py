@@ -2,7 +2,8 @@
 
 Checked: the reports come out; both engines write the same bytes; a second run is a no-op; a params
 edit re-runs exactly the stages whose results it changes, and a speed-only edit re-runs nothing; an
-experiment carries its metrics through `dvc exp show` / `diff` / `apply`; a DVC remote gives a fresh
+experiment carries its metrics and plots through `dvc exp show` / `diff` / `apply` / `plots diff`;
+`dvc plots show` draws every run in one chart each on an offline page; a DVC remote gives a fresh
 clone every output; `snakemake --report` embeds the tables and figures.
 """
 
@@ -50,7 +51,7 @@ def tiny_params() -> dict:
 
 GIT = [str(shutil.which("git")), "-c", "user.name=t", "-c", "user.email=t@t"]
 REPORTS = ["table1.md", "table2.md", "table3.md", "ablation.md", "findings.md", "findings.json", "comparisons.json",
-           "metrics.json", "index.md", "figures"]
+           "metrics.json", "index.md", "figures", "plots"]
 
 
 def sh(root: Path, *cmd: str) -> subprocess.CompletedProcess:
@@ -70,6 +71,9 @@ def tiny_repo(root: Path) -> Path:
     (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
     sh(root, *GIT, "init", "-q")
     sh(root, str(BIN / "dvc"), "init", "-q")
+    # the project's DVC settings (the offline plots page) and plot template
+    shutil.copy(REPO / ".dvc" / "config", root / ".dvc" / "config")
+    shutil.copytree(REPO / ".dvc" / "plots", root / ".dvc" / "plots")
     sh(root, *GIT, "add", "-A")
     sh(root, *GIT, "commit", "-qm", "tiny")
     return root
@@ -216,6 +220,24 @@ def test_snakemake_end_to_end(finished, tmp_path):
                 and "speed.json" not in line]
 
 
+def test_dvc_plots_show_draws_every_run_offline(finished, tmp_path):
+    """Issue #16, item 5: `dvc plots show` draws one chart per quantity with every run in it, on a page
+    that needs no network (Vega inline instead of from a CDN)."""
+    root = copy_of(finished, "dvc", tmp_path)
+    charts = json.loads(sh(root, str(BIN / "dvc"), "plots", "show", "--json").stdout)["data"]
+    series = {chart: {r["series"] for r in charts[f"reports/plots/{chart}.csv"][0]["content"]["data"]["values"]}
+              for chart in ("accuracy_vs_gmacs", "calibration_top1", "exit_shares")}
+    assert series == {"accuracy_vs_gmacs": {"single", "dvt", "cnn"},
+                      "calibration_top1": {"single", "dvt exit 1", "dvt exit 2", "cnn"},
+                      "exit_shares": {"dvt exit 1 (2x2)", "dvt exit 2 (4x4)"}}
+    sh(root, str(BIN / "dvc"), "plots", "show", "-o", "shown")
+    html = (root / "shown" / "index.html").read_text()
+    assert html.count("vegaEmbed('#") == 3 and "global.vegaEmbed =" in html
+    assert not re.findall(r"<script[^>]+src=", html) and "cdn." not in html
+    for figure in ("accuracy_vs_gmacs", "training_curves", "exit_fractions"):
+        assert (root / "shown" / "static" / f"workspace_reports_figures_{figure}.png").is_file()
+
+
 def due(root: Path, engine: str) -> set[str]:
     """What the engine would run now: DVC's changed stages, or the outputs of Snakemake's planned jobs."""
     if engine == "dvc":
@@ -249,8 +271,9 @@ def test_an_edit_reruns_exactly_the_stages_whose_results_it_changes(finished, tm
     else:
         planned = due(root, engine)
         assert {p for p in planned if p.startswith("runs/")} == {
-            f"runs/dvt/seed42/{f}" for f in ("checkpoint.pt", "train.json", "train_log.csv", "logits.parquet",
-                                             "eval.json", "metrics.json", "budget.csv", "speed.json")} \
+            f"runs/dvt/seed42/{f}" for f in ("checkpoint.pt", "train.json", "train_log.csv", "live/metrics.json",
+                                             "live/plots", "logits.parquet", "eval.json", "metrics.json",
+                                             "budget.csv", "speed.json")} \
             | {"runs/dvt/flops.json"}
         assert planned - {p for p in planned if p.startswith("runs/")} <= {f"reports/{r}" for r in REPORTS}
 
@@ -262,7 +285,7 @@ def test_an_edit_reruns_exactly_the_stages_whose_results_it_changes(finished, tm
         assert due(root, engine) == {"check"} | {f"train@{run}-42" for run in runs}
     else:
         assert {p.rsplit("/", 1)[-1] for p in due(root, engine) if p.startswith("runs/")} == {
-            "checkpoint.pt", "train.json", "train_log.csv", "logits.parquet", "eval.json", "metrics.json",
+            "checkpoint.pt", "train.json", "train_log.csv", "plots", "logits.parquet", "eval.json", "metrics.json",
             "budget.csv", "speed.json"}
 
 
@@ -273,6 +296,13 @@ def metrics_of(entry: dict) -> dict[str, object]:
             yield from leaves(v, f"{prefix}.{k}") if isinstance(v, dict) else [(f"{prefix}.{k}", v)]
 
     return dict(kv for path, m in (entry["data"].get("metrics") or {}).items() for kv in leaves(m["data"], path))
+
+
+def csv_rows(path: Path) -> list[tuple[str, str]]:
+    """(series, top1) of a report plots/ table, as the strings DVC hands to Vega."""
+    lines = path.read_text().splitlines()
+    header = lines[0].split(",")
+    return sorted((row[header.index("series")], row[header.index("top1")]) for row in (line.split(",") for line in lines[1:]))
 
 
 def test_experiments_carry_their_numbers(finished, tmp_path):
@@ -300,21 +330,39 @@ def test_experiments_carry_their_numbers(finished, tmp_path):
         assert {"reports/metrics.json.top1.dvt", "reports/metrics.json.dvt.cost_share",
                 "reports/metrics.json.findings_held"} <= keys, name
         assert "runs/dvt/seed42/metrics.json.top1.exit2" in found, name
+        # DVCLive's last-epoch summary of training, per exit
+        assert {"runs/dvt/seed42/live/metrics.json.calibration.top1_exit2",
+                "runs/dvt/seed42/live/metrics.json.train.loss_exit1"} <= set(found), name
         assert all(isinstance(v, (int, float)) for v in found.values()), (name, found)
     assert numbers["lr-test"] != numbers["baseline"]  # another learning rate, other numbers, all recorded
 
     diff = json.loads(sh(root, dvc, "exp", "diff", "HEAD", "lr-test", "--json").stdout)
     assert diff["params"]["params.yaml"]["train.lr"] == {"old": 0.002, "new": 0.0042, "diff": pytest.approx(0.0022)}
     assert diff["metrics"]["reports/metrics.json"]  # the headline changed with the learning rate
+    # `dvc plots diff`: both revisions' lines on each chart (read from DVC's cache), one per run and revision
+    plots = json.loads(sh(root, dvc, "plots", "diff", "HEAD", "lr-test", "--json").stdout)["data"]
+    plotted = {}  # chart -> rev -> its rows, as CSV text rows
+    for chart, runs in (("accuracy_vs_gmacs", {"single", "dvt", "cnn"}), ("calibration_top1", {"single", "cnn"})):
+        rows = plots[f"reports/plots/{chart}.csv"][0]["content"]["data"]["values"]
+        assert {(r["rev"], r["series"]) for r in rows} >= {(rev, run) for rev in ("HEAD", "lr-test") for run in runs}
+        plotted[chart] = {rev: sorted((r["series"], r["top1"]) for r in rows if r["rev"] == rev)
+                          for rev in ("HEAD", "lr-test")}
+        # (`dvc exp run` leaves the experiment's outputs in the workspace)
+        assert plotted[chart]["lr-test"] == csv_rows(root / "reports" / "plots" / f"{chart}.csv")
 
     # Back to the baseline (git and DVC's cache), then the experiment applied over it.
     sh(root, *GIT, "checkout", "--", ".")
     sh(root, dvc, "checkout")
     assert json.loads(sh(root, dvc, "status", "--json").stdout) == {}
+    for chart, by_rev in plotted.items():  # and HEAD's lines were the baseline's own files
+        assert by_rev["HEAD"] == csv_rows(root / "reports" / "plots" / f"{chart}.csv")
     sh(root, dvc, "exp", "apply", "lr-test")
     assert json.loads(sh(root, dvc, "status", "--json").stdout) == {}
     assert "Running stage" not in sh(root, dvc, "repro", "--dry").stdout
     applied = json.loads((root / "reports" / "metrics.json").read_text())
+    for chart, by_rev in plotted.items():
+        assert by_rev["lr-test"] == csv_rows(root / "reports" / "plots" / f"{chart}.csv")
+    assert plotted["accuracy_vs_gmacs"]["HEAD"] != plotted["accuracy_vs_gmacs"]["lr-test"]
     assert applied["top1"]["dvt"] == numbers["lr-test"]["reports/metrics.json.top1.dvt"]
     metrics_diff = json.loads(sh(root, dvc, "metrics", "diff", "HEAD", "--json").stdout)
     assert metrics_diff["reports/metrics.json"]["top1.dvt"]["new"] == applied["top1"]["dvt"]

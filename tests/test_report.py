@@ -294,7 +294,53 @@ def test_every_page_and_figure_is_written(rendered):
     # Nothing but the pages, metrics and figures appears next to the templates.
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["ablation.md", "comparisons.json", "figures", "findings.json", "findings.md", "index.md", "metrics.json",
-         "table1.md", "table2.md", "table3.md", "templates"])
+         "plots", "table1.md", "table2.md", "table3.md", "templates"])
+
+
+def test_plot_tables_hold_every_run_as_its_files_say(rendered):
+    """plots/: one long table per chart of dvc.yaml's top-level plots, read back against each run's own
+    budget.csv, eval.json, train_log.csv and DVCLive files."""
+    config, _ = rendered
+    plots = Path(config.report.dir) / "plots"
+    assert sorted(p.name for p in plots.iterdir()) == ["accuracy_vs_gmacs.csv", "calibration_top1.csv",
+                                                       "exit_shares.csv", "page.html"]
+    acc = pd.read_csv(plots / "accuracy_vs_gmacs.csv")
+    top1 = pd.read_csv(plots / "calibration_top1.csv")
+    shares = pd.read_csv(plots / "exit_shares.csv")
+    assert set(acc.series) == set(config.runs)
+    for name, spec in config.runs.items():
+        folder = config.run_dir(name)
+        ours = json.loads((folder / "eval.json").read_text())
+        line = acc[acc.series == name]
+        if spec.num_exits == 1:
+            assert len(line) == 1
+            assert line[["gmacs", "top1"]].to_numpy()[0] == pytest.approx(
+                [ours["gmacs"]["exit1"], ours["top1"]["exit1"]], rel=1e-5)
+        else:
+            budget = pd.read_csv(folder / "budget.csv").sort_values("gmacs")
+            assert line.gmacs.to_numpy() == pytest.approx(budget.gmacs.to_numpy(), rel=1e-5)
+            assert line.top1.to_numpy() == pytest.approx(budget.accuracy.to_numpy(), rel=1e-5)
+            # every budget sends all of its test images somewhere
+            mine = shares[shares.series.str.startswith(f"{name} exit ")]
+            assert len(mine) == spec.num_exits * len(budget)
+            assert mine.groupby("budget").share.sum().to_numpy() == pytest.approx(100.0, abs=1e-3)
+        log = pd.read_csv(folder / "train_log.csv")
+        for k in range(spec.num_exits):
+            series = name if spec.num_exits == 1 else f"{name} exit {k + 1}"
+            curve = top1[top1.series == series]
+            assert curve.epoch.tolist() == log.epoch.tolist()
+            assert curve.top1.to_numpy() == pytest.approx(log[f"top1_exit{k + 1}"].to_numpy(), rel=1e-5)
+            # DVCLive's history of the same exit: one row per epoch, step = epoch
+            tsv = pd.read_csv(folder / "live" / "plots" / "metrics" / "calibration" / f"top1_exit{k + 1}.tsv", sep="\t")
+            assert tsv.step.tolist() == log.epoch.tolist()
+            assert tsv[f"top1_exit{k + 1}"].to_numpy() == pytest.approx(log[f"top1_exit{k + 1}"].to_numpy(), rel=1e-5)
+    assert not shares.series.str.startswith(tuple(n + " " for n, s in config.runs.items() if s.num_exits == 1)).any()
+    page_html = (plots / "page.html").read_text()
+    # DVC fills the one placeholder; Vega comes inline, nothing from the network
+    assert page_html.count("{plot_divs}") == 1 and "{scripts}" not in page_html
+    assert "<script src" not in page_html and "cdn." not in page_html
+    for name in ("vega", "vegaLite", "vegaEmbed"):  # each UMD build defines its global
+        assert f"global.{name} =" in page_html, name
 
 
 def test_table1_numbers_are_the_one_exit_runs_outputs(rendered):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -79,12 +81,26 @@ def test_finished_run_is_a_noop(tmp_path, capsys):
     first = train(config, run="single")
     assert first["images_per_second"] > 0
     folder = tmp_path / "runs" / "single" / "seed42"
-    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.iterdir()}
-    assert set(before) == {"checkpoint.pt", "train.json", "train_log.csv", ".train.lock"}
+    before = _tree(folder, mtime=True)
+    assert set(before) == {"checkpoint.pt", "train.json", "train_log.csv", ".train.lock", "live/metrics.json",
+                           *(f"live/plots/metrics/{name}.tsv" for name in ("train/lr", "train/loss", "train/loss_exit1",
+                                                                          "calibration/top1_exit1"))}
     # Nothing is rewritten: a train.json without its ema and processes keys made DVC retrain (#15, 3).
     again = train(config, run="single")
     assert "nothing to do" in capsys.readouterr().out
-    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.iterdir()} == before
+    assert _tree(folder, mtime=True) == before
+    # DVCLive's files hold what train_log.csv holds, but the wall-clock times; a deleted live/ comes back
+    # byte for byte from the checkpoint.
+    log = pd.read_csv(folder / "train_log.csv")
+    summary = json.loads((folder / "live" / "metrics.json").read_text())
+    assert summary == {"step": 2, "train": {"lr": pytest.approx(log.lr.iloc[-1], rel=1e-5),
+                                            "loss_exit1": pytest.approx(log.loss_exit1.iloc[-1], rel=1e-5),
+                                            "loss": pytest.approx(log.loss.iloc[-1], rel=1e-5)},
+                       "calibration": {"top1_exit1": pytest.approx(log.top1_exit1.iloc[-1], rel=1e-5)}}
+    shutil.rmtree(folder / "live")
+    train(config, run="single")
+    assert {k: v[0] for k, v in _tree(folder).items() if k.startswith("live/")} == \
+        {k: v[0] for k, v in before.items() if k.startswith("live/")}
     assert again.keys() == first.keys() and again["ema"] is True and again["processes"] == 1
     # A deleted summary comes back with the same keys (the times are not in the checkpoint).
     (folder / "train.json").unlink()
@@ -103,12 +119,18 @@ def test_a_refused_restart_keeps_the_trained_run(tmp_path, capsys, override, mes
     params = write_params(tmp_path, train__epochs=1, train__warmup_epochs=0, train__subset=64)
     assert main(["train", "--params", str(params), "--run", "single"]) == 0
     folder = tmp_path / "runs" / "single" / "seed42"
-    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    before = _tree(folder)
     capsys.readouterr()
     assert main(["train", "--params", str(params), "--run", "single", "--set", override, "--restart"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
-    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert _tree(folder) == before
+
+
+def _tree(folder: Path, *, mtime: bool = False) -> dict[str, tuple]:
+    """Every file under `folder` (relative path -> bytes, and the modification time if asked)."""
+    return {p.relative_to(folder).as_posix(): (p.read_bytes(), p.stat().st_mtime_ns if mtime else None)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def test_kill_9_mid_training_then_resume_matches_uninterrupted(tmp_path):
@@ -132,6 +154,9 @@ def test_kill_9_mid_training_then_resume_matches_uninterrupted(tmp_path):
     a, b = final_state(reference), final_state(killed)
     assert_same_weights(a["model"], b["model"])
     assert [(r["loss"], r["top1_exit2"]) for r in a["log"]] == [(r["loss"], r["top1_exit2"]) for r in b["log"]]
+    # the resumed run's DVCLive history holds every epoch once, as the uninterrupted run's does
+    live = [_tree(root / "runs" / "dvt" / "seed42" / "live") for root in (reference, killed)]
+    assert live[0] == live[1] and len(live[0]) == 9  # metrics.json, lr, loss and 3 x (loss, top-1) per exit
 
 
 def test_other_settings_are_refused_and_nothing_is_overwritten(tmp_path, capsys):

@@ -137,6 +137,8 @@ REPORT_PARTS = {
     "findings_json": ("findings.json", _FINDINGS_INPUTS, "Findings"),
     "comparisons": ("comparisons.json", files_of(DVT_RUN + SINGLES, "eval.json", "budget.csv", "speed.json")
                     + files_of(ABLATION, "eval.json", "budget.csv"), "Data"),
+    # One CSV per chart of DVC's top-level plots (every run in it) and the page they are drawn in.
+    "plots": ("plots", files_of(RUNS, "eval.json", "budget.csv", "train_log.csv"), "Data"),
     # The headline counts the findings that hold, so it reads what they read (and every run's top-1).
     "metrics": ("metrics.json", sorted(set(_FINDINGS_INPUTS + files_of(RUNS, "eval.json"))), "Data"),
 }
@@ -151,4 +153,6 @@ def report_output(part: str):
     out, _, category = REPORT_PARTS[part]
     if part == "figures":
         return report(directory(f"{REPORT}/{out}"), patterns=["{name}.png"], category=category)
+    if part == "plots":
+        return report(directory(f"{REPORT}/{out}"), patterns=["{name}.csv"], category=category)
     return report(f"{REPORT}/{out}", category=category)

@@ -8,6 +8,9 @@ rule train:
         checkpoint=run_file("checkpoint.pt"),
         summary=run_file("train.json"),
         log=run_file("train_log.csv"),
+        # DVCLive's last-epoch summary and per-epoch files (dvt/live.py)
+        live_metrics=run_file("live/metrics.json"),
+        live_plots=directory(run_file("live/plots")),
     params:
         settings=settings("data.image_size", "data.num_workers", "model", "runs.{run}", "train"),
     # For scheduling only: `dvt train` sets torch's threads from train.threads itself, whatever

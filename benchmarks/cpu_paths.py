@@ -1,0 +1,136 @@
+"""What each CPU-specific path of the model code buys, on the paper's cascades and on the default
+(issue #17, item 3): real early exit timed with every path on, and with each one off in turn.
+
+    python benchmarks/cpu_paths.py --out benchmarks/results/cpu_paths.json
+
+The paths (all in dvt/models/), and what "off" puts in their place:
+
+* native: the C kernel that resamples relation-reuse logits along queries (native.py) -> the matmul;
+* short_row_softmax: the hand-written softmax for rows shorter than 16 (attention.SHORT_ROW) ->
+  torch's softmax;
+* crossover: the table of token counts from which the CPU takes the fused attention kernel
+  (attention.CPU_FUSED_MIN_TOKENS) -> the fused kernel wherever the logits are not needed, as on the GPU;
+* chunked_reuse: relation reuse a few images at a time (reuse.CPU_CHUNK_ELEMENTS) -> the whole batch
+  at once.
+
+Each cascade (random weights, both reuses) runs real early exit at the exit shares of budget p
+(default 20: a third of the images at each exit), thresholds fitted on the timed batch; the variants
+take turns in every repeat. gain = time with the path off / time with it on, median over repeats
+(per-repeat ratios), with min and max; > 1 means the path saves time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+
+from dvt.models import attention, create_model, native, reuse
+from dvt.speed import early_exit_predict, keep_freed_memory, time_turns
+from dvt.thresholds import budget_fractions, fit_thresholds
+
+HERE = Path(__file__).parent
+_spec = importlib.util.spec_from_file_location("paper_speed", HERE / "paper_speed.py")
+paper_speed = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(paper_speed)
+
+# name -> (backbone, grids, image side, channels, classes, batch)
+CASCADES = {
+    "DVT-T2T-ViT-12": ("t2t_vit_12", (7, 10, 14), 224, 3, 1000, 64),
+    "DVT-T2T-ViT-14": ("t2t_vit_14", (7, 10, 14), 224, 3, 1000, 64),
+    "DVT-DeiT-S": ("deit_small", (7, 10, 14), 224, 3, 1000, 64),
+    "default (vit_micro_ss, 56 px)": ("vit_micro_ss", (3, 5, 7), 56, 1, 10, 128),
+}
+
+
+@contextlib.contextmanager
+def path_off(name: str) -> Iterator[None]:
+    """Within the block, the named CPU path is replaced by the generic code."""
+    saved: list[tuple[Any, str, Any]] = []
+
+    def patch(module: Any, attr: str, value: Any) -> None:
+        saved.append((module, attr, getattr(module, attr)))
+        setattr(module, attr, value)
+
+    if name == "native":
+        patch(native, "resample_queries", lambda axis: None)
+    elif name == "short_row_softmax":
+        patch(attention, "SHORT_ROW", 0)
+    elif name == "crossover":
+        patch(attention, "CPU_FUSED_MIN_TOKENS", dict.fromkeys(attention.CPU_FUSED_MIN_TOKENS, 0))
+    elif name == "chunked_reuse":
+        patch(reuse, "CPU_CHUNK_ELEMENTS", 2**62)
+    elif name != "none":
+        raise ValueError(name)
+    try:
+        yield
+    finally:
+        for module, attr, value in reversed(saved):
+            setattr(module, attr, value)
+
+
+PATHS = ("native", "short_row_softmax", "crossover", "chunked_reuse")
+
+
+def measure(label: str, *, budget: int, warmup: int, repeats: int) -> dict[str, Any]:
+    backbone, grids, side, chans, classes, batch = CASCADES[label]
+    torch.manual_seed(0)
+    model = create_model(backbone, grids=grids, img_size=side, in_chans=chans, num_classes=classes).eval()
+    x = torch.randn(batch, chans, side, side, generator=torch.Generator().manual_seed(1))
+    conf = paper_speed.exit_confidences(model, x, amp=False)
+    T = fit_thresholds(conf, budget_fractions(len(grids), num_budgets=budget, q_step=paper_speed.Q_STEP)[-1:])[0]
+    _, exits = early_exit_predict(model, x, T)
+
+    def variant(name: str) -> Callable[[], object]:
+        def fn() -> None:
+            with path_off(name):
+                early_exit_predict(model, x, T)
+        return fn
+
+    fns = {"none": variant("none"), **{p: variant(p) for p in PATHS}}
+    times = time_turns(fns, warmup=warmup, repeats=repeats, device=torch.device("cpu"))
+    out: dict[str, Any] = {"backbone": backbone, "grids": list(grids), "img_size": side, "batch_size": batch,
+                           "budget": budget, "exit_shares": (np.bincount(exits, minlength=len(grids)) / batch).tolist(),
+                           "img_per_s_all_on": batch / statistics.median(times["none"]), "gain": {}}
+    for p in PATHS:
+        ratios = [off / on for off, on in zip(times[p], times["none"])]
+        out["gain"][p] = {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cascades", nargs="+", default=list(CASCADES), choices=list(CASCADES))
+    parser.add_argument("--budget", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    keep_freed_memory()
+    result: dict[str, Any] = {"provenance": paper_speed.provenance(torch.device("cpu"), args.threads),
+                              "settings": vars(args) | {"out": None}, "cascades": {}}
+    tic = time.perf_counter()
+    for label in args.cascades:
+        row = measure(label, budget=args.budget, warmup=args.warmup, repeats=args.repeats)
+        result["cascades"][label] = row
+        gains = ", ".join(f"{p} x{g['median']:.3f} [{g['min']:.3f}-{g['max']:.3f}]" for p, g in row["gain"].items())
+        print(f"{label}: {row['img_per_s_all_on']:.1f} img/s all on; off/on: {gains} ({time.perf_counter() - tic:.0f} s)",
+              flush=True)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
