@@ -1,12 +1,14 @@
 # Two entry points for a newcomer: `make repro` (the default pipeline) and `make test`.
-# Both create the virtual environment from the exact pins in pyproject.toml on first use.
+# Both create the virtual environment on first use: the exact pins of pyproject.toml, with every
+# other package held to the version in requirements.lock (`make lock` refreshes it).
 
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+LOCK := requirements.lock
 
-.PHONY: repro test install fashion-mnist
+.PHONY: repro test install lock fashion-mnist
 
 # The default pipeline end to end (fetch -> train -> ... -> reports/) with DVC; the stage commands
 # find `dvt` through PATH, so the venv's bin/ goes first.
@@ -18,10 +20,21 @@ test: $(STAMP)
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -c $(LOCK) -e '.[test]'
 	touch $@
+
+# The whole resolved environment (about 180 packages) of a fresh install from pyproject.toml, built in
+# a scratch venv so that nothing installed by hand slips in. Run it after editing the dependencies.
+lock:
+	rm -rf build/lock-venv
+	$(PYTHON) -m venv build/lock-venv
+	build/lock-venv/bin/python -m pip install -q -e '.[test]'
+	{ echo "# Every package of a fresh \`make install\`, resolved from pyproject.toml by \`make lock\` (do not edit)."; \
+	  build/lock-venv/bin/python -m pip freeze --exclude-editable; } > $(LOCK).tmp
+	mv $(LOCK).tmp $(LOCK)
+	rm -rf build/lock-venv
 
 # Debian ships Fashion-MNIST as a package; on a Debian machine where we are root (no internet but the
 # package mirror) install it, elsewhere `dvt fetch` downloads the files with torchvision instead.

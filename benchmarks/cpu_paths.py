@@ -80,8 +80,9 @@ def path_off(name: str) -> Iterator[None]:
 PATHS = ("native", "short_row_softmax", "crossover", "chunked_reuse")
 
 
-def measure(label: str, *, budget: int, warmup: int, repeats: int) -> dict[str, Any]:
-    backbone, grids, side, chans, classes, batch = CASCADES[label]
+def measure(label: str, *, budget: int, warmup: int, repeats: int, batch: int | None = None) -> dict[str, Any]:
+    backbone, grids, side, chans, classes, default_batch = CASCADES[label]
+    batch = batch or default_batch
     torch.manual_seed(0)
     model = create_model(backbone, grids=grids, img_size=side, in_chans=chans, num_classes=classes).eval()
     x = torch.randn(batch, chans, side, side, generator=torch.Generator().manual_seed(1))
@@ -113,6 +114,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=None, help="images per batch (default: 64 at 224 px, 128 at 56 px)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -121,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                               "settings": vars(args) | {"out": None}, "cascades": {}}
     tic = time.perf_counter()
     for label in args.cascades:
-        row = measure(label, budget=args.budget, warmup=args.warmup, repeats=args.repeats)
+        row = measure(label, budget=args.budget, warmup=args.warmup, repeats=args.repeats, batch=args.batch)
         result["cascades"][label] = row
         gains = ", ".join(f"{p} x{g['median']:.3f} [{g['min']:.3f}-{g['max']:.3f}]" for p, g in row["gain"].items())
         print(f"{label}: {row['img_per_s_all_on']:.1f} img/s all on; off/on: {gains} ({time.perf_counter() - tic:.0f} s)",

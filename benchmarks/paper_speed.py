@@ -3,7 +3,7 @@ DVT-DeiT-S at 224 px against the last exit alone, with no training (issue #17, i
 
     python benchmarks/paper_speed.py                                  # this CPU: batch 64, 1 thread
     python benchmarks/paper_speed.py --batch-sizes 1 64 128 --cascades t2t_vit_12
-    python benchmarks/paper_speed.py --device cuda --dtypes fp32 amp --batch-sizes 64 128 1024 --train
+    python benchmarks/paper_speed.py --gpu-check --out benchmarks/results/paper_speed_gpu.json
 
 For each cascade (grids 7 -> 10 -> 14, both reuses, 1000 classes, random weights: time does not
 depend on them) and batch size, on one fixed batch of random images:
@@ -209,7 +209,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--train-batch", type=int, default=64)
     parser.add_argument("--train-steps", type=int, default=10)
     parser.add_argument("--out", type=Path, default=None, help="write the results here as JSON")
+    parser.add_argument("--gpu-check", action="store_true",
+                        help="the prepared GPU run (one CUDA device, a few minutes): every cascade in fp32 and AMP "
+                             "at batch 64, 128 and 1024, 10 repeats, and the training throughput")
     args = parser.parse_args(argv)
+    if args.gpu_check:
+        args.device, args.dtypes, args.batch_sizes, args.repeats, args.warmup = "cuda", ["fp32", "amp"], [64, 128, 1024], 10, 3
+        args.train, args.train_batch, args.train_steps = True, 128, 20
 
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)

@@ -75,6 +75,14 @@ def _listing(keys: list[str], limit: int = 8) -> str:
     return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
+def official_to_ours(state_dict: Mapping[str, Any], model: Cascade) -> dict[str, Any]:
+    """An official state dict under our key names, for `model`'s layout; keys `model` lacks are kept as
+    they are, so a strict load still names them."""
+    _check_layout(model)
+    ours = {_ours_to_official(k): k for k in model.state_dict()}
+    return {ours.get(k, k): v for k, v in state_dict.items()}
+
+
 def load_official(model: Cascade, path_or_dict: str | os.PathLike | Mapping[str, Any]) -> Cascade:
     """Load an official DVT checkpoint (path, full checkpoint dict or bare state dict) into `model`."""
     _check_layout(model)

@@ -57,12 +57,13 @@ def check_reuse(grids: Sequence[int], feature_reuse: bool, relation_reuse: bool,
 
 def create_model(backbone: str, *, grids: Sequence[int], img_size: int, in_chans: int, num_classes: int,
                  feature_reuse: bool = True, relation_reuse: bool = True, drop_path_rate: float = 0.0,
-                 drop_rate: float = 0.0) -> Cascade:
+                 drop_rate: float = 0.0, model_class: type[Cascade] = Cascade) -> Cascade:
+    """A freshly initialised cascade (model_class: a Cascade subclass, e.g. timm's view of it)."""
     spec = get_spec(backbone)
     check_grids(backbone, grids, img_size)
     if in_chans < 1 or num_classes < 1:
         raise DvtError(f"in_chans ({in_chans}) and num_classes ({num_classes}) must be >= 1")
-    return Cascade(spec=spec, grids=grids, img_size=img_size, in_chans=in_chans, num_classes=num_classes,
+    return model_class(spec=spec, grids=grids, img_size=img_size, in_chans=in_chans, num_classes=num_classes,
                    feature_reuse=feature_reuse, relation_reuse=relation_reuse, drop_path_rate=drop_path_rate,
                    drop_rate=drop_rate)
 
