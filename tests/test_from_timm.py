@@ -1,0 +1,87 @@
+"""A DVT cascade built from timm ViTs (issue #18, item 1): every exit is its ViT, reuse trains, and the
+result is our own DeiT-S cascade."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+from dvt.errors import DvtError
+from dvt.models import cascade_from_timm, create_model
+
+
+def deit(grid: int, seed: int, **kwargs) -> torch.nn.Module:
+    """deit_small_patch16_224 cut into grid x grid patches (random weights, the shape of the pretrained ones)."""
+    torch.manual_seed(seed)
+    return timm.create_model("deit_small_patch16_224", patch_size=224 // grid, **kwargs).eval()
+
+
+@pytest.fixture(scope="module")
+def vits():
+    return [deit(7, 0), deit(14, 1)]
+
+
+def test_without_reuse_every_exit_is_its_timm_vit(vits):
+    cascade = cascade_from_timm(vits, feature_reuse=False, relation_reuse=False).eval()
+    assert cascade.grids == (7, 14)
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        for got, vit in zip(cascade(x), vits):
+            torch.testing.assert_close(got, vit(x), rtol=1e-5, atol=1e-5)
+
+
+def test_with_reuse_the_vits_weights_start_every_exit_and_one_step_trains(vits):
+    cascade = cascade_from_timm(vits, feature_reuse=True, relation_reuse=True, num_classes=1000)
+    own = cascade.state_dict()
+    for k, vit in enumerate(vits):
+        for key, value in vit.state_dict().items():
+            mine = own[f"exits.{k}.{key}"]
+            if mine.shape == value.shape:
+                assert torch.equal(mine, value), key
+            elif key.endswith("mlp.fc1.weight"):  # the reused channels' columns start at zero
+                assert torch.equal(mine[:, : value.shape[1]], value) and not mine[:, value.shape[1]:].any()
+    cascade.train()
+    optimizer = torch.optim.AdamW(cascade.parameters(), lr=1e-3)
+    x, y = torch.randn(2, 3, 224, 224), torch.tensor([3, 7])
+    before = {k: v.clone() for k, v in cascade.state_dict().items()}
+    loss = sum(torch.nn.functional.cross_entropy(o, y) for o in cascade(x))
+    loss.backward()
+    optimizer.step()
+    assert torch.isfinite(loss)
+    moved = {k for k, v in cascade.state_dict().items() if not torch.equal(v, before[k])}
+    assert any("feature_reuse" in k for k in moved) and any("relation_reuse" in k for k in moved)
+    assert any(k.startswith("exits.0.blocks") for k in moved)
+
+
+@pytest.mark.parametrize("feature_reuse, relation_reuse", [(True, True), (False, True), (True, False)])
+def test_the_timm_built_cascade_is_our_deit_small_cascade(vits, feature_reuse, relation_reuse):
+    theirs = cascade_from_timm(vits, feature_reuse=feature_reuse, relation_reuse=relation_reuse).eval()
+    torch.manual_seed(9)
+    ours = create_model("deit_small", grids=(7, 14), img_size=224, in_chans=3, num_classes=1000,
+                        feature_reuse=feature_reuse, relation_reuse=relation_reuse).eval()
+    theirs.load_state_dict(ours.state_dict(), strict=True)  # the same parameters, by name and shape
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(6))
+    with torch.inference_mode():
+        for got, want in zip(theirs(x), ours(x)):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_by_name_with_grids_and_new_heads():
+    cascade = cascade_from_timm(["vit_tiny_patch16_224", "vit_tiny_patch16_224"], grids=[7, 14], num_classes=37,
+                                img_size=224)
+    assert cascade.grids == (7, 14) and cascade.num_classes == 37 and cascade.spec.embed_dim == 192
+    assert [e.patch_embed.proj.kernel_size for e in cascade.exits] == [(32, 32), (16, 16)]
+
+
+@pytest.mark.parametrize("models, kwargs, message", [
+    (lambda: [deit(7, 0), timm.create_model("vit_tiny_patch16_224")], {}, "differ in shape"),
+    (lambda: [deit(7, 0, reg_tokens=4, no_embed_class=True)], {}, "class token and no register tokens"),
+    (lambda: [timm.create_model("deit_small_patch16_224", global_pool="avg")], {}, "global_pool='token'"),
+    (lambda: [deit(7, 0), deit(14, 1)], {"grids": [7, 10]}, "grids [7, 10] asked for, but the ViTs make [7, 14]"),
+    (lambda: ["vit_tiny_patch16_224"] * 2, {"grids": [7, 10]}, "multiple of 10"),
+    (lambda: [deit(7, 0)], {"num_classes": 10}, "num_classes=10"),
+])
+def test_what_does_not_fit_is_one_clear_error(models, kwargs, message):
+    with pytest.raises(DvtError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        cascade_from_timm(models(), **kwargs)
