@@ -31,25 +31,42 @@ def check(config: Config) -> None:
 
     size = dataset_info(config.data).image_size
     for name, rc in config.runs.items():
-        backbone = config.backbone_of(name)
-        try:
-            get_spec(backbone)
-        except DvtError as err:
-            raise ConfigError(f"model.backbone: {err}") from None
-        try:
-            check_grids(backbone, rc.exit_grids, size)
-        except DvtError as err:
-            raise ConfigError(f"runs.{name}.grids: {err}") from None
-        for key in ("init", "checkpoint"):
-            path = getattr(rc, key)
-            if path is not None and not Path(path).is_file():
-                raise ConfigError(f"runs.{name}.{key} = {path!r}: no such file")
+        if rc.timm:
+            _check_timm(name, rc.timm, rc.grids, size)
+        else:
+            backbone = config.backbone_of(name)
+            try:
+                get_spec(backbone)
+            except DvtError as err:
+                raise ConfigError(f"model.backbone: {err}") from None
+            try:
+                check_grids(backbone, rc.exit_grids, size)
+            except DvtError as err:
+                raise ConfigError(f"runs.{name}.grids: {err}") from None
+        for key, paths in (("init", [rc.init]), ("checkpoint", [rc.checkpoint]), ("pretrained", rc.pretrained)):
+            for path in paths:
+                if path is not None and not Path(path).is_file():
+                    raise ConfigError(f"runs.{name}.{key} = {path!r}: no such file")
     if config.train.randaugment:
         _check_randaugment(config.train.randaugment, size)
     root = Path(config.data.root)
     existing = next((p for p in (root, *root.parents) if p.exists()), None)
     if existing is not None and not existing.is_dir():
         raise ConfigError(f"data.root = {config.data.root!r}: {existing} is a file, not a folder")
+
+
+def _check_timm(run: str, names: tuple[str, ...], grids: tuple[int, ...], size: int) -> None:
+    """Each timm name exists and makes a plain ViT on its grid (built on the meta device: no memory, no
+    weights), and the exits agree in shape."""
+    import torch
+
+    from dvt.models.from_timm import cascade_from_timm
+
+    try:
+        with torch.device("meta"):
+            cascade_from_timm(list(names), grids=grids, img_size=size, feature_reuse=False, relation_reuse=False)
+    except DvtError as err:
+        raise ConfigError(f"runs.{run}.timm: {err}") from None
 
 
 def _check_randaugment(spec: str, size: int) -> None:

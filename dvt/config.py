@@ -131,6 +131,11 @@ class RunConfig:
     checkpoint: str | None = None
     # A CNN from timm trained by the same loop on the same data, shown beside the ViTs in Table 1.
     baseline: Baseline | None = None
+    # Exits built from timm ViTs instead of model.backbone (dvt.models.cascade_from_timm): one timm
+    # model name per grid, each cut into that grid's patches; `pretrained`: one local weights file (or
+    # null) per exit, the exits' initialisation (timm resamples patch and position embeddings).
+    timm: tuple[str, ...] = ()
+    pretrained: tuple[str | None, ...] = ()
 
     def __post_init__(self) -> None:
         if self.baseline is not None:
@@ -143,6 +148,12 @@ class RunConfig:
                  "grids must grow strictly from exit to exit")
         _require(self.init is None or self.checkpoint is None, "runs.*.init", self.init,
                  "set init (fine-tune) or checkpoint (use as is), not both")
+        _require(not self.timm or len(self.timm) == len(self.grids), "runs.*.timm", list(self.timm),
+                 f"one timm model per grid ({len(self.grids)})")
+        _require(not self.timm or self.baseline is None, "runs.*.timm", list(self.timm),
+                 "a baseline CNN has no ViT exits; leave timm out")
+        _require(not self.pretrained or len(self.pretrained) == len(self.timm), "runs.*.pretrained",
+                 list(self.pretrained), "one file (or null) per timm model of runs.*.timm")
 
     @property
     def exit_grids(self) -> tuple[int, ...]:
@@ -309,8 +320,11 @@ class Config:
         return Path(self.runs_dir) / run / "flops.json"
 
     def backbone_of(self, run: str) -> str:
-        """The model a run trains: its baseline CNN, else model.backbone."""
-        return self.run(run).baseline or self.model.backbone
+        """The model a run trains: its baseline CNN, its exits' timm ViT ("timm:<name>"), else model.backbone."""
+        rc = self.run(run)
+        if rc.timm:
+            return f"timm:{rc.timm[-1]}"
+        return rc.baseline or self.model.backbone
 
     def run(self, name: str) -> RunConfig:
         if name not in self.runs:

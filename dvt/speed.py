@@ -53,7 +53,8 @@ from dvt.errors import DvtError
 from dvt.flops import count_cascade
 from dvt.inference import autocast, pad_rows, pick_device
 from dvt.logits import check_matches, max_softmax, read_metadata
-from dvt.models import Cascade, create_model, model_for_run, native
+from dvt.models import Cascade, model_for_run, native
+from dvt.models.registry import standalone_for_run
 from dvt.weights import load_weights
 
 # Which test images are timed: a fixed random draw, so every rerun times the same batch.
@@ -238,8 +239,7 @@ def run(config: Config, *, run: str) -> dict[str, Any]:
     load_weights(model, ckpt, strict=True)
     standalone = None
     if K > 1:
-        standalone = create_model(config.backbone_of(run), grids=model.grids[-1:], img_size=model.img_size,
-                                  in_chans=model.in_chans, num_classes=model.num_classes).eval()
+        standalone = standalone_for_run(config, run, model).eval()
         standalone_gmacs = count_cascade(standalone).total_gmacs
     device = _device(sc.device)
     amp = config.train.amp and device.type == "cuda"

@@ -85,3 +85,49 @@ def test_by_name_with_grids_and_new_heads():
 def test_what_does_not_fit_is_one_clear_error(models, kwargs, message):
     with pytest.raises(DvtError, match=message.replace("[", r"\[").replace("]", r"\]")):
         cascade_from_timm(models(), **kwargs)
+
+
+def test_a_run_of_timm_exits_goes_through_every_stage(tmp_path, capsys):
+    """params.yaml `runs.R.timm` (one timm model per grid) and `pretrained` (a local file per exit):
+    initialised from the file, then trained, collected, counted, budgeted and timed like any run; a
+    bad name or file is refused by `dvt check` with one line."""
+    import json
+
+    from dvt.cli import main
+    from dvt.config import load_config
+    from dvt.models import model_for_run
+    from tests.conftest import write_params_file
+
+    torch.manual_seed(4)
+    vit = timm.create_model("test_vit", img_size=16, patch_size=4, in_chans=1, num_classes=4)
+    torch.save(vit.state_dict(), tmp_path / "vit.pth")
+    run = {"grids": [2, 4], "timm": ["test_vit", "test_vit"], "pretrained": [None, str(tmp_path / "vit.pth")]}
+    base = {"data": {"dataset": "synthetic", "calibration_size": 32,
+                     "synthetic": {"train_size": 96, "test_size": 32, "image_size": 16, "channels": 1, "classes": 4}},
+            "train": {"epochs": 1, "batch_size": 32, "warmup_epochs": 0, "threads": 1},
+            "eval": {"num_budgets": 5}, "speed": {"batch_size": 8, "warmup": 0, "repeats": 1, "budgets": [2]}}
+    params = write_params_file(tmp_path, {**base, "runs": {"vits": run}})
+    # exit 2 starts as the file's ViT (but for the reused channels of norm2 / fc1, and the head: timm
+    # gives a new one when the dataset's classes differ from its pretrained_cfg's), exit 1 as timm inits it
+    model = model_for_run(load_config(params), "vits")
+    for key, value in vit.state_dict().items():
+        if "norm2" not in key and "fc1.weight" not in key and not key.startswith("head."):
+            assert torch.equal(model.exits[1].state_dict()[key], value), key
+    assert not torch.equal(model.exits[0].blocks[0].attn.qkv.weight, vit.blocks[0].attn.qkv.weight)
+
+    for stage in ("fetch", "train", "flops", "collect", "budget", "speed"):
+        assert main([stage, "--params", str(params)] + (["--run", "vits"] if stage != "fetch" else [])) == 0, stage
+    folder = tmp_path / "runs" / "vits"
+    assert json.loads((folder / "flops.json").read_text())["backbone"] == "timm:test_vit"
+    speed = json.loads((folder / "seed42" / "speed.json").read_text())
+    assert speed["static"]["standalone"]["grid"] == 4 and speed["dynamic"]["p2"]["img_per_s"] > 0
+
+    capsys.readouterr()
+    for key, value, message in (("timm", ["test_vit", "no_such_vit"], "'no_such_vit' is not a timm model"),
+                                ("timm", ["test_vit", "resnet18"], "not a timm VisionTransformer"),
+                                ("pretrained", [None, str(tmp_path / "missing.pth")], "no such file")):
+        (tmp_path / key).mkdir(exist_ok=True)
+        bad = write_params_file(tmp_path / key, {**base, "runs": {"vits": {**run, key: value}}})
+        assert main(["check", "--params", str(bad)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0] and f"runs.vits.{key}" in err[0], err

@@ -47,10 +47,12 @@ def _timm_vit(name: str, *, grid: int, img_size: int, num_classes: int | None, i
         kwargs["num_classes"] = num_classes
     if pretrained_file is not None:
         kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(pretrained_file)})
+    if not timm.is_model(name):
+        raise DvtError(f"{name!r} is not a timm model (timm.list_models() lists them)")
     try:
         return timm.create_model(name, **kwargs)
-    except RuntimeError as err:  # e.g. an unknown model name
-        raise DvtError(f"timm cannot build {name!r}: {err}") from None
+    except TypeError as err:  # a CNN, say, has no patch size
+        raise DvtError(f"{name} is not a timm VisionTransformer with img_size and patch_size ({err})") from None
 
 
 def _spec_of(model: nn.Module) -> BackboneSpec:
