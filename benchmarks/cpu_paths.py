@@ -15,8 +15,10 @@ The paths (all in dvt/models/), and what "off" puts in their place:
 
 Each cascade (random weights, both reuses) runs real early exit at the exit shares of budget p
 (default 20: a third of the images at each exit), thresholds fitted on the timed batch; the variants
-take turns in every repeat. gain = time with the path off / time with it on, median over repeats
-(per-repeat ratios), with min and max; > 1 means the path saves time.
+are timed in pairs, each with the path off beside one with every path on, in alternating order.
+gain = time off / time on, the median over the pairs with min and max; > 1 means the path saves time.
+A path that cannot act on a model (the short-row softmax where every row has >= 16 tokens) measures
+the method's own noise: its gain should be 1.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import numpy as np
 import torch
 
 from dvt.models import attention, create_model, native, reuse
-from dvt.speed import early_exit_predict, keep_freed_memory, time_turns
+from dvt.speed import early_exit_predict, keep_freed_memory
 from dvt.thresholds import budget_fractions, fit_thresholds
 
 HERE = Path(__file__).parent
@@ -96,15 +98,28 @@ def measure(label: str, *, budget: int, warmup: int, repeats: int, batch: int | 
                 early_exit_predict(model, x, T)
         return fn
 
-    fns = {"none": variant("none"), **{p: variant(p) for p in PATHS}}
-    times = time_turns(fns, warmup=warmup, repeats=repeats, device=torch.device("cpu"))
-    out: dict[str, Any] = {"backbone": backbone, "grids": list(grids), "img_size": side, "batch_size": batch,
-                           "budget": budget, "exit_shares": (np.bincount(exits, minlength=len(grids)) / batch).tolist(),
-                           "img_per_s_all_on": batch / statistics.median(times["none"]), "gain": {}}
-    for p in PATHS:
-        ratios = [off / on for off, on in zip(times[p], times["none"])]
-        out["gain"][p] = {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
-    return out
+    on, off = variant("none"), {p: variant(p) for p in PATHS}
+    for fn in (on, *off.values()):
+        for _ in range(warmup):
+            fn()
+    # Each off timing is paired with an all-on timing right beside it, in alternating order, so that a
+    # drifting load (or whatever runs first in a round) cancels out of the ratio.
+    ratios: dict[str, list[float]] = {p: [] for p in PATHS}
+    all_on: list[float] = []
+    for r in range(repeats):
+        for p in PATHS:
+            pair = [("on", on), ("off", off[p])] if r % 2 == 0 else [("off", off[p]), ("on", on)]
+            seconds = {}
+            for kind, fn in pair:
+                start = time.perf_counter()
+                fn()
+                seconds[kind] = time.perf_counter() - start
+            ratios[p].append(seconds["off"] / seconds["on"])
+            all_on.append(seconds["on"])
+    return {"backbone": backbone, "grids": list(grids), "img_size": side, "batch_size": batch, "budget": budget,
+            "exit_shares": (np.bincount(exits, minlength=len(grids)) / batch).tolist(),
+            "img_per_s_all_on": batch / statistics.median(all_on),
+            "gain": {p: {"median": statistics.median(r), "min": min(r), "max": max(r)} for p, r in ratios.items()}}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -23,8 +23,8 @@ import yaml
 from dvt.errors import ConfigError
 
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
-DATASETS = ("cluttered-fashion-mnist", "fashion-mnist", "cifar10", "cifar100", "imagenet", "synthetic")
-Dataset = Literal["cluttered-fashion-mnist", "fashion-mnist", "cifar10", "cifar100", "imagenet", "synthetic"]
+DATASETS = ("cluttered-fashion-mnist", "fashion-mnist", "cifar10", "cifar100", "imagenet", "folder", "synthetic")
+Dataset = Literal["cluttered-fashion-mnist", "fashion-mnist", "cifar10", "cifar100", "imagenet", "folder", "synthetic"]
 
 
 def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
@@ -81,8 +81,9 @@ class ClutteredConfig:
 class DataConfig:
     dataset: Dataset = "cluttered-fashion-mnist"
     root: str = "data"
-    # Where the raw files already are: required for imagenet (a folder with train/ and val/),
-    # optional for fashion-mnist (IDX files) and cifar (the python tar.gz); null = known places / download.
+    # Where the raw files already are: required for imagenet (a folder with train/ and val/) and folder
+    # (any tree with train/ and val/ or test/, one sub-folder per class), optional for fashion-mnist
+    # (IDX files) and cifar (the python tar.gz); null = known places / download.
     source: str | None = None
     download: bool = True
     calibration_size: int = 3000

@@ -255,6 +255,72 @@ def test_empty_imagenet_and_unreadable_images(tmp_path):
         fetch.run(config)
 
 
+def write_folder(root: Path, *, classes: list[str], test: str = "val", per_class: int = 3) -> None:
+    """An image tree of the user's own: PNGs and JPEGs of varied sizes and modes, one folder per class."""
+    rng = np.random.default_rng(0)
+    for split in ("train", test):
+        for c, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                w, h = (int(v) for v in rng.integers(12, 60, size=2))
+                mode, ext = [("RGB", "jpg"), ("L", "png"), ("RGBA", "png")][i % 3]
+                Image.new(mode, (w, h), c * 7 % 256).save(folder / f"{split}_{i}.{ext}")
+            (folder / "notes.txt").write_text("not an image")  # skipped, as ImageFolder skips it
+
+
+@pytest.mark.parametrize("classes, test", [(["cat", "dog", "fish"], "val"), ([f"species_{i:02d}" for i in range(37)],
+                                                                              "test")])
+def test_a_folder_of_ones_own_images_is_a_dataset(tmp_path, classes, test):
+    """data.dataset: folder (issue #18, item 3): any number of classes, any sizes, val/ or test/; the
+    same index, manifest, calibration split and transforms as ImageNet, at data.image_size."""
+    from dvt.data.info import dataset_info
+
+    write_folder(tmp_path / "mine", classes=classes, test=test)
+    config = make_config(tmp_path, data={"dataset": "folder", "source": str(tmp_path / "mine"),
+                                         "calibration_size": len(classes), "image_size": 32})
+    info = dataset_info(config.data)
+    assert (info.num_classes, info.channels, info.image_size) == (len(classes), 3, 32)
+    manifest = fetch.run(config)
+    n = 3 * len(classes)
+    assert manifest["classes"] == sorted(classes) and manifest["format"] == "imagefolder-index"
+    assert manifest["counts"] == {"train": n - len(classes), "calibration": len(classes), "test": n}
+    out = tmp_path / "data" / "folder"
+    rows = (out / "test.csv").read_text().splitlines()[1:]
+    assert all(r.startswith(f"{test}/") for r in rows) and len(rows) == n
+    label_of = {name: i for i, name in enumerate(sorted(classes))}
+    for row in rows:  # each image is labelled by its class folder
+        path, label = row.rsplit(",", 1)
+        assert int(label) == label_of[path.split("/")[1]]
+    for split, training in (("train", True), ("test", False)):
+        x, y = load_split(config, split)[0]
+        assert x.shape == (3, 32, 32) and 0 <= y < len(classes), split
+    # a model for it has a head per class
+    from dvt.models import model_for_run
+    model = model_for_run(make_config(tmp_path, data={"dataset": "folder", "source": str(tmp_path / "mine"),
+                                                      "image_size": 32}, runs={"r": {"grids": [4]}},
+                                      model={"backbone": "vit_micro"}), "r")
+    assert model.num_classes == len(classes) and model.img_size == 32
+
+
+@pytest.mark.parametrize("setup, message", [
+    (lambda root: None, "no such folder"),
+    (lambda root: (root / "train" / "a").mkdir(parents=True), "missing val/ or test/"),
+    (lambda root: write_folder(root, classes=["only"]), "found 1 class folder; a classifier needs at least 2"),
+    (lambda root: [write_folder(root, classes=["a", "b"]), (root / "val" / "c").mkdir()],
+     "class folders differ from train/"),
+])
+def test_bad_folders_are_one_line_and_write_nothing(tmp_path, capsys, setup, message):
+    root = tmp_path / "mine"
+    setup(root)
+    params = tmp_path / "params.yaml"
+    params.write_text(f"data:\n  dataset: folder\n  source: {root}\n  root: {tmp_path / 'data'}\n")
+    assert main(["fetch", "--params", str(params)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "data").exists()
+
+
 def test_cli_unknown_dataset_writes_nothing(tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text(f"data:\n  dataset: mnist\n  root: {tmp_path / 'data'}\n")
@@ -263,7 +329,7 @@ def test_cli_unknown_dataset_writes_nothing(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "dvt fetch: error: data.dataset = 'mnist' is not one of "
-        "'cluttered-fashion-mnist' | 'fashion-mnist' | 'cifar10' | 'cifar100' | 'imagenet' | 'synthetic'"]
+        "'cluttered-fashion-mnist' | 'fashion-mnist' | 'cifar10' | 'cifar100' | 'imagenet' | 'folder' | 'synthetic'"]
     assert "Traceback" not in proc.stderr and not (tmp_path / "data").exists()
 
 

@@ -131,3 +131,35 @@ def test_a_run_of_timm_exits_goes_through_every_stage(tmp_path, capsys):
         assert main(["check", "--params", str(bad)]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0] and f"runs.vits.{key}" in err[0], err
+
+
+def test_the_mindspore_release_config_builds_its_four_cascades_and_trains_one_step():
+    """configs/imagenet-deit-ms.yaml (issue #18, item 5): 2-exit DeiT-S cascades 7x7 -> 14x14 from timm's
+    DeiT-S, one per reuse setting, and the two DeiT-S models alone (here on 224 px synthetic images)."""
+    from dvt.check import check
+    from dvt.config import load_config
+    from dvt.models import model_for_run
+    from tests.conftest import REPO
+
+    config = load_config(REPO / "configs" / "imagenet-deit-ms.yaml", [
+        "data.dataset=synthetic", "data.synthetic={train_size: 8, test_size: 8, image_size: 224, channels: 3, "
+        "classes: 10, seed: 0}", "data.calibration_size=0", "eval.threshold_split=calibration"])
+    check(config)
+    kernels = {}
+    for name, rc in config.runs.items():
+        model = model_for_run(config, name)
+        assert model.grids == rc.grids and model.spec.name == "timm:deit_small_patch16_224"
+        kernels[name] = [e.patch_embed.proj.kernel_size[0] for e in model.exits]
+        if len(rc.grids) == 2:
+            assert (model.exits[1].has_feature_reuse, model.exits[1].has_relation_reuse) == \
+                (rc.feature_reuse, rc.relation_reuse), name
+    assert kernels == {"deit_s32": [32], "deit_s16": [16], **{r: [32, 16] for r in
+                       ("dvt", "dvt_no_reuse", "dvt_feature_reuse", "dvt_relation_reuse")}}
+    model = model_for_run(config, "dvt").train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
+    x, y = torch.randn(2, 3, 224, 224), torch.tensor([1, 2])
+    loss = sum(torch.nn.functional.cross_entropy(o, y, label_smoothing=0.1) for o in model(x))
+    loss.backward()
+    before = model.exits[1].relation_reuse[0].weight.clone()
+    optimizer.step()
+    assert torch.isfinite(loss) and not torch.equal(model.exits[1].relation_reuse[0].weight, before)

@@ -18,7 +18,8 @@ import numpy as np
 
 from dvt.atomic import atomic_dir
 from dvt.config import Config, DataConfig
-from dvt.data import cifar, cluttered, idx, imagenet
+from dvt.data import cifar, cluttered, folder, idx
+from dvt.data.info import FOLDER_DATASETS, dataset_info
 from dvt.data.manifest import Manifest, file_checksums, fingerprint, is_current, sha256, write_manifest
 from dvt.errors import DvtError
 
@@ -187,17 +188,20 @@ def _write_arrays(tmp: Path, content: tuple[dict, dict]) -> None:
         np.save(tmp / cluttered.objects_file(split), np.ascontiguousarray(obj))
 
 
-def _prepare_imagenet(data: DataConfig) -> tuple[dict[str, list[tuple[str, int]]], dict[str, object]]:
+def _prepare_folder(data: DataConfig) -> tuple[dict[str, list[tuple[str, int]]], dict[str, object]]:
+    """imagenet or folder: the tree at data.source, indexed (the images stay where they are)."""
+    imagenet = data.dataset == "imagenet"
     if not data.source:
-        raise DvtError("data.source is not set: for imagenet it must name the ILSVRC2012 folder "
-                       "(with train/ and val/)")
-    classes, index = imagenet.scan(data.source)
+        raise DvtError(f"data.source is not set: for {data.dataset} it must name "
+                       + ("the ILSVRC2012 folder (with train/ and val/)" if imagenet
+                          else "a folder with train/ and val/ or test/, one sub-folder per class"))
+    classes, index = folder.scan(data.source, imagenet=imagenet)
     keep, held = calibration_split(len(index["train"]), data.calibration_size)
     rows = {"train": [index["train"][i] for i in keep], "calibration": [index["train"][i] for i in held],
             "test": index["test"]}
     return rows, {"format": "imagefolder-index", "source": str(Path(data.source).expanduser().resolve()),
-                  "classes": classes, "counts": {k: len(v) for k, v in rows.items()}, "image_size": 224,
-                  "channels": 3}
+                  "classes": classes, "counts": {k: len(v) for k, v in rows.items()},
+                  "image_size": dataset_info(data).image_size, "channels": 3}
 
 
 def _write_index(tmp: Path, rows: dict[str, list[tuple[str, int]]]) -> None:
@@ -216,8 +220,8 @@ def run(config: Config) -> Manifest:
         return current
     start = time.perf_counter()
     # Read and validate the source completely before anything is written.
-    if data.dataset == "imagenet":
-        content, body = _prepare_imagenet(data)
+    if data.dataset in FOLDER_DATASETS:
+        content, body = _prepare_folder(data)
         write = _write_index
     else:
         content, body = _prepare_arrays(data)

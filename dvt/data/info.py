@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dvt.config import DataConfig
+from dvt.errors import DvtError
 
 # name -> (native image side, channels, classes)
 NATIVE = {
@@ -23,8 +24,20 @@ class DatasetInfo:
     num_classes: int
 
 
+# Image-folder trees, indexed by `dvt fetch` and read with PIL; `folder`: any number of classes, found
+# from the class folders of data.source/train/, images resized to data.image_size (default 224).
+FOLDER_DATASETS = ("imagenet", "folder")
+
+
 def dataset_info(data: DataConfig) -> DatasetInfo:
-    if data.dataset == "synthetic":
+    if data.dataset == "folder":
+        from dvt.data.folder import class_names
+
+        if not data.source:
+            raise DvtError("data.source is not set: for folder it must name a folder with train/ and val/ or "
+                           "test/, one sub-folder per class")
+        native, channels, classes = 224, 3, len(class_names(data.source))
+    elif data.dataset == "synthetic":
         s = data.synthetic
         native, channels, classes = s.image_size, s.channels, s.classes
     elif data.dataset == "cluttered-fashion-mnist":

@@ -6,7 +6,7 @@ Two kinds of storage, one interface:
   erasing) through `__getitems__`, which keeps a 28x28 epoch far below a second of data work on
   the CPU. With a resize (e.g. CIFAR at 224 px, paper Table 3) or RandAugment, each image goes
   through timm's PIL transforms instead.
-* imagenet: the CSV index written by fetch, read with PIL and timm's transforms: the training
+* imagenet and folder: the CSV index written by fetch, read with PIL and timm's transforms: the training
   recipe of spec §4 (RandomResizedCrop, random interpolation, flip, RandAugment, random erasing)
   and bicubic resize to 256 then centre crop 224 for evaluation.
 

@@ -28,7 +28,8 @@ from dvt.reporting.reference import Reference, Setting
 UNIT = "GFLOPs (multiply-adds)"
 PAGES = ("table1.md", "table2.md", "table3.md", "ablation.md", "index.md")
 DATASET_NAMES = {"cluttered-fashion-mnist": "cluttered Fashion-MNIST", "fashion-mnist": "Fashion-MNIST",
-                 "cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet": "ImageNet", "synthetic": "synthetic images"}
+                 "cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet": "ImageNet", "folder": "image folder",
+                 "synthetic": "synthetic images"}
 DASH = "—"
 # Versions recorded in index.md: what computed and drew the numbers.
 PACKAGES = ("torch", "timm", "numpy", "pandas", "matplotlib", "jinja2", "dvt")
