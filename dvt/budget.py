@@ -57,7 +57,7 @@ def _checkpoint_path(config: Config, run: str) -> Path:
     return path
 
 
-def _read(config: Config, run: str) -> tuple[Path, SplitLogits, SplitLogits, np.ndarray]:
+def read_run_logits(config: Config, run: str) -> tuple[Path, SplitLogits, SplitLogits, np.ndarray]:
     """(logits path, threshold split, test split, cumulative GMACs (K,)), checked against this run."""
     path = config.run_dir(run) / "logits.parquet"
     sha = checkpoint.sha256(_checkpoint_path(config, run))
@@ -156,7 +156,7 @@ def run(config: Config, *, run: str, target_gmacs: float | None = None,
         target_accuracy: float | None = None) -> dict[str, Any]:
     """Write runs/<run>/seed<S>/budget.csv, eval.json and metrics.json; returns the eval.json content."""
     rc = config.run(run)
-    path, fit, test, F = _read(config, run)
+    path, fit, test, F = read_run_logits(config, run)
     K = len(F)
     if K != rc.num_exits:
         raise DvtError(f"{path} has {K} exits but run {run} has {rc.num_exits}; "

@@ -24,6 +24,9 @@ STAGES: dict[str, tuple[str, str, bool]] = {
     "budget": ("dvt.budget", "fit early-exit thresholds for the paper's budgets and evaluate them", True),
     "speed": ("dvt.speed", "measure static and early-exit throughput", True),
     "report": ("dvt.report", "render the tables and figures into reports/", False),
+    # Not a pipeline stage: uses a finished run.
+    "predict": ("dvt.predict", "classify image files (or folders of them) with early exit: class, exit, "
+                "confidence and GMACs per image", True),
 }
 # Stages that work on one trained seed of a run: they take --seed (default: every seed in params, in turn).
 PER_SEED = ("train", "collect", "budget", "speed")
@@ -56,6 +59,14 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--part", default=None,
                            help="render only this part: table1, table2, table3, ablation, findings, findings_json, "
                                 "comparisons, metrics, figures, plots or index (default: all)")
+        if name == "predict":
+            p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders of them")
+            p.add_argument("--seed", type=int, default=None, help="which seed's model (default: the first in params)")
+            p.add_argument("--budget", type=int, default=None,
+                           help="exit at budget p's thresholds (budget.csv; default: the middle budget)")
+            p.add_argument("--target-gmacs", type=float, default=None,
+                           help="exit at the thresholds whose average cost per image meets this")
+            p.add_argument("--json", dest="as_json", action="store_true", help="JSON instead of a table")
         if name == "budget":
             p.add_argument("--target-gmacs", type=float, default=None,
                            help="also report thresholds for this average cost per image")
@@ -83,7 +94,9 @@ def main(argv: list[str] | None = None) -> int:
 
             check(config)
         entry = _stage_entry(args.stage)
-        if args.stage not in PER_SEED:
+        if args.stage == "predict":  # one model: the given seed's, else the first
+            entry(config.with_seed(args.seed if args.seed is not None else config.seeds[0]), **kwargs)
+        elif args.stage not in PER_SEED:
             entry(config, **kwargs)
         else:
             # Checked before any work, so a wrong seed never half-runs the list.

@@ -134,6 +134,21 @@ class Splits:
     classes: list[str]
 
 
+def eval_transform(config: Config, manifest: dict) -> tuple[Callable, str]:
+    """(PIL image -> normalised tensor (C, S, S), the PIL mode to convert to first) for images from
+    outside the dataset (`dvt predict`): the evaluation transform of the dataset's own images."""
+    info = dataset_info(config.data)
+    if manifest["format"] == "imagefolder-index":
+        from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+        mean, std, crop_pct = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, 0.875
+    else:
+        mean, std, crop_pct = manifest["mean"], manifest["std"], 1.0
+    transform = _timm_transform(size=info.image_size, training=False, config=config, mean=mean, std=std,
+                                crop_pct=crop_pct)
+    return transform, "L" if info.channels == 1 else "RGB"
+
+
 def load_split(config: Config, split: str, *, training: bool | None = None) -> Dataset:
     """One split; `training` (default: split == 'train') selects the augmenting transform."""
     if split not in SPLITS:

@@ -1,0 +1,124 @@
+"""`dvt predict --run R IMAGE...`: classify image files (or every image under folders) with early exit.
+
+For each image: the predicted class (its name from the dataset's manifest), the exit it left at, the
+confidence there (max softmax) and the GMACs it cost (exits 1..k). The thresholds are a budget's
+(`--budget p`, a row of budget.csv; default: the middle budget, p = 30 of the paper's 59) or those
+meeting `--target-gmacs` on the threshold split (as `dvt budget --target-gmacs` finds them). Images
+go through the dataset's evaluation transform (resize, centre crop, the manifest's or ImageNet's
+normalisation; grey for 1-channel data). The exits are decided from every exit's logits exactly as
+`dvt.thresholds.assign_exits` decides them, which real early exit matches bit for bit
+(tests/test_speed.py). A table on stdout, or JSON with --json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from dvt.config import Config
+from dvt.errors import DvtError
+
+EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+def image_paths(items: Sequence[str]) -> list[Path]:
+    """Files as given, folders expanded to the images under them (sorted); DvtError if none."""
+    found: list[Path] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            found += sorted(Path(root) / f for root, _, files in os.walk(path) for f in files
+                            if f.lower().endswith(EXTENSIONS))
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise DvtError(f"{item}: no such file or folder")
+    if not found:
+        raise DvtError(f"no images in {', '.join(items)} (looked for {', '.join(EXTENSIONS)})")
+    return found
+
+
+def _thresholds(config: Config, run: str, *, budget: int | None, target_gmacs: float | None,
+                num_exits: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """(thresholds (K,), how they were chosen)."""
+    from dvt import thresholds
+
+    if num_exits == 1:
+        return np.array([thresholds.EVERYBODY_EXITS]), {"rule": "one exit"}
+    if target_gmacs is not None:
+        from dvt.budget import read_run_logits
+
+        _, fit, _, F = read_run_logits(config, run)
+        point = thresholds.thresholds_for_gmacs(fit.confidence, F, target_gmacs)
+        return point.thresholds, {"rule": "target_gmacs", "target_gmacs": target_gmacs,
+                                  "expected_gmacs": point.gmacs}
+    path = config.run_dir(run) / "budget.csv"
+    if not path.is_file():
+        raise DvtError(f"{path} not found: run `{config.command('budget', run)}` first")
+    frame = pd.read_csv(path).set_index("budget")
+    p = budget if budget is not None else (config.eval.num_budgets + 1) // 2
+    if p not in frame.index:
+        raise DvtError(f"--budget {p}: {path} holds budgets {frame.index.min()}..{frame.index.max()}")
+    row = frame.loc[p]
+    return (row[[f"threshold_{k}" for k in range(num_exits)]].to_numpy(np.float64),
+            {"rule": "budget", "budget": int(p), "expected_gmacs": float(row["gmacs"])})
+
+
+def run(config: Config, *, run: str, images: Sequence[str], budget: int | None = None,
+        target_gmacs: float | None = None, as_json: bool = False) -> list[dict[str, Any]]:
+    import torch
+    from PIL import Image
+
+    from dvt.collect import trained_checkpoint
+    from dvt.data.loading import eval_transform
+    from dvt.data.manifest import read_manifest
+    from dvt.logits import max_softmax
+    from dvt.models import model_for_run
+    from dvt.thresholds import assign_exits
+    from dvt.weights import load_weights
+
+    if budget is not None and target_gmacs is not None:
+        raise DvtError("give --budget or --target-gmacs, not both")
+    paths = image_paths(images)
+    rc = config.run(run)
+    ckpt = trained_checkpoint(config, run)
+    T, rule = _thresholds(config, run, budget=budget, target_gmacs=target_gmacs, num_exits=rc.num_exits)
+    if not config.flops_path(run).is_file():
+        raise DvtError(f"{config.flops_path(run)} not found: run `{config.command('flops', run)}` first")
+    F = np.array([e["cumulative_gmacs"] for e in json.loads(config.flops_path(run).read_text())["exits"]])
+    _, manifest = read_manifest(config.data)
+    classes = manifest["classes"]
+    transform, mode = eval_transform(config, manifest)
+    batch = []
+    for path in paths:
+        try:
+            with Image.open(path) as img:
+                batch.append(transform(img.convert(mode)))
+        except (OSError, ValueError) as err:
+            raise DvtError(f"{path}: unreadable image ({err})") from None
+    model = model_for_run(config, run)
+    load_weights(model, ckpt, strict=True)
+    model.eval()
+    with torch.inference_mode():
+        logits = [z.float().numpy() for z in model(torch.stack(batch))]  # K x (n, classes)
+    conf, pred = zip(*(max_softmax(z) for z in logits))  # K x (n,)
+    conf, pred = np.stack(conf, axis=1), np.stack(pred, axis=1)  # (n, K)
+    exits = assign_exits(conf, T[None, :])[0]  # (n,) 0-based
+    rows = [{"image": str(path), "class": classes[int(pred[i, k])], "label": int(pred[i, k]), "exit": int(k) + 1,
+             "grid": int(rc.exit_grids[k]), "confidence": float(conf[i, k]), "gmacs": float(F[k])}
+            for i, (path, k) in enumerate(zip(paths, exits))]
+    settings = {"run": run, "seed": config.seed, "thresholds": T.tolist(), **rule}
+    if as_json:
+        print(json.dumps({**settings, "predictions": rows}, indent=2))
+    else:
+        chosen = (f"budget p = {rule['budget']}" if rule["rule"] == "budget" else
+                  f"target {rule['target_gmacs']:g} GMACs" if rule["rule"] == "target_gmacs" else "one exit")
+        print(f"dvt predict: {run}/seed{config.seed}, {chosen}: {len(rows)} image{'s' if len(rows) != 1 else ''}, "
+              f"{np.mean([r['gmacs'] for r in rows]):.4g} GMACs on average")
+        print(pd.DataFrame(rows).drop(columns=["label"]).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    return rows

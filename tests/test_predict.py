@@ -1,0 +1,95 @@
+"""`dvt predict` (issue #18, item 4): image files in, class, exit, confidence and GMACs out, as a table or
+JSON; the same decisions as the budgeted early exit on the stored logits of the same images."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dvt.budget import run as budget
+from dvt.cli import main
+from dvt.config import load_config
+from dvt.flops import run as flops
+from dvt.logits import read_logits
+from dvt.thresholds import assign_exits
+from tests.test_collect import build_pipeline
+
+N = 6
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("predict")
+    params = build_pipeline(root)
+    config = load_config(params)
+    for run in ("dvt", "single"):
+        budget(config, run=run)
+        flops(config, run=run)
+    # the first test images as PNG files, in a folder with one of them in a sub-folder
+    images = np.load(Path(config.data.root) / config.data.dataset / "test_images.npy")[:N]  # (N, H, W, C)
+    folder = root / "images"
+    (folder / "more").mkdir(parents=True)
+    for i, img in enumerate(images):
+        Image.fromarray(img[..., 0]).save(folder / ("more" if i == N - 1 else ".") / f"img{i}.png")
+    return params, folder
+
+
+def predict_json(capsys, params: Path, *args: str) -> dict:
+    capsys.readouterr()
+    assert main(["predict", "--params", str(params), *args, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("p", [1, 3, 5])
+def test_predictions_are_the_budgets_early_exit(finished, capsys, p):
+    params, folder = finished
+    config = load_config(params)
+    out = predict_json(capsys, params, "--run", "dvt", "--budget", str(p), str(folder))
+    assert out["budget"] == p and out["rule"] == "budget"
+    rows = out["predictions"]
+    assert [Path(r["image"]).name for r in rows] == [f"img{i}.png" for i in range(N)]  # the folder, sorted, recursive
+    stored = read_logits(config.run_dir("dvt") / "logits.parquet")["test"]
+    order = np.argsort(stored.sample)[:N]  # rows of test images 0..N-1
+    exits = assign_exits(stored.confidence[order], np.array(out["thresholds"]))
+    flops_json = json.loads(config.flops_path("dvt").read_text())
+    F = [e["cumulative_gmacs"] for e in flops_json["exits"]]
+    classes = json.loads((Path(config.data.root) / config.data.dataset / "MANIFEST.json").read_text())["classes"]
+    for i, row in enumerate(rows):
+        k = int(exits[i])
+        assert row["exit"] == k + 1 and row["grid"] == config.run("dvt").grids[k]
+        assert row["label"] == int(stored.pred[order[i], k]) and row["class"] == classes[row["label"]]
+        assert row["confidence"] == pytest.approx(float(stored.confidence[order[i], k]), rel=1e-5)
+        assert row["gmacs"] == pytest.approx(F[k])
+
+
+def test_a_target_cost_and_the_table(finished, capsys):
+    params, folder = finished
+    out = predict_json(capsys, params, "--run", "dvt", "--target-gmacs", "0.002", str(folder / "img0.png"))
+    assert out["rule"] == "target_gmacs" and out["expected_gmacs"] <= 0.002 and len(out["predictions"]) == 1
+    capsys.readouterr()
+    assert main(["predict", "--params", str(params), "--run", "single", str(folder)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith(f"dvt predict: single/seed42, one exit: {N} images")
+    assert lines[1].split() == ["image", "class", "exit", "grid", "confidence", "gmacs"]
+    assert len(lines) == 2 + N and all(line.split()[2] == "1" for line in lines[2:])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--run", "dvt", "missing.png"], "missing.png: no such file or folder"),
+    (["--run", "dvt", "--budget", "99", "IMAGES"], "--budget 99"),
+    (["--run", "dvt", "--budget", "2", "--target-gmacs", "0.1", "IMAGES"], "not both"),
+    (["--run", "nope", "IMAGES"], "unknown run 'nope'"),
+    (["--run", "dvt", "NOTES"], "unreadable image"),
+])
+def test_bad_input_is_one_line(finished, capsys, tmp_path, args, message):
+    params, folder = finished
+    (tmp_path / "notes.png").write_text("not an image")
+    args = [str(folder) if a == "IMAGES" else str(tmp_path / "notes.png") if a == "NOTES" else a for a in args]
+    capsys.readouterr()
+    assert main(["predict", "--params", str(params), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
