@@ -84,13 +84,15 @@ def _outputs(out: Path) -> dict[str, Path]:
             "summary": out / "train.json", "resume": out / "resume.pt"}
 
 
-def _write_log(files: dict[str, Path], rows: list[dict]) -> None:
+def _write_log(files: dict[str, Path], rows: list[dict], *, csv: bool = True, dvclive: bool = True) -> None:
     """train_log.csv (every column, wall-clock times included) and the same epochs for DVCLive."""
-    with atomic_path(files["log"]) as tmp:
-        keys = list(rows[0])
-        lines = [",".join(keys)] + [",".join(_fmt(r[k]) for k in keys) for r in rows]
-        tmp.write_text("\n".join(lines) + "\n")
-    live.write(files["live"], rows)
+    if csv:
+        with atomic_path(files["log"]) as tmp:
+            keys = list(rows[0])
+            lines = [",".join(keys)] + [",".join(_fmt(r[k]) for k in keys) for r in rows]
+            tmp.write_text("\n".join(lines) + "\n")
+    if dvclive:
+        live.write(files["live"], rows)
 
 
 def _fmt(v) -> str:
@@ -185,8 +187,9 @@ def _train(config: Config, *, run: str, restart: bool) -> dict:
             summary = _summary(config, run, state["log"], extra)
             # A finished run is left as it is; only a deleted log or summary is written again (without
             # timings, which the checkpoint does not keep).
-            if dist.main and not (files["log"].is_file() and (files["live"] / "metrics.json").is_file()):
-                _write_log(files, _timed(state["log"], []))
+            csv_missing, live_missing = not files["log"].is_file(), not (files["live"] / "metrics.json").is_file()
+            if dist.main and (csv_missing or live_missing):
+                _write_log(files, _timed(state["log"], []), csv=csv_missing, dvclive=live_missing)
             if dist.main and not files["summary"].is_file():
                 write_json(files["summary"], summary)
             if dist.main:  # left by a kill between writing checkpoint.pt and deleting it

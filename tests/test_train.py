@@ -101,6 +101,7 @@ def test_finished_run_is_a_noop(tmp_path, capsys):
     train(config, run="single")
     assert {k: v[0] for k, v in _tree(folder).items() if k.startswith("live/")} == \
         {k: v[0] for k, v in before.items() if k.startswith("live/")}
+    assert (folder / "train_log.csv").read_bytes() == before["train_log.csv"][0]  # its timings kept
     assert again.keys() == first.keys() and again["ema"] is True and again["processes"] == 1
     # A deleted summary comes back with the same keys (the times are not in the checkpoint).
     (folder / "train.json").unlink()
