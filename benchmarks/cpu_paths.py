@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
-import json
 import statistics
 import time
 from pathlib import Path
@@ -141,9 +140,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         gains = ", ".join(f"{p} x{g['median']:.3f} [{g['min']:.3f}-{g['max']:.3f}]" for p, g in row["gain"].items())
         print(f"{label}: {row['img_per_s_all_on']:.1f} img/s all on; off/on: {gains} ({time.perf_counter() - tic:.0f} s)",
               flush=True)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    paper_speed.save(args.out, result)
     return result
 
 

@@ -246,10 +246,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"training DVT-T2T-ViT-12 {dtype}: {t['reuse']['img_per_s']:.1f} img/s with reuse, "
                   f"{t['no_reuse']['img_per_s']:.1f} without", flush=True)
     result["seconds"] = time.perf_counter() - tic
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    save(args.out, result)
     return result
+
+
+def save(path: Path | None, result: dict[str, Any]) -> None:
+    """The results as JSON at `path` (nothing if None)."""
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -224,16 +224,21 @@ def test_imagenet_folder_is_indexed_not_copied(tmp_path):
     assert len(load_split(config, "calibration")) == 100
 
 
-@pytest.mark.parametrize("setup, message", [
-    (lambda root: None, "no such folder"),
-    (lambda root: (root / "train").mkdir(parents=True), "missing val/"),
-    (lambda root: write_imagenet(root, classes=3), "found 3 class folders, ImageNet has 1000"),
+@pytest.mark.parametrize("dataset, setup, message", [
+    ("imagenet", lambda root: None, "no such folder"),
+    ("imagenet", lambda root: (root / "train").mkdir(parents=True), "missing val/"),
+    ("imagenet", lambda root: write_imagenet(root, classes=3), "found 3 class folders, ImageNet has 1000"),
+    ("folder", lambda root: None, "no such folder"),
+    ("folder", lambda root: (root / "train" / "a").mkdir(parents=True), "missing val/ or test/"),
+    ("folder", lambda root: write_folder(root, classes=["only"]), "found 1 class folder; a classifier needs at least 2"),
+    ("folder", lambda root: [write_folder(root, classes=["a", "b"]), (root / "val" / "c").mkdir()],
+     "class folders differ from train/"),
 ])
-def test_bad_imagenet_folders(tmp_path, capsys, setup, message):
-    root = tmp_path / "ilsvrc"
+def test_bad_image_trees_are_one_line_and_write_nothing(tmp_path, capsys, dataset, setup, message):
+    root = tmp_path / "tree"
     setup(root)
     params = tmp_path / "params.yaml"
-    params.write_text(f"data:\n  dataset: imagenet\n  source: {root}\n  root: {tmp_path / 'data'}\n")
+    params.write_text(f"data:\n  dataset: {dataset}\n  source: {root}\n  root: {tmp_path / 'data'}\n")
     assert main(["fetch", "--params", str(params)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
@@ -301,24 +306,6 @@ def test_a_folder_of_ones_own_images_is_a_dataset(tmp_path, classes, test):
                                                       "image_size": 32}, runs={"r": {"grids": [4]}},
                                       model={"backbone": "vit_micro"}), "r")
     assert model.num_classes == len(classes) and model.img_size == 32
-
-
-@pytest.mark.parametrize("setup, message", [
-    (lambda root: None, "no such folder"),
-    (lambda root: (root / "train" / "a").mkdir(parents=True), "missing val/ or test/"),
-    (lambda root: write_folder(root, classes=["only"]), "found 1 class folder; a classifier needs at least 2"),
-    (lambda root: [write_folder(root, classes=["a", "b"]), (root / "val" / "c").mkdir()],
-     "class folders differ from train/"),
-])
-def test_bad_folders_are_one_line_and_write_nothing(tmp_path, capsys, setup, message):
-    root = tmp_path / "mine"
-    setup(root)
-    params = tmp_path / "params.yaml"
-    params.write_text(f"data:\n  dataset: folder\n  source: {root}\n  root: {tmp_path / 'data'}\n")
-    assert main(["fetch", "--params", str(params)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and message in err[0], err
-    assert not (tmp_path / "data").exists()
 
 
 def test_cli_unknown_dataset_writes_nothing(tmp_path):
