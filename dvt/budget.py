@@ -23,6 +23,8 @@ curve's cost range the answer is null (no extrapolation).
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 from pathlib import Path
 from typing import Any
@@ -64,12 +66,17 @@ def read_run_logits(config: Config, run: str) -> tuple[Path, SplitLogits, SplitL
     check_matches(read_metadata(path), config_dict=checkpoint.run_fingerprint(config, run), checkpoint_sha256=sha,
                   path=path)
     split = config.eval.threshold_split
-    table = read_logits(path)
+    official = config.eval.rounding == "official"
+    table = read_logits(path, logits=official)
     for name in (split, TEST):
         if name not in table.splits:
             raise DvtError(f"{path} has no {name!r} split (eval.threshold_split = {split!r}; it holds "
                            f"{', '.join(table.splits) or 'none'}); rerun `{config.command('collect', run)}`")
-    return path, table[split], table[TEST], table.cumulative_gmacs
+    fit, test = table[split], table[TEST]
+    if official:  # the authors' confidence: torch's softmax, then its max
+        fit, test = (dataclasses.replace(s, confidence=thresholds.torch_confidence(s.logits), logits=None)
+                     for s in (fit, test))
+    return path, fit, test, table.cumulative_gmacs
 
 
 def _fit(config: Config, fit: SplitLogits, num_exits: int) -> tuple[np.ndarray, np.ndarray]:
@@ -79,8 +86,9 @@ def _fit(config: Config, fit: SplitLogits, num_exits: int) -> tuple[np.ndarray, 
     ev = config.eval
     q = np.arange(1, ev.num_budgets + 1) * ev.q_step
     fractions = thresholds.budget_fractions(num_exits, num_budgets=ev.num_budgets, q_step=ev.q_step)
+    counts = thresholds.official_counts(len(fit.labels), q, num_exits) if ev.rounding == "official" else None
     try:
-        return q, thresholds.fit_thresholds(fit.confidence, fractions)
+        return q, thresholds.fit_thresholds(fit.confidence, fractions, counts=counts)
     except DvtError as err:
         raise DvtError(f"eval.q_step = {ev.q_step} with eval.num_budgets = {ev.num_budgets}: {err}") from None
 

@@ -233,6 +233,9 @@ class EvalConfig:
     # Which images fit the thresholds: the held-out calibration split, or (as the authors did)
     # augmented training images.
     threshold_split: Literal["calibration", "train-augmented"] = "calibration"
+    # exact: floor(n x share) in exact arithmetic, confidence = our float32 max softmax. official: the
+    # authors' float32 torch rounding of the shares and torch's softmax, bit for bit (their curves).
+    rounding: Literal["exact", "official"] = "exact"
     # Speed only: an image's logits do not depend on the size of its batch (tests/test_collect.py).
     batch_size: int = 256
     # CPU threads of `dvt collect`. Logits are the same at 1 and 2 threads, but some GEMMs of larger

@@ -138,11 +138,36 @@ def _sort_orders(conf: np.ndarray) -> list[np.ndarray]:
     return [np.argsort(-conf[:, k], kind="stable") for k in range(conf.shape[1] - 1)]
 
 
-def _fit(conf: np.ndarray, fractions: np.ndarray, orders: list[np.ndarray], when_short: WhenShort) -> np.ndarray:
-    """The official procedure for P budgets at once; conf (n, K), fractions (P, K) -> T (P, K)."""
+def official_counts(n: int, q: npt.ArrayLike, num_exits: int) -> np.ndarray:
+    """How many of n samples the authors' search lets out at each exit for each q: (P, K) int64.
+
+    Their code (MSDNet's `find_threshold`, reused by DVT) computes the shares in float32 torch,
+    exp(log q * [1..K]) normalised, and takes floor(n * share) of the float32 product, which falls one
+    short where n * share is a whole number that float32 lands just below (n = 139, q = 0.3: 99 and 29
+    where exact arithmetic gives 100 and 30). Exact arithmetic (`fit_thresholds`' default) is ours.
+    """
+    import torch
+
+    q32 = torch.tensor(np.atleast_1d(np.asarray(q, dtype=np.float64)), dtype=torch.float32)[:, None]  # (P, 1)
+    probs = torch.exp(torch.log(q32) * torch.arange(1, num_exits + 1, dtype=torch.float32))  # (P, K)
+    probs = probs / probs.sum(dim=1, keepdim=True)
+    return torch.floor(torch.tensor(float(n), dtype=torch.float32) * probs).to(torch.int64).numpy()
+
+
+def torch_confidence(logits: np.ndarray) -> np.ndarray:
+    """The authors' confidence: max of torch's float32 softmax over the classes, (..., C) -> (...)."""
+    import torch
+
+    return torch.softmax(torch.from_numpy(np.asarray(logits, dtype=np.float32)), dim=-1).max(dim=-1).values.numpy()
+
+
+def _fit(conf: np.ndarray, fractions: np.ndarray, orders: list[np.ndarray], when_short: WhenShort,
+         counts: np.ndarray | None = None) -> np.ndarray:
+    """The official procedure for P budgets at once; conf (n, K), fractions (P, K) -> T (P, K).
+    counts (P, K): how many leave at each exit, if not floor(n * fractions) in exact arithmetic."""
     n, num_exits = conf.shape
     P = fractions.shape[0]
-    out_n = np.floor(n * fractions + _FLOOR_SLACK).astype(np.int64)  # (P, K)
+    out_n = np.floor(n * fractions + _FLOOR_SLACK).astype(np.int64) if counts is None else counts  # (P, K)
     T = np.full((P, num_exits), NOBODY_EXITS)
     T[:, -1] = EVERYBODY_EXITS
     remaining = np.ones((P, n), dtype=bool)  # not yet exited, per budget
@@ -164,7 +189,7 @@ def _fit(conf: np.ndarray, fractions: np.ndarray, orders: list[np.ndarray], when
 
 
 def fit_thresholds(confidence: npt.ArrayLike, fractions: npt.ArrayLike, *,
-                   when_short: WhenShort = "official") -> np.ndarray:
+                   when_short: WhenShort = "official", counts: npt.ArrayLike | None = None) -> np.ndarray:
     """Thresholds (P, K) that send the share fractions[p, k] of the fitting set out at exit k (§5).
 
     For each exit k < K in order: out_n = floor(n * pi_k); among the samples not yet exited, sorted by
@@ -176,12 +201,17 @@ def fit_thresholds(confidence: npt.ArrayLike, fractions: npt.ArrayLike, *,
     decides: "official" keeps T_k = +1e8 as the authors' inference.py does (nobody exits at k, the
     remaining samples move on); "lowest" uses the lowest remaining confidence (all of them exit at k).
     The last column of `fractions` is only checked (rows must sum to 1): exit K takes the rest.
-    out_n gets a 1e-6 slack before the floor so float rounding of n * pi_k cannot drop a sample.
+    out_n gets a 1e-6 slack before the floor so float rounding of n * pi_k cannot drop a sample;
+    `counts` (P, K) replaces out_n, e.g. `official_counts` for the authors' float32 rounding.
     """
     _check_when_short(when_short)
     conf = _as_confidence(confidence)
     frac = _as_fractions(fractions, conf.shape[1])
-    return _fit(conf, frac, _sort_orders(conf), when_short)
+    if counts is not None:
+        counts = np.asarray(counts, dtype=np.int64)
+        if counts.shape != frac.shape or (counts < 0).any() or (counts.sum(axis=1) > conf.shape[0]).any():
+            raise DvtError(f"counts {counts.shape} must be (budgets, exits) = {frac.shape}, >= 0, at most n per budget")
+    return _fit(conf, frac, _sort_orders(conf), when_short, counts)
 
 
 def _exit_index(conf: np.ndarray, T: np.ndarray) -> np.ndarray:

@@ -141,3 +141,24 @@ def test_budget_fractions_outside_unit_interval_are_refused(pipeline, capsys):
 def test_missing_checkpoint_is_refused(pipeline, capsys):
     assert main(["budget", "--params", str(pipeline), "--run", "untrained"]) == 2
     assert "train it first with `dvt train --run untrained --seed 42`" in one_error_line(capsys)
+
+
+def test_official_rounding_gives_the_authors_thresholds(pipeline):
+    """eval.rounding: official (issue #19, item 4): budget.csv's thresholds are those of the authors'
+    search, run literally on the stored calibration logits; exact stays the default."""
+    import torch
+
+    from tests.test_thresholds import authors_find_threshold
+
+    config = load_config(pipeline, ["eval.rounding=official"])
+    budget(config, run="dvt")
+    frame, _ = outputs(pipeline)
+    cal = read_logits(config.run_dir("dvt") / "logits.parquet", logits=True)["calibration"]
+    theirs = torch.from_numpy(cal.logits).permute(1, 0, 2).contiguous()  # (K, n, C)
+    K = theirs.shape[0]
+    assert len(frame) >= 3
+    for _, row in frame.iterrows():
+        p = int(row["budget"])
+        assert [np.float32(row[f"threshold_{k}"]) for k in range(K)] == \
+            [np.float32(t) for t in authors_find_threshold(theirs, p, q_step=config.eval.q_step)], p
+    budget(load_config(pipeline), run="dvt")  # back to exact for the other tests

@@ -271,3 +271,57 @@ def test_input_errors() -> None:
         budget_fractions(0)
     with pytest.raises(DvtError, match="curve"):
         accuracy_at_gmacs([1.0, 2.0], [70.0], 1.5)
+
+
+def authors_find_threshold(logits: "torch.Tensor", p: int, q_step: float = 0.05) -> list[float]:
+    """The authors' search (MSDNet's `find_threshold` as DVT's inference.py uses it), line for line in
+    torch: float32 shares, floor of the float32 product, confidence = max of torch's softmax."""
+    import torch
+
+    n_stage, n_sample, _ = logits.size()
+    _p = torch.FloatTensor(1).fill_(p * q_step)
+    probs = torch.exp(torch.log(_p) * torch.arange(1, n_stage + 1, dtype=torch.float32))
+    probs /= probs.sum()
+    max_preds, _ = torch.softmax(logits, dim=2).max(dim=2, keepdim=False)
+    _, sorted_idx = max_preds.sort(dim=1, descending=True)
+    filtered = torch.zeros(n_sample)
+    T = torch.Tensor(n_stage).fill_(1e8)
+    for k in range(n_stage - 1):
+        count = 0
+        out_n = math.floor(n_sample * probs[k])
+        for i in range(n_sample):
+            ori_idx = sorted_idx[k][i]
+            if filtered[ori_idx] == 0:
+                count += 1
+                if count == out_n:
+                    T[k] = max_preds[k][ori_idx]
+                    break
+        filtered.add_(max_preds[k].ge(T[k]).type_as(filtered))
+    T[n_stage - 1] = -1e8
+    return T.tolist()
+
+
+@pytest.mark.parametrize("n, p, official, exact", [(139, 6, [99, 29], [100, 30]), (37, 15, [16, 11], [16, 12])])
+def test_the_authors_float32_rounding_on_the_issues_sample_counts(n, p, official, exact):
+    """Issue #19, item 4: where n x share is a whole number, float32 lands below it for some n."""
+    from dvt.thresholds import official_counts
+
+    assert official_counts(n, p * 0.05, 3)[0, :2].tolist() == official
+    assert np.floor(n * budget_fractions(3)[p - 1] + 1e-6)[:2].astype(int).tolist() == exact
+
+
+@pytest.mark.parametrize("n", [37, 139, 500])
+def test_official_rounding_reproduces_the_authors_thresholds_bit_for_bit(n):
+    import torch
+
+    from dvt.thresholds import official_counts, torch_confidence
+
+    logits = torch.randn(3, n, 10, generator=torch.Generator().manual_seed(n)) * 3  # (K, n, C), theirs
+    conf = torch_confidence(logits.permute(1, 0, 2).numpy())  # (n, K)
+    q = np.arange(1, 60) * 0.05
+    T = fit_thresholds(conf, budget_fractions(3), counts=official_counts(n, q, 3))
+    for p in range(1, 60):
+        assert T[p - 1].astype(np.float32).tolist() == authors_find_threshold(logits, p), p
+    exact = fit_thresholds(conf, budget_fractions(3))
+    if n in (37, 139):  # the issue's sample counts: budgets where the two roundings part
+        assert (T != exact).any()

@@ -42,7 +42,7 @@ rule budget:
         headline=run_file("metrics.json"),
         curve=run_file("budget.csv"),
     params:
-        settings=settings("eval.num_budgets", "eval.q_step", "eval.threshold_split"),
+        settings=settings("eval.num_budgets", "eval.q_step", "eval.threshold_split", "eval.rounding"),
     log:
         job_files("budget")["log"],
     benchmark:
