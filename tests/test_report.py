@@ -515,7 +515,7 @@ def test_without_the_ablation_runs_the_section_says_which_are_missing(runs, tmp_
     capsys.readouterr()
     assert main(["report", "--params", str(params)]) == 0
     assert ("dvt report: table1.md, table2.md, table3.md, ablation.md, findings.md, findings.json, figures/ (6 files), "
-            "comparisons.json, metrics.json, index.md" in capsys.readouterr().out)
+            "comparisons.json, metrics.json, plots/ (4 files), index.md" in capsys.readouterr().out)
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
