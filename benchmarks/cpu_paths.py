@@ -1,7 +1,5 @@
 """What each CPU-specific path of the model code buys, on the paper's cascades and on the default
 (issue #17, item 3): real early exit timed with every path on, and with each one off in turn.
-(A fourth, a table of inference crossover points between the fused and the explicit attention, was
-measured here at 2acd580 and removed: benchmarks/results/cpu_paths.md.)
 
     python benchmarks/cpu_paths.py --out benchmarks/results/cpu_paths.json
 
@@ -10,6 +8,8 @@ The paths (all in dvt/models/), and what "off" puts in their place:
 * native: the C kernel that resamples relation-reuse logits along queries (native.py) -> the matmul;
 * short_row_softmax: the hand-written softmax for rows shorter than 16 (attention.SHORT_ROW) ->
   torch's softmax;
+* crossover: the table of token counts from which the CPU takes the fused attention kernel
+  (attention.CPU_FUSED_MIN_TOKENS) -> the fused kernel wherever the logits are not needed, as on the GPU;
 * chunked_reuse: relation reuse a few images at a time (reuse.CPU_CHUNK_ELEMENTS) -> the whole batch
   at once.
 
@@ -65,6 +65,8 @@ def path_off(name: str) -> Iterator[None]:
         patch(native, "resample_queries", lambda axis: None)
     elif name == "short_row_softmax":
         patch(attention, "SHORT_ROW", 0)
+    elif name == "crossover":
+        patch(attention, "CPU_FUSED_MIN_TOKENS", dict.fromkeys(attention.CPU_FUSED_MIN_TOKENS, 0))
     elif name == "chunked_reuse":
         patch(reuse, "CPU_CHUNK_ELEMENTS", 2**62)
     elif name != "none":
@@ -76,7 +78,7 @@ def path_off(name: str) -> Iterator[None]:
             setattr(module, attr, value)
 
 
-PATHS = ("native", "short_row_softmax", "chunked_reuse")
+PATHS = ("native", "short_row_softmax", "crossover", "chunked_reuse")
 
 
 def measure(label: str, *, budget: int, warmup: int, repeats: int, batch: int | None = None) -> dict[str, Any]:

@@ -3,10 +3,10 @@
 DVT's relationship reuse (spec §3) needs two things a plain ViT attention does not: a bias added to
 the pre-softmax logits of a downstream exit, and the logits themselves (bias included) from every
 layer of an exit whose successor reuses them. The logits need the explicit path (q k^T, softmax,
-times v); otherwise the fused `F.scaled_dot_product_attention` runs (a bias goes in as a float
-`attn_mask`), except in CPU training on short sequences or with a trained bias, where the explicit
-path is faster (see `use_fused_kernel`). A bias that is the caller's own temporary (relation reuse in
-inference) takes the logits in place, saving a copy.
+times v); otherwise we take whichever path is faster, the explicit one or the fused
+`F.scaled_dot_product_attention` (a bias goes in as a float `attn_mask`). On the GPU that is the fused
+kernel; on the CPU it wins only on long sequences (see `CPU_FUSED_MIN_TOKENS`). A bias that is the
+caller's own temporary (relation reuse in inference) takes the logits in place, saving a copy.
 """
 
 from __future__ import annotations
@@ -35,22 +35,38 @@ def softmax_rows(x: Tensor) -> Tensor:
     return e / e.sum(dim=-1, keepdim=True)
 
 
-# On the CPU, training on short sequences is faster explicit (forward + backward, 1 thread, 4 heads of
-# 16, 64 images, ms fused / explicit: N = 10: 1.90 / 1.45, 26: 3.73 / 2.48, 50: 8.07 / 7.39), and with
-# a bias that trains, the fused kernel takes its slow math path. Inference takes the fused kernel
-# wherever the logits are not needed: a table of inference crossover points that sat here bought
-# x0.996 on the default's early exit and was never consulted on the paper's cascades
-# (benchmarks/results/cpu_paths.md), so it went.
-CPU_TRAINING_FUSED_MIN_TOKENS = 64
+# On the CPU the fused kernel's blocking is tuned for long sequences. Measured here, 1 thread, 4
+# heads of 16, ms per call, fused / explicit:
+#   inference, no bias, 128 images: N = 10: 1.28 / 0.92, 26: 2.91 / 2.15, 37: 4.17 / 3.51,
+#     50: 4.96 / 5.58, 197: 42 / 150;
+#   inference with a bias, 128 images: N = 26: 3.03 / 2.02, 37: 3.94 / 3.05, 50: 5.61 / 5.81,
+#     65: 8.18 / 11.0 (65 images, N = 50: 2.81 / 2.63: a tie);
+#   inference with a bias the explicit path may add into in place (no copy; the attention core
+#     alone, 65 images): N = 50: 1.94 / 1.65, 65: 3.46 / 4.3, 101: 7.1 / 9.9 (heads of 64: N = 50:
+#     6.5 / 6.0, 101: 15.8 / 18.2);
+#   forward + backward, no bias, 64 images: N = 10: 1.90 / 1.45, 26: 3.73 / 2.48, 50: 8.07 / 7.39;
+#     with a bias that trains the fused kernel takes its slow math path.
+# Whole models (benchmarks/results/cpu_paths.md): without this table the default's one-exit 3x3 model
+# ran at 4766 img/s in `dvt speed` where it runs at 13081 with it; DVT's own early exit, whose
+# short-sequence exits hand their logits on (explicit anyway), does not feel it (x0.996).
+CPU_FUSED_MIN_TOKENS = {"inference": 40, "inference with bias": 50, "inference with bias in place": 64,
+                        "training": 64}
 
 
-def use_fused_kernel(*, device: torch.device, tokens: int, grad: bool, bias_grad: bool) -> bool:
-    """Whether attention over `tokens` tokens runs fused (when its logits are not needed)."""
+def use_fused_kernel(*, device: torch.device, tokens: int, bias: bool, grad: bool, bias_grad: bool,
+                     bias_in_place: bool = False) -> bool:
+    """Whether attention over `tokens` tokens is faster fused than explicit (logits not needed)."""
     if device.type != "cpu":
         return True
     if bias_grad:
         return False
-    return not grad or tokens >= CPU_TRAINING_FUSED_MIN_TOKENS
+    if grad:
+        case = "training"
+    elif bias:
+        case = "inference with bias in place" if bias_in_place else "inference with bias"
+    else:
+        case = "inference"
+    return tokens >= CPU_FUSED_MIN_TOKENS[case]
 
 
 class Attention(nn.Module):
@@ -80,7 +96,8 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         bias_grad = bias is not None and bias.requires_grad
         in_place = overwrite_bias and bias is not None and bias.is_contiguous() and not torch.is_grad_enabled()
-        if need_logits or not use_fused_kernel(device=x.device, tokens=N, grad=q.requires_grad, bias_grad=bias_grad):
+        if need_logits or not use_fused_kernel(device=x.device, tokens=N, bias=bias is not None,
+                                               grad=q.requires_grad, bias_grad=bias_grad, bias_in_place=in_place):
             H = self.num_heads
             qh, kh = q.reshape(B * H, N, self.head_dim), k.reshape(B * H, N, self.head_dim)
             if bias is None:
