@@ -168,3 +168,24 @@ def test_bad_speed_input(pipeline, capsys, override, message):
 def test_speed_needs_a_checkpoint(pipeline, capsys):
     assert main(["speed", "--params", str(pipeline), "--run", "untrained"]) == 2
     assert "train it first with `dvt train --run untrained --seed 42`" in capsys.readouterr().err
+
+
+def test_unpadded_early_exit_runs_lone_images_as_one_row(pipeline, monkeypatch):
+    """pad=False (latency): a sub-batch of fewer than 4 rows runs as it is, and decides as the padded one
+    does up to float rounding; with pad=True every model call sees at least 4 rows."""
+    config = load_config(pipeline)
+    model = loaded(config, "dvt")
+    x = split_images(config, "test")[:3]
+    T = np.array([0.0, 0.0, -np.inf])  # everybody leaves at exit 1
+    seen = []
+    forward_exit = model.forward_exit
+    monkeypatch.setattr(model, "forward_exit", lambda k, xs, state: seen.append(len(xs)) or forward_exit(k, xs, state))
+    for i in range(3):
+        seen.clear()
+        lone = early_exit_predict(model, x[i:i + 1], T, pad=False)
+        assert seen == [1]
+        seen.clear()
+        padded = early_exit_predict(model, x[i:i + 1], T)
+        assert seen == [4]
+        assert lone[1].tolist() == padded[1].tolist() == [0]
+        assert lone[0].tolist() == padded[0].tolist()
