@@ -174,7 +174,6 @@ def train_throughput(*, batch: int, device: torch.device, amp: bool, steps: int,
         seconds = time_turns({"step": step}, warmup=warmup, repeats=steps, device=device)["step"]
         out[label] = {"img_per_s": batch / statistics.median(seconds),
                       "img_per_s_min": batch / max(seconds), "img_per_s_max": batch / min(seconds)}
-        del model, opt
     out["reuse_cost"] = out["no_reuse"]["img_per_s"] / out["reuse"]["img_per_s"]
     return out
 

@@ -273,9 +273,10 @@ def test_input_errors() -> None:
         accuracy_at_gmacs([1.0, 2.0], [70.0], 1.5)
 
 
-def authors_find_threshold(logits: "torch.Tensor", p: int, q_step: float = 0.05) -> list[float]:
+def authors_find_threshold(logits, p: int, q_step: float = 0.05) -> list[float]:
     """The authors' search (MSDNet's `find_threshold` as DVT's inference.py uses it), line for line in
-    torch: float32 shares, floor of the float32 product, confidence = max of torch's softmax."""
+    torch: float32 shares, floor of the float32 product, confidence = max of torch's softmax.
+    logits: a torch tensor (K, n, C), their layout."""
     import torch
 
     n_stage, n_sample, _ = logits.size()
