@@ -43,12 +43,17 @@ _spec = importlib.util.spec_from_file_location("paper_speed", HERE / "paper_spee
 paper_speed = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(paper_speed)
 
-# name -> (backbone, grids, image side, channels, classes, batch)
+# name -> (backbone, grids, image side, channels, classes, batch, reuse). The default pipeline's other
+# models too: its one-exit models are Table 2's references, and its no-reuse cascade hands no logits
+# on, so attention there runs on whichever kernel the CPU paths choose.
 CASCADES = {
-    "DVT-T2T-ViT-12": ("t2t_vit_12", (7, 10, 14), 224, 3, 1000, 64),
-    "DVT-T2T-ViT-14": ("t2t_vit_14", (7, 10, 14), 224, 3, 1000, 64),
-    "DVT-DeiT-S": ("deit_small", (7, 10, 14), 224, 3, 1000, 64),
-    "default (vit_micro_ss, 56 px)": ("vit_micro_ss", (3, 5, 7), 56, 1, 10, 128),
+    "DVT-T2T-ViT-12": ("t2t_vit_12", (7, 10, 14), 224, 3, 1000, 64, True),
+    "DVT-T2T-ViT-14": ("t2t_vit_14", (7, 10, 14), 224, 3, 1000, 64, True),
+    "DVT-DeiT-S": ("deit_small", (7, 10, 14), 224, 3, 1000, 64, True),
+    "default (vit_micro_ss, 56 px)": ("vit_micro_ss", (3, 5, 7), 56, 1, 10, 128, True),
+    "default, no reuse": ("vit_micro_ss", (3, 5, 7), 56, 1, 10, 128, False),
+    "default, 3x3 alone": ("vit_micro_ss", (3,), 56, 1, 10, 128, False),
+    "default, 7x7 alone": ("vit_micro_ss", (7,), 56, 1, 10, 128, False),
 }
 
 
@@ -82,10 +87,11 @@ PATHS = ("native", "short_row_softmax", "crossover", "chunked_reuse")
 
 
 def measure(label: str, *, budget: int, warmup: int, repeats: int, batch: int | None = None) -> dict[str, Any]:
-    backbone, grids, side, chans, classes, default_batch = CASCADES[label]
+    backbone, grids, side, chans, classes, default_batch, reuse = CASCADES[label]
     batch = batch or default_batch
     torch.manual_seed(0)
-    model = create_model(backbone, grids=grids, img_size=side, in_chans=chans, num_classes=classes).eval()
+    model = create_model(backbone, grids=grids, img_size=side, in_chans=chans, num_classes=classes,
+                         feature_reuse=reuse, relation_reuse=reuse).eval()
     x = torch.randn(batch, chans, side, side, generator=torch.Generator().manual_seed(1))
     conf = paper_speed.exit_confidences(model, x, amp=False)
     T = fit_thresholds(conf, budget_fractions(len(grids), num_budgets=budget, q_step=paper_speed.Q_STEP)[-1:])[0]

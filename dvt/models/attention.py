@@ -17,7 +17,9 @@ from torch import Tensor, nn
 
 # PyTorch's CPU softmax vectorises along each row, a full vector register at a time (16 floats with
 # AVX-512); rows shorter than that take a path about 3.5x slower than exp + sum over the same tensor
-# (measured on this machine: 0.96 vs 0.27 ms for the (128, 4, 10, 10) logits of a 3x3 exit).
+# (measured on this machine: 0.96 vs 0.27 ms for the (128, 4, 10, 10) logits of a 3x3 exit; whole
+# models, paired: the default's 3x3 model alone x1.17, DVT's early exit x1.05,
+# benchmarks/results/cpu_paths.md).
 SHORT_ROW = 16
 
 
@@ -46,9 +48,9 @@ def softmax_rows(x: Tensor) -> Tensor:
 #     6.5 / 6.0, 101: 15.8 / 18.2);
 #   forward + backward, no bias, 64 images: N = 10: 1.90 / 1.45, 26: 3.73 / 2.48, 50: 8.07 / 7.39;
 #     with a bias that trains the fused kernel takes its slow math path.
-# Whole models (benchmarks/results/cpu_paths.md): without this table the default's one-exit 3x3 model
-# ran at 4766 img/s in `dvt speed` where it runs at 13081 with it; DVT's own early exit, whose
-# short-sequence exits hand their logits on (explicit anyway), does not feel it (x0.996).
+# Whole models (benchmarks/results/cpu_paths.md, time without / with the table, paired): the default's
+# 3x3 model alone x1.08, its cascade without reuse x1.08; DVT's own early exit, whose short-sequence
+# exits hand their logits on (explicit anyway), does not feel it (x0.996).
 CPU_FUSED_MIN_TOKENS = {"inference": 40, "inference with bias": 50, "inference with bias in place": 64,
                         "training": 64}
 
