@@ -54,47 +54,95 @@ def _check(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return z, y
 
 
-def log_softmax(z: np.ndarray) -> np.ndarray:
-    """(..., C) -> (..., C) float64, stable."""
-    z = np.asarray(z, dtype=np.float64)
+def log_softmax(z: np.ndarray, dtype: type = np.float64) -> np.ndarray:
+    """(..., C) -> (..., C), stable."""
+    z = np.asarray(z, dtype=dtype)
     shifted = z - z.max(axis=-1, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
-def _take(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """values (n, K, C), labels (n,) -> values[i, k, labels[i]]: (n, K)."""
-    return np.take_along_axis(values, labels[:, None, None], axis=2)[..., 0]
+@dataclass(frozen=True)
+class Summary:
+    """What the policies read of a set of per-exit distributions: each (n, K)."""
+
+    top1: np.ndarray  # largest probability
+    top2: np.ndarray  # second largest
+    neg_entropy: np.ndarray  # sum_c p log p (<= 0)
+    pred: np.ndarray  # argmax (ties: the lowest class)
+    true_prob: np.ndarray  # probability of the label
 
 
-def _from_probs(p: np.ndarray, labels: np.ndarray, confidence: np.ndarray) -> Decisions:
-    pred = p.argmax(axis=-1)
-    return Decisions(confidence=confidence.astype(np.float64), correct=pred == labels[:, None],
-                     true_prob=_take(p, labels))
+# Rows per chunk: the (rows, K, C) float32 temporaries of ImageNet logits stay at a few tens of MB.
+CHUNK = 2048
 
 
-def max_softmax_policy(logits: np.ndarray, labels: np.ndarray) -> Decisions:
+def _summary_of(lp: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(top1, top2, sum p log p, argmax, p(label)) of log-probabilities lp (rows, K, C); lp is
+    overwritten (the argmax entry becomes -inf to find the runner-up without sorting)."""
+    p = np.exp(lp)
+    neg_entropy = (p * lp).sum(axis=-1)
+    true = np.take_along_axis(p, labels[:, None, None], axis=2)[..., 0]
+    pred = lp.argmax(axis=-1)
+    top1 = np.take_along_axis(p, pred[..., None], axis=2)[..., 0]
+    np.put_along_axis(lp, pred[..., None], -np.inf, axis=2)
+    top2 = np.exp(lp.max(axis=-1)) if lp.shape[-1] > 1 else np.zeros_like(top1)
+    return top1, top2, neg_entropy, pred, true
+
+
+def _join(parts: list[tuple[np.ndarray, ...]]) -> Summary:
+    return Summary(*(np.concatenate([part[i] for part in parts]).astype(np.int64 if i == 3 else np.float64)
+                     for i in range(5)))
+
+
+def _chunks(n: int) -> list[slice]:
+    return [slice(i, min(i + CHUNK, n)) for i in range(0, n, CHUNK)]
+
+
+def exit_summary(logits: np.ndarray, labels: np.ndarray, temperatures: np.ndarray | None = None) -> Summary:
+    """Each exit's own softmax (of z / t_k with temperatures), in float32, a chunk of rows at a time."""
     z, y = _check(logits, labels)
-    conf, pred = max_softmax(z)  # float32, as the budget stage uses it
-    p = np.exp(log_softmax(z))
-    return Decisions(confidence=conf.astype(np.float64), correct=pred == y[:, None], true_prob=_take(p, y))
+    scale = np.float32(1) if temperatures is None else np.asarray(temperatures, dtype=np.float32)[None, :, None]
+    return _join([_summary_of(log_softmax(z[rows] / scale, np.float32), y[rows]) for rows in _chunks(len(y))])
 
 
-def entropy_policy(logits: np.ndarray, labels: np.ndarray) -> Decisions:
+def summaries(logits: np.ndarray, labels: np.ndarray) -> tuple[Summary, Summary]:
+    """(each exit's own softmax, the normalised product of experts prod_{j<=k} p_j at each exit), in
+    float32 from one log-softmax pass."""
     z, y = _check(logits, labels)
-    logp = log_softmax(z)
-    p = np.exp(logp)
-    return _from_probs(p, y, (p * logp).sum(axis=-1))  # -H
+    own, joint = [], []
+    for rows in _chunks(len(y)):
+        lp = log_softmax(z[rows], np.float32)
+        joint.append(_summary_of(log_softmax(np.cumsum(lp, axis=1), np.float32), y[rows]))
+        own.append(_summary_of(lp, y[rows]))
+    return _join(own), _join(joint)
 
 
-def margin_policy(logits: np.ndarray, labels: np.ndarray) -> Decisions:
+def _decisions(s: Summary, labels: np.ndarray, confidence: np.ndarray) -> Decisions:
+    return Decisions(confidence=np.asarray(confidence, dtype=np.float64), correct=s.pred == labels[:, None],
+                     true_prob=s.true_prob)
+
+
+def max_softmax_policy(logits: np.ndarray, labels: np.ndarray, s: Summary | None = None) -> Decisions:
     z, y = _check(logits, labels)
-    p = np.exp(log_softmax(z))
-    top2 = -np.partition(-p, 1, axis=-1)[..., :2] if p.shape[-1] > 1 else np.concatenate([p, 0 * p], axis=-1)
-    return _from_probs(p, y, top2[..., 0] - top2[..., 1])
+    s = s or exit_summary(z, y)
+    conf = np.concatenate([max_softmax(z[i:i + CHUNK])[0] for i in range(0, len(y), CHUNK)])  # as budget.csv
+    return _decisions(s, y, conf)
+
+
+def entropy_policy(logits: np.ndarray, labels: np.ndarray, s: Summary | None = None) -> Decisions:
+    z, y = _check(logits, labels)
+    s = s or exit_summary(z, y)
+    return _decisions(s, y, s.neg_entropy)
+
+
+def margin_policy(logits: np.ndarray, labels: np.ndarray, s: Summary | None = None) -> Decisions:
+    z, y = _check(logits, labels)
+    s = s or exit_summary(z, y)
+    return _decisions(s, y, s.top1 - s.top2)
 
 
 def fit_temperatures(logits: np.ndarray, labels: np.ndarray, *, iterations: int = 50,
-                     max_samples: int = 20_000) -> np.ndarray:
+                     max_samples: int = 5_000) -> np.ndarray:
     """Per exit, the temperature t > 0 minimising the mean NLL of softmax(z / t): (K,).
 
     The NLL is convex in b = 1 / t, with derivative mean(E_p[z] - z_y) and second derivative
@@ -107,64 +155,69 @@ def fit_temperatures(logits: np.ndarray, labels: np.ndarray, *, iterations: int 
         z, y = z[keep], y[keep]
     temps = []
     for k in range(z.shape[1]):
-        zk = z[:, k].astype(np.float64)  # (n, C)
-        true = zk[np.arange(len(y)), y]
+        zk = np.asarray(z[:, k], dtype=np.float32)  # (n, C)
+        true = zk[np.arange(len(y)), y].astype(np.float64)
         b = 1.0
         for _ in range(iterations):
-            p = np.exp(log_softmax(b * zk))
-            mean = (p * zk).sum(axis=1)
+            p = np.exp(log_softmax(np.float32(b) * zk, np.float32))
+            mean = (p * zk).sum(axis=1, dtype=np.float64)
             grad = float(np.mean(mean - true))
-            hess = float(np.mean((p * zk * zk).sum(axis=1) - mean * mean))
+            hess = float(np.mean((p * zk * zk).sum(axis=1, dtype=np.float64) - mean * mean))
             step = grad / hess if hess > 1e-12 else np.sign(grad)
             b_new = float(np.clip(b - step, 1 / 20, 20))
-            if abs(b_new - b) < 1e-9:
-                break
+            converged = abs(b_new - b) < 1e-6 * b
             b = b_new
+            if converged:
+                break
         temps.append(1.0 / b)
     return np.array(temps)
 
 
 def temperature_policy(logits: np.ndarray, labels: np.ndarray, temperatures: np.ndarray) -> Decisions:
     z, y = _check(logits, labels)
-    p = np.exp(log_softmax(z / np.asarray(temperatures)[None, :, None]))
-    return _from_probs(p, y, p.max(axis=-1))
+    s = exit_summary(z, y, temperatures)
+    return _decisions(s, y, s.top1)
 
 
-def poe_policy(logits: np.ndarray, labels: np.ndarray) -> Decisions:
+def poe_policy(logits: np.ndarray, labels: np.ndarray, joint: Summary | None = None) -> Decisions:
+    """joint: the product-of-experts summary (`summaries(...)[1]`), if already computed."""
     z, y = _check(logits, labels)
-    joint = log_softmax(np.cumsum(log_softmax(z), axis=1))  # (n, K, C): normalised prod_{j<=k} p_j
-    p = np.exp(joint)
-    return _from_probs(p, y, p.max(axis=-1))
+    joint = joint or summaries(z, y)[1]
+    return _decisions(joint, y, joint.top1)
 
 
-def caching_policy(logits: np.ndarray, labels: np.ndarray) -> Decisions:
+def caching_policy(logits: np.ndarray, labels: np.ndarray, s: Summary | None = None) -> Decisions:
     z, y = _check(logits, labels)
-    p = np.exp(log_softmax(z))
-    conf = p.max(axis=-1)  # (n, K)
-    best = np.maximum.accumulate(conf, axis=1)
-    source = np.zeros(conf.shape, dtype=np.int64)  # which exit's prediction is held at exit k
-    for k in range(1, conf.shape[1]):
-        source[:, k] = np.where(conf[:, k] > best[:, k - 1], k, source[:, k - 1])
-    held = np.take_along_axis(p, source[..., None], axis=1)  # (n, K, C)
-    return _from_probs(held, y, best)
+    s = s or exit_summary(z, y)
+    best = np.maximum.accumulate(s.top1, axis=1)
+    source = np.zeros(s.top1.shape, dtype=np.int64)  # which exit's prediction is held at exit k
+    for k in range(1, s.top1.shape[1]):
+        source[:, k] = np.where(s.top1[:, k] > best[:, k - 1], k, source[:, k - 1])
+    held = Summary(top1=best, top2=s.top2, neg_entropy=s.neg_entropy,
+                   pred=np.take_along_axis(s.pred, source, axis=1),
+                   true_prob=np.take_along_axis(s.true_prob, source, axis=1))
+    return _decisions(held, y, best)
 
 
-def gate_features(logits: np.ndarray) -> np.ndarray:
+def gate_features(s: Summary) -> np.ndarray:
     """Per exit: max probability, margin and entropy: (n, K, 3)."""
-    logp = log_softmax(logits)
-    p = np.exp(logp)
-    top2 = -np.partition(-p, 1, axis=-1)[..., :2]
-    return np.stack([top2[..., 0], top2[..., 0] - top2[..., 1], -(p * logp).sum(axis=-1)], axis=-1)
+    return np.stack([s.top1, s.top1 - s.top2, -s.neg_entropy], axis=-1)
 
 
-def fit_gate(logits: np.ndarray, labels: np.ndarray) -> list:
+def fit_gate(logits: np.ndarray, labels: np.ndarray, s: Summary | None = None, *,
+             max_samples: int = 20_000) -> list:
     """Per exit k, a logistic regression (scikit-learn) of "exit k is right" on the features of exits
-    1..k, fitted on these (calibration) samples; None where every sample is right or every one wrong."""
+    1..k, fitted on these (calibration) samples (at most max_samples, evenly spaced); None where every
+    sample is right or every one wrong."""
     from sklearn.linear_model import LogisticRegression
 
     z, y = _check(logits, labels)
-    features = gate_features(z)
-    right = z.argmax(axis=-1) == y[:, None]
+    s = s or exit_summary(z, y)
+    features = gate_features(s)
+    right = s.pred == y[:, None]
+    if len(y) > max_samples:  # a handful of coefficients per exit: more samples only cost time
+        keep = np.linspace(0, len(y) - 1, max_samples).round().astype(int)
+        features, right, y = features[keep], right[keep], y[keep]
     gates = []
     for k in range(z.shape[1]):
         target = right[:, k]
@@ -175,17 +228,17 @@ def fit_gate(logits: np.ndarray, labels: np.ndarray) -> list:
     return gates
 
 
-def gate_policy(logits: np.ndarray, labels: np.ndarray, gates: list) -> Decisions:
+def gate_policy(logits: np.ndarray, labels: np.ndarray, gates: list, s: Summary | None = None) -> Decisions:
     z, y = _check(logits, labels)
-    features = gate_features(z)
-    p = np.exp(log_softmax(z))
-    conf = np.empty(z.shape[:2])
+    s = s or exit_summary(z, y)
+    features = gate_features(s)
+    conf = np.empty(s.top1.shape)
     for k, gate in enumerate(gates):
         if gate is None:  # the calibration split was all right (or all wrong) here: keep max softmax
-            conf[:, k] = p[:, k].max(axis=-1)
+            conf[:, k] = s.top1[:, k]
         else:
             conf[:, k] = gate.predict_proba(features[:, : k + 1].reshape(len(y), -1))[:, 1]
-    return _from_probs(p, y, conf)
+    return _decisions(s, y, conf)
 
 
 FITTED = ("temperature", "gate")
@@ -197,13 +250,26 @@ POLICIES: dict[str, Callable[..., Decisions]] = {
 
 def decide(logits_cal: np.ndarray, labels_cal: np.ndarray, logits_test: np.ndarray,
            labels_test: np.ndarray) -> dict[str, tuple[Decisions, Decisions]]:
-    """Every policy on both splits: name -> (calibration, test) decisions; fitted ones fit on calibration."""
-    fitted = {"temperature": fit_temperatures(logits_cal, labels_cal), "gate": fit_gate(logits_cal, labels_cal)}
-    out = {}
-    for name, policy in POLICIES.items():
-        extra = (fitted[name],) if name in FITTED else ()
-        out[name] = (policy(logits_cal, labels_cal, *extra), policy(logits_test, labels_test, *extra))
-    return out
+    """Every policy on both splits: name -> (calibration, test) decisions; fitted ones fit on calibration.
+    Each split's per-exit softmax and product of experts are summarised once and shared; the two
+    splits are worked on in two threads (numpy's array loops release the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    temperatures = fit_temperatures(logits_cal, labels_cal)
+
+    def split(z: np.ndarray, y: np.ndarray) -> dict[str, Decisions]:
+        own, joint = summaries(z, y)
+        return {"max_softmax": max_softmax_policy(z, y, own), "entropy": entropy_policy(z, y, own),
+                "margin": margin_policy(z, y, own), "temperature": temperature_policy(z, y, temperatures),
+                "poe": poe_policy(z, y, joint), "caching": caching_policy(z, y, own), "own": own}
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        cal, test = pool.map(lambda zy: split(*zy), ((logits_cal, labels_cal), (logits_test, labels_test)))
+    cal_own, test_own = cal.pop("own"), test.pop("own")
+    gates = fit_gate(logits_cal, labels_cal, cal_own)
+    cal["gate"] = gate_policy(logits_cal, labels_cal, gates, cal_own)
+    test["gate"] = gate_policy(logits_test, labels_test, gates, test_own)
+    return {name: (cal[name], test[name]) for name in POLICIES}
 
 
 def monotonicity_violations(d: Decisions) -> float:
@@ -216,7 +282,7 @@ def monotonicity_violations(d: Decisions) -> float:
 
 
 def risk_controlled_thresholds(confidence: np.ndarray, correct: np.ndarray, *, epsilon: float,
-                               delta: float, max_candidates: int = 2000) -> tuple[np.ndarray, float]:
+                               delta: float, max_candidates: int = 500) -> tuple[np.ndarray, float]:
     """Max-softmax thresholds (one value lambda for exits 1..K-1) such that, with probability at least
     1 - delta over the calibration draw, the share of samples the last exit gets right but the early
     exit gets wrong is at most epsilon (an upper bound of the accuracy drop against the last exit).
@@ -250,5 +316,5 @@ def _losses(conf: np.ndarray, ok: np.ndarray, lambdas: np.ndarray) -> np.ndarray
     K = conf.shape[1]
     leave = conf[None, :, :-1] >= lambdas[:, None, None]  # (L, n, K-1)
     exits = np.where(leave.any(axis=2), leave.argmax(axis=2), K - 1)  # (L, n)
-    early_right = np.take_along_axis(ok[None].repeat(len(lambdas), 0), exits[..., None], axis=2)[..., 0]
+    early_right = ok[np.arange(len(ok))[None, :], exits]  # (L, n)
     return (ok[None, :, -1] & ~early_right).sum(axis=1)

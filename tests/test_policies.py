@@ -37,18 +37,19 @@ def test_entropy_margin_poe_and_caching_against_loops():
         product = [1.0] * C
         for k in range(K):
             p = probs(z[i, k])
-            assert ent.confidence[i, k] == pytest.approx(sum(x * math.log(x) for x in p), abs=1e-9)
+            # (the policies summarise each softmax in float32)
+            assert ent.confidence[i, k] == pytest.approx(sum(x * math.log(x) for x in p), abs=1e-5)
             top = sorted(p, reverse=True)
-            assert mar.confidence[i, k] == pytest.approx(top[0] - top[1], abs=1e-12)
+            assert mar.confidence[i, k] == pytest.approx(top[0] - top[1], abs=1e-6)
             assert ent.correct[i, k] == mar.correct[i, k] == (p.index(top[0]) == y[i])
             product = [a * b for a, b in zip(product, p)]
             joint = [v / sum(product) for v in product]
-            assert poe.confidence[i, k] == pytest.approx(max(joint), rel=1e-9)
+            assert poe.confidence[i, k] == pytest.approx(max(joint), rel=1e-5)
             assert poe.correct[i, k] == (joint.index(max(joint)) == y[i])
-            assert poe.true_prob[i, k] == pytest.approx(joint[y[i]], rel=1e-9)
+            assert poe.true_prob[i, k] == pytest.approx(joint[y[i]], rel=1e-5, abs=1e-7)
             if max(p) > best_conf:  # caching: the most confident exit so far speaks
                 best_conf, best_pred = max(p), p.index(max(p))
-            assert cache.confidence[i, k] == pytest.approx(best_conf, rel=1e-12)
+            assert cache.confidence[i, k] == pytest.approx(best_conf, rel=1e-6)
             assert cache.correct[i, k] == (best_pred == y[i])
 
 
@@ -108,6 +109,11 @@ def test_every_policy_decides_both_splits(pipeline):
     cal, test = table["calibration"], table["test"]
     decided = policies.decide(cal.logits, cal.labels, test.logits, test.labels)
     assert set(decided) == set(policies.POLICIES)
+    # the shared, threaded path gives what each policy gives on its own
+    for name in ("max_softmax", "entropy", "margin", "poe", "caching"):
+        alone = policies.POLICIES[name](test.logits, test.labels)
+        np.testing.assert_array_equal(decided[name][1].confidence, alone.confidence, err_msg=name)
+        np.testing.assert_array_equal(decided[name][1].correct, alone.correct, err_msg=name)
     for name, (d_cal, d_test) in decided.items():
         assert d_cal.confidence.shape == d_cal.correct.shape == (len(cal.labels), 3), name
         assert d_test.confidence.shape == (len(test.labels), 3) and np.isfinite(d_test.confidence).all(), name
@@ -149,7 +155,8 @@ def test_risk_control_holds_its_epsilon_over_random_calibration_draws():
 
 def test_risk_control_against_a_slow_search():
     conf, correct = synthetic_exits(300, seed=5)
-    T, lam = policies.risk_controlled_thresholds(conf, correct, epsilon=0.1, delta=0.2)
+    # every candidate (the default searches an even grid of at most 500 of them)
+    T, lam = policies.risk_controlled_thresholds(conf, correct, epsilon=0.1, delta=0.2, max_candidates=10_000)
     from scipy.stats import binom
 
     chosen = math.inf
