@@ -241,7 +241,6 @@ def gate_policy(logits: np.ndarray, labels: np.ndarray, gates: list, s: Summary 
     return _decisions(s, y, conf)
 
 
-FITTED = ("temperature", "gate")
 POLICIES: dict[str, Callable[..., Decisions]] = {
     "max_softmax": max_softmax_policy, "entropy": entropy_policy, "margin": margin_policy,
     "temperature": temperature_policy, "poe": poe_policy, "caching": caching_policy, "gate": gate_policy,
@@ -257,15 +256,15 @@ def decide(logits_cal: np.ndarray, labels_cal: np.ndarray, logits_test: np.ndarr
 
     temperatures = fit_temperatures(logits_cal, labels_cal)
 
-    def split(z: np.ndarray, y: np.ndarray) -> dict[str, Decisions]:
+    def split(z: np.ndarray, y: np.ndarray) -> tuple[dict[str, Decisions], Summary]:
         own, joint = summaries(z, y)
         return {"max_softmax": max_softmax_policy(z, y, own), "entropy": entropy_policy(z, y, own),
                 "margin": margin_policy(z, y, own), "temperature": temperature_policy(z, y, temperatures),
-                "poe": poe_policy(z, y, joint), "caching": caching_policy(z, y, own), "own": own}
+                "poe": poe_policy(z, y, joint), "caching": caching_policy(z, y, own)}, own
 
     with ThreadPoolExecutor(max_workers=2) as pool:
-        cal, test = pool.map(lambda zy: split(*zy), ((logits_cal, labels_cal), (logits_test, labels_test)))
-    cal_own, test_own = cal.pop("own"), test.pop("own")
+        (cal, cal_own), (test, test_own) = pool.map(lambda zy: split(*zy), ((logits_cal, labels_cal),
+                                                                           (logits_test, labels_test)))
     gates = fit_gate(logits_cal, labels_cal, cal_own)
     cal["gate"] = gate_policy(logits_cal, labels_cal, gates, cal_own)
     test["gate"] = gate_policy(logits_test, labels_test, gates, test_own)
