@@ -21,10 +21,8 @@ import numpy as np
 import pandas as pd
 
 from dvt.config import Config
+from dvt.data.folder import EXTENSIONS
 from dvt.errors import DvtError
-
-EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-
 
 def image_paths(items: Sequence[str]) -> list[Path]:
     """Files as given, folders expanded to the images under them (sorted); DvtError if none."""

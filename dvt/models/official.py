@@ -47,7 +47,9 @@ def to_official_state_dict(model: Cascade) -> dict[str, Tensor]:
     return {_ours_to_official(k): v for k, v in model.state_dict().items()}
 
 
-def _as_state_dict(path_or_dict: str | os.PathLike | Mapping[str, Any]) -> Mapping[str, Any]:
+def as_state_dict(path_or_dict: str | os.PathLike | Mapping[str, Any]) -> Mapping[str, Any]:
+    """The state dict of a checkpoint path, a full checkpoint dict (under `model_state_dict`) or a bare
+    state dict, without a DataParallel `module.` prefix."""
     if isinstance(path_or_dict, (str, os.PathLike)):
         try:
             obj = torch.load(path_or_dict, map_location="cpu", weights_only=True)
@@ -86,7 +88,7 @@ def official_to_ours(state_dict: Mapping[str, Any], model: Cascade) -> dict[str,
 def load_official(model: Cascade, path_or_dict: str | os.PathLike | Mapping[str, Any]) -> Cascade:
     """Load an official DVT checkpoint (path, full checkpoint dict or bare state dict) into `model`."""
     _check_layout(model)
-    given = _as_state_dict(path_or_dict)
+    given = as_state_dict(path_or_dict)
     ours = model.state_dict()
     wanted = {_ours_to_official(k): k for k in ours}
     missing = sorted(set(wanted) - set(given))

@@ -23,7 +23,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from torch import Tensor
 
 from dvt.models.cascade import Cascade
-from dvt.models.official import OFFICIAL_GRIDS, OFFICIAL_PREFIXES, official_to_ours
+from dvt.models.official import OFFICIAL_GRIDS, OFFICIAL_PREFIXES, as_state_dict, official_to_ours
 from dvt.models.registry import create_model
 
 PAPER = "arXiv:2105.15075"
@@ -59,8 +59,7 @@ default_cfgs = generate_default_cfgs({
 
 def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: Cascade) -> dict[str, Tensor]:
     """timm's loaded file -> our key names: an official checkpoint is renamed, ours kept as it is."""
-    if "model_state_dict" in state_dict:  # an official *.pth.tar (timm found none of its own keys)
-        state_dict = state_dict["model_state_dict"]
+    state_dict = as_state_dict(state_dict)  # an official *.pth.tar: under model_state_dict
     if any(k.startswith(OFFICIAL_PREFIXES) for k in state_dict):
         return official_to_ours(state_dict, model)
     return dict(state_dict)
