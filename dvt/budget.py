@@ -43,13 +43,13 @@ TEST = "test"
 HEADLINE_BUDGETS = (10, 20, 30)
 
 
-def _number(x: float | None) -> float | None:
+def number(x: float | None) -> float | None:
     """JSON has no NaN or inf: an undefined number is null."""
     return None if x is None or not math.isfinite(x) else float(x)
 
 
-def _per_exit(values: Any) -> dict[str, float | None]:
-    return {f"exit{k + 1}": _number(float(v)) for k, v in enumerate(values)}
+def per_exit(values: Any) -> dict[str, float | None]:
+    return {f"exit{k + 1}": number(float(v)) for k, v in enumerate(values)}
 
 
 def _checkpoint_path(config: Config, run: str) -> Path:
@@ -59,41 +59,45 @@ def _checkpoint_path(config: Config, run: str) -> Path:
     return path
 
 
-def read_run_logits(config: Config, run: str) -> tuple[Path, SplitLogits, SplitLogits, np.ndarray]:
-    """(logits path, threshold split, test split, cumulative GMACs (K,)), checked against this run."""
+def read_run_logits(config: Config, run: str, *, keep_logits: bool = False
+                    ) -> tuple[Path, SplitLogits, SplitLogits, np.ndarray]:
+    """(logits path, threshold split, test split, cumulative GMACs (K,)), checked against this run;
+    keep_logits: the splits keep their (n, K, C) logits (the exit policies read them)."""
     path = config.run_dir(run) / "logits.parquet"
     sha = checkpoint.sha256(_checkpoint_path(config, run))
     check_matches(read_metadata(path), config_dict=checkpoint.run_fingerprint(config, run), checkpoint_sha256=sha,
                   path=path)
     split = config.eval.threshold_split
     official = config.eval.rounding == "official"
-    table = read_logits(path, logits=official)
+    table = read_logits(path, logits=official or keep_logits)
     for name in (split, TEST):
         if name not in table.splits:
             raise DvtError(f"{path} has no {name!r} split (eval.threshold_split = {split!r}; it holds "
                            f"{', '.join(table.splits) or 'none'}); rerun `{config.command('collect', run)}`")
     fit, test = table[split], table[TEST]
     if official:  # the authors' confidence: torch's softmax, then its max
-        fit, test = (dataclasses.replace(s, confidence=thresholds.torch_confidence(s.logits), logits=None)
-                     for s in (fit, test))
+        fit, test = (dataclasses.replace(s, confidence=thresholds.torch_confidence(s.logits),
+                                         logits=s.logits if keep_logits else None) for s in (fit, test))
     return path, fit, test, table.cumulative_gmacs
 
 
-def _fit(config: Config, fit: SplitLogits, num_exits: int) -> tuple[np.ndarray, np.ndarray]:
-    """(q (P,), thresholds (P, K)) of the paper's budgets; one row with T = -1e8 for a one-exit run."""
+def fit_budgets(config: Config, confidence: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(q (P,), thresholds (P, K)) of the paper's budgets fitted on confidence (n, K) of the threshold
+    split, with eval.rounding; one row with T = -1e8 for a one-exit run."""
+    num_exits = confidence.shape[1]
     if num_exits == 1:
         return np.array([np.nan]), np.array([[thresholds.EVERYBODY_EXITS]])
     ev = config.eval
     q = np.arange(1, ev.num_budgets + 1) * ev.q_step
     fractions = thresholds.budget_fractions(num_exits, num_budgets=ev.num_budgets, q_step=ev.q_step)
-    counts = thresholds.official_counts(len(fit.labels), q, num_exits) if ev.rounding == "official" else None
+    counts = thresholds.official_counts(len(confidence), q, num_exits) if ev.rounding == "official" else None
     try:
-        return q, thresholds.fit_thresholds(fit.confidence, fractions, counts=counts)
+        return q, thresholds.fit_thresholds(confidence, fractions, counts=counts)
     except DvtError as err:
         raise DvtError(f"eval.q_step = {ev.q_step} with eval.num_budgets = {ev.num_budgets}: {err}") from None
 
 
-def _curve(test: SplitLogits, F: np.ndarray, budgets: thresholds.BudgetCurve) -> tuple[np.ndarray, np.ndarray]:
+def curve_with_limits(test: SplitLogits, F: np.ndarray, budgets: thresholds.BudgetCurve) -> tuple[np.ndarray, np.ndarray]:
     """The test curve's (GMACs, accuracy) points plus its two limits: all at exit 1, all at exit K."""
     top1 = 100.0 * test.correct.mean(axis=0)
     return (np.concatenate([budgets.gmacs, [F[0], F[-1]]]), np.concatenate([budgets.accuracy, [top1[0], top1[-1]]]))
@@ -107,15 +111,15 @@ def _dvt_summary(curve: tuple[np.ndarray, np.ndarray], F: np.ndarray, top1: np.n
     need = np.array([thresholds.gmacs_for_accuracy(g, a, t) for t in top1])
     return {
         "budgets": int(len(budgets.gmacs)),
-        "min_gmacs": _number(budgets.gmacs.min()),
-        "max_gmacs": _number(budgets.gmacs.max()),
-        "max_accuracy": _number(budgets.accuracy[best]),
-        "max_accuracy_gmacs": _number(budgets.gmacs[best]),
+        "min_gmacs": number(budgets.gmacs.min()),
+        "max_gmacs": number(budgets.gmacs.max()),
+        "max_accuracy": number(budgets.accuracy[best]),
+        "max_accuracy_gmacs": number(budgets.gmacs[best]),
         # DVT's accuracy when it may spend what exiting at k costs (F_k).
-        "accuracy_at_exit_gmacs": _per_exit(at_cost),
+        "accuracy_at_exit_gmacs": per_exit(at_cost),
         # What DVT spends to match exit k's own accuracy, and F_k over that.
-        "gmacs_at_exit_accuracy": _per_exit(need),
-        "speedup_at_exit_accuracy": _per_exit(F / need),
+        "gmacs_at_exit_accuracy": per_exit(need),
+        "speedup_at_exit_accuracy": per_exit(F / need),
     }
 
 
@@ -133,15 +137,15 @@ def _operating_point(point: OperatingPoint, test: SplitLogits, F: np.ndarray, ta
     on_test = thresholds.evaluate(test.confidence, test.correct, F, point.thresholds)
     return {
         "target": target,
-        "q": _number(point.q),
+        "q": number(point.q),
         "thresholds": [float(t) for t in point.thresholds],
-        "fit": {"gmacs": _number(point.gmacs), "accuracy": _number(point.accuracy)},
-        "test": {"gmacs": _number(on_test.gmacs[0]), "accuracy": _number(on_test.accuracy[0]),
+        "fit": {"gmacs": number(point.gmacs), "accuracy": number(point.accuracy)},
+        "test": {"gmacs": number(on_test.gmacs[0]), "accuracy": number(on_test.accuracy[0]),
                  "exit_fractions": [float(f) for f in on_test.exit_fractions[0]]},
     }
 
 
-def _targets(fit: SplitLogits, test: SplitLogits, F: np.ndarray, *, target_gmacs: float | None,
+def targets(fit: SplitLogits, test: SplitLogits, F: np.ndarray, *, target_gmacs: float | None,
              target_accuracy: float | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if target_gmacs is not None:
@@ -153,7 +157,7 @@ def _targets(fit: SplitLogits, test: SplitLogits, F: np.ndarray, *, target_gmacs
     return out
 
 
-def _print_target(run: str, kind: str, found: dict[str, Any]) -> None:
+def print_target(run: str, kind: str, found: dict[str, Any]) -> None:
     unit = "GMACs" if kind == "gmacs" else "% top-1"
     shown = ", ".join(f"{t:.6g}" for t in found["thresholds"])
     print(f"dvt budget: {run}: target {found['target']:g} {unit} -> thresholds [{shown}] "
@@ -170,8 +174,8 @@ def run(config: Config, *, run: str, target_gmacs: float | None = None,
         raise DvtError(f"{path} has {K} exits but run {run} has {rc.num_exits}; "
                        f"rerun `{config.command('collect', run)}`")
     # Targets first: an impossible target fails before any output is written.
-    targets = _targets(fit, test, F, target_gmacs=target_gmacs, target_accuracy=target_accuracy)
-    q, T = _fit(config, fit, K)
+    points = targets(fit, test, F, target_gmacs=target_gmacs, target_accuracy=target_accuracy)
+    q, T = fit_budgets(config, fit.confidence)
     budgets = thresholds.evaluate(test.confidence, test.correct, F, T)
     frame = budgets.to_frame()
     frame.insert(1, "q", q)
@@ -182,22 +186,22 @@ def run(config: Config, *, run: str, target_gmacs: float | None = None,
         "grids": list(rc.exit_grids),
         "threshold_split": config.eval.threshold_split,
         "test_images": int(len(test.labels)),
-        "gmacs": _per_exit(F),
-        "top1": _per_exit(top1),
+        "gmacs": per_exit(F),
+        "top1": per_exit(top1),
     }
     if K > 1:
-        curve = _curve(test, F, budgets)
+        curve = curve_with_limits(test, F, budgets)
         metrics["dvt"] = _dvt_summary(curve, F, top1, budgets)
-    if targets:
-        metrics["targets"] = targets
+    if points:
+        metrics["targets"] = points
 
     folder = config.run_dir(run)
     with atomic_path(folder / "budget.csv") as tmp:
         frame.to_csv(tmp, index=False)
     write_json(folder / "eval.json", metrics)
     write_json(folder / "metrics.json", _headline(top1, F, frame))
-    for kind, found_point in targets.items():
-        _print_target(run, kind, found_point)
+    for kind, found_point in points.items():
+        print_target(run, kind, found_point)
     if K > 1:
         d = metrics["dvt"]
         print(f"dvt budget: {run}: {len(frame)} budgets, {d['min_gmacs']:.4g}-{d['max_gmacs']:.4g} GMACs, "

@@ -22,6 +22,8 @@ STAGES: dict[str, tuple[str, str, bool]] = {
     "collect": ("dvt.collect", "write every exit's logits on the calibration and test splits to Parquet", True),
     "flops": ("dvt.flops", "count GMACs (fvcore convention) and parameters per exit", True),
     "budget": ("dvt.budget", "fit early-exit thresholds for the paper's budgets and evaluate them", True),
+    "policies": ("dvt.policy_eval", "compare exit policies (entropy, margin, temperature, product of experts, caching, "
+                 "a learned gate, risk-controlled thresholds) with max softmax at the same budgets", True),
     "speed": ("dvt.speed", "measure static and early-exit throughput", True),
     "report": ("dvt.report", "render the tables and figures into reports/", False),
     # Not a pipeline stage: uses a finished run.
@@ -29,7 +31,7 @@ STAGES: dict[str, tuple[str, str, bool]] = {
                 "confidence and GMACs per image", True),
 }
 # Stages that work on one trained seed of a run: they take --seed (default: every seed in params, in turn).
-PER_SEED = ("train", "collect", "budget", "speed")
+PER_SEED = ("train", "collect", "budget", "policies", "speed")
 # Stages that build a model or write data: they run `dvt check` first (budget and report need no
 # torch and stay fast).
 CHECKED = ("fetch", "train", "flops", "collect", "speed")
@@ -67,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--target-gmacs", type=float, default=None,
                            help="exit at the thresholds whose average cost per image meets this")
             p.add_argument("--json", dest="as_json", action="store_true", help="JSON instead of a table")
-        if name == "budget":
+        if name in ("budget", "policies"):
             p.add_argument("--target-gmacs", type=float, default=None,
                            help="also report thresholds for this average cost per image")
             p.add_argument("--target-accuracy", type=float, default=None,

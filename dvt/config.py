@@ -270,6 +270,22 @@ class SpeedConfig:
 
 
 @dataclass(frozen=True)
+class PoliciesConfig:
+    # Risk-controlled thresholds (Learn then Test): with probability at least 1 - delta over the draw
+    # of the calibration split, at most an epsilon share of test images is right at the last exit and
+    # wrong where they leave (an upper bound of the accuracy drop against running every exit).
+    epsilon: float = 0.02
+    delta: float = 0.1
+    # Random calibration/test re-splits of the run's pooled logits on which that guarantee is checked.
+    resplits: int = 100
+
+    def __post_init__(self) -> None:
+        _require(0 < self.epsilon < 1, "policies.epsilon", self.epsilon, "must lie in (0, 1)")
+        _require(0 < self.delta < 1, "policies.delta", self.delta, "must lie in (0, 1)")
+        _require(self.resplits >= 0, "policies.resplits", self.resplits, "must be >= 0")
+
+
+@dataclass(frozen=True)
 class ReportConfig:
     dir: str = "reports"
     gallery_size: int = 8
@@ -286,6 +302,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     speed: SpeedConfig = field(default_factory=SpeedConfig)
+    policies: PoliciesConfig = field(default_factory=PoliciesConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     # Every run is trained once per seed (weights, data order, augmentation); the report shows the
     # mean and the standard deviation over them.

@@ -9,7 +9,8 @@ Parts, each one output under report.dir (`--part` renders one; without it, all o
 | table3   | table3.md     | DVT and one-exit runs: eval.json, budget.csv                               |
 | ablation | ablation.md   | cascades on DVT's grids: eval.json, budget.csv                             |
 | figures  | figures/      | cascades: eval.json, budget.csv; one-exit runs: eval.json; every run:      |
-|          |               | train_log.csv; DVT: logits.parquet and the dataset's test images (gallery) |
+|          |               | train_log.csv; DVT: logits.parquet and the dataset's test images (gallery), |
+|          |               | policies.csv and policies.json (the exit policies' curves)                 |
 | findings | findings.md   | what table1-3 and ablation read, DVT's logits.parquet, the test objects'   |
 |          |               | sizes (cluttered-fashion-mnist): each finding of the paper, held or not   |
 | findings_json | findings.json | the same findings as data                                           |
@@ -18,6 +19,9 @@ Parts, each one output under report.dir (`--part` renders one; without it, all o
 |          |               | (numbers only, for `dvc exp show`; reads what findings reads)             |
 | plots    | plots/        | what figures reads but the logits: one CSV per chart of DVC's top-level     |
 |          |               | plots (every run in one chart), and the page `dvc plots show` fills        |
+| policies | policies.md   | DVT: policies.json (`dvt policies`): each exit policy against max softmax at  |
+|          |               | the same costs, and the risk-controlled thresholds with their re-splits    |
+| policies_json | policies.json | the same comparison, as data                                        |
 | index    | index.md      | params.yaml; DVT's logits.parquet (gallery ids); any speed.json (optional) |
 
 With several seeds every number is the mean over them (Table 1 and the ablation also give the standard
@@ -49,14 +53,15 @@ from dvt.data.cluttered import object_sides, objects_file
 from dvt.data.info import dataset_info
 from dvt.errors import DvtError
 from dvt.logits import read_logits
-from dvt.reporting import compare, figures, findings, gallery, overlays, pages, reference
+from dvt.reporting import compare, exit_policies, figures, findings, gallery, overlays, pages, reference
 from dvt.reporting.inputs import run_files
 from dvt.thresholds import assign_exits
 
 PARTS = {"table1": "table1.md", "table2": "table2.md", "table3": "table3.md", "ablation": "ablation.md",
          "findings": "findings.md", "findings_json": "findings.json", "figures": "figures",
-         "comparisons": "comparisons.json", "metrics": "metrics.json", "plots": "plots", "index": "index.md"}
-JSON_PARTS = ("findings_json", "comparisons", "metrics")
+         "comparisons": "comparisons.json", "metrics": "metrics.json", "plots": "plots", "policies": "policies.md",
+         "policies_json": "policies.json", "index": "index.md"}
+JSON_PARTS = ("findings_json", "comparisons", "metrics", "policies_json")
 FOLDER_PARTS = ("figures", "plots")
 
 
@@ -88,6 +93,10 @@ class Report:
     @cached_property
     def ablation(self) -> compare.Ablation | None:
         return compare.compare_reuse(self.roles)
+
+    @cached_property
+    def policies(self) -> exit_policies.PolicyComparison | None:
+        return exit_policies.compare_policies(self.dvt)
 
     @cached_property
     def picks(self) -> gallery.Picks | None:
@@ -138,8 +147,10 @@ class Report:
             "table3": lambda: pages.table3(ref, roles, self.costs),
             "ablation": lambda: pages.ablation(ref, setting, self.ablation),
             "findings": lambda: {"findings": self.verdicts},
+            "policies": lambda: {"comparison": self.policies, "words": exit_policies.WORDS},
             "index": lambda: pages.index(self.config, runs=self.runs, gallery=self.picks, git_commit=git_commit(),
-                                         paper_overlay=bool(self.paper_curves or self.paper_table1)),
+                                         paper_overlay=bool(self.paper_curves or self.paper_table1),
+                                         has_policies=self.dvt is not None),
         }[part]()
         return pages.render(self.env, PARTS[part], {**pages.common(self.config, setting, roles, ref), **context})
 
@@ -150,6 +161,8 @@ class Report:
                                                        roles=self.roles, costs=self.costs, speeds=self.speeds,
                                                        ablation=self.ablation),
             "metrics": lambda: findings.headline(list(self.runs.values()), self.verdicts),
+            "policies_json": lambda: {"dataset": self.config.data.dataset,
+                                      **(self.policies.to_dict() if self.policies else {"run": None})},
             "findings_json": lambda: {"dataset": self.config.data.dataset,
                                       "dvt_run": self.dvt.name if self.dvt else None,
                                       "findings": [f.to_dict() for f in self.verdicts]},
@@ -164,6 +177,8 @@ class Report:
                                           paper_curves=self.paper_curves, paper_table1=self.paper_table1, title=title)
         drawn += figures.training_curves(folder, list(self.runs.values()))
         drawn += figures.exit_fractions(folder, cascades, q_step=self.config.eval.q_step)
+        if self.policies is not None:
+            drawn += figures.policies(folder, self.dvt, self.policies)
         if pictures is not None:
             drawn += gallery.draw(folder, pictures)
         return drawn

@@ -82,8 +82,8 @@ def test_both_engines_train_and_measure_every_run_once_per_seed(tmp_path):
     dvc, smk = dvc_jobs(tmp_path), snakemake_jobs(tmp_path)
     runs = list(yaml.safe_load((tmp_path / "params.yaml").read_text())["runs"])
     for stage, file in (("train", "checkpoint.pt"), ("collect", "logits.parquet"), ("budget", "eval.json"),
-                        ("speed", "speed.json")):
-        made = {p: c for p, c in dvc.items() if p.endswith(file)}
+                        ("policies", "policies.json"), ("speed", "speed.json")):
+        made = {p: c for p, c in dvc.items() if p.startswith("runs/") and p.endswith(file)}
         assert made == {f"runs/{r}/seed{s}/{file}": f"dvt {stage} --run {r} --seed {s}" + (" --restart" if stage == "train" else "")
                         for r in runs for s in (42, 43, 44)}
     # A model's cost does not depend on its seed: one flops job per run.

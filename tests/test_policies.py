@@ -3,6 +3,7 @@ risk-controlled thresholds keep their guarantee over random re-splits."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -11,6 +12,8 @@ import pytest
 
 from dvt import policies, thresholds
 from dvt.budget import run as budget
+from dvt.cli import main
+from dvt.policy_eval import run as policy_stage
 from dvt.config import load_config
 from dvt.logits import read_logits
 from tests.test_collect import build_pipeline
@@ -169,3 +172,107 @@ def test_risk_control_against_a_slow_search():
             break
         chosen = cand
     assert lam == chosen and T.tolist() == [chosen, chosen, -1e8]
+
+
+# --------------------------------------------------------------------------------------------------
+# The `dvt policies` stage
+
+
+def exact_mean(xs, ys, lo: float, hi: float) -> float:
+    """Mean of the piecewise-linear curve through (xs, ys) over [lo, hi], segment by segment (equal
+    costs count once, with their best top-1)."""
+    best: dict[float, float] = {}
+    for x, y in zip(xs, ys):
+        best[x] = max(y, best.get(x, -math.inf))
+    pts = sorted(best.items())
+    total = 0.0
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+        a, b = max(x0, lo), min(x1, hi)
+        if b > a:
+            ya, yb = (y0 + (y1 - y0) * (x - x0) / (x1 - x0) for x in (a, b))
+            total += (ya + yb) / 2 * (b - a)
+    return total / (hi - lo)
+
+
+def test_the_stage_writes_budget_csv_as_its_max_softmax_rows_in_both_roundings(pipeline):
+    """Issue #19: max softmax through `dvt policies` is budget.csv to the last digit, with exact and
+    with the authors' rounding; every other policy gets a block of the same budgets."""
+    for rounding in ("official", "exact"):  # exact last: the other tests read the exact budget.csv
+        config = load_config(pipeline, [f"eval.rounding={rounding}"])
+        budget(config, run="dvt")
+        policy_stage(config, run="dvt")
+        folder = config.run_dir("dvt")
+        expected = (folder / "budget.csv").read_text().splitlines()
+        rows = [line.split(",", 1) for line in (folder / "policies.csv").read_text().splitlines()]
+        assert rows[0] == ["policy", expected[0]]
+        assert [row for name, row in rows[1:] if name == "max_softmax"] == expected[1:], rounding
+        assert [name for name, _ in rows[1:]] == [p for p in policies.POLICIES for _ in expected[1:]]
+
+
+def test_the_stage_compares_every_policy_at_max_softmax_costs(pipeline):
+    config = load_config(pipeline)
+    out = policy_stage(config, run="dvt")
+    frame = pd.read_csv(config.run_dir("dvt") / "policies.csv")
+    F = [out["gmacs"][f"exit{k + 1}"] for k in range(3)]
+    ms = frame[frame.policy == "max_softmax"].set_index("budget")
+    lo, hi = out["common_gmacs_range"]
+    assert (lo, hi) == (F[0], F[-1])  # every curve reaches both limits
+    for name, found in out["policies"].items():
+        rows = frame[frame.policy == name]
+        top1 = [found["top1"][f"exit{k + 1}"] for k in range(3)]
+        xs = [*rows["gmacs"], F[0], F[-1]]
+        ys = [*rows["accuracy"], top1[0], top1[-1]]
+        assert found["mean_top1"] == pytest.approx(exact_mean(xs, ys, lo, hi), abs=0.02), name
+        for key, point in found["at_budgets"].items():
+            assert point["gmacs"] == ms.at[int(key[1:]), "gmacs"]
+            base = out["policies"]["max_softmax"]["at_budgets"][key]["top1"]
+            assert point["gain"] == pytest.approx(point["top1"] - base)
+        assert 0 <= found["monotonicity_violations"] <= 1
+    assert set(out["policies"]["max_softmax"]["at_budgets"]) == {"p10", "p20", "p30"} & {
+        f"p{p}" for p in range(1, config.eval.num_budgets + 1)}
+    assert all(p["gain"] == 0 for p in out["policies"]["max_softmax"]["at_budgets"].values())
+    assert len(out["temperatures"]) == 3 and all(t > 0 for t in out["temperatures"])
+
+
+def test_the_risk_controlled_thresholds_are_checked_on_seeded_resplits(pipeline):
+    config = load_config(pipeline, ["policies.resplits=30", "policies.epsilon=0.1"])
+    first = policy_stage(config, run="dvt")["risk_controlled"]
+    again = policy_stage(config, run="dvt")["risk_controlled"]
+    assert first == again  # the re-splits are drawn from the seed
+    draws = first["resplits"]
+    assert draws["draws"] == len(draws["risks"]) == 30
+    assert draws["held"] == sum(r <= 0.1 for r in draws["risks"])
+    # the test split's risk, counted image by image with the stored thresholds
+    table = read_logits(config.run_dir("dvt") / "logits.parquet")
+    test = table["test"]
+    T = first["thresholds"]
+    lost = 0
+    for conf, ok in zip(test.confidence, test.correct):
+        k = next((j for j in range(2) if conf[j] >= T[j]), 2)
+        lost += bool(ok[2] and not ok[k])
+    assert first["test"]["risk"] == pytest.approx(lost / len(test.labels))
+    assert first["test"]["accuracy_drop"] <= 100 * first["test"]["risk"] + 1e-9  # the risk bounds the drop
+
+
+def test_a_one_exit_run_has_one_point_for_every_policy(pipeline):
+    config = load_config(pipeline)
+    out = policy_stage(config, run="single")
+    frame = pd.read_csv(config.run_dir("single") / "policies.csv")
+    assert list(frame["policy"]) == list(policies.POLICIES)
+    assert frame["gmacs"].nunique() == 1 and out["risk_controlled"] is None
+
+
+def test_a_refused_target_leaves_the_stage_outputs_as_they_were(pipeline, capsys):
+    config = load_config(pipeline)
+    policy_stage(config, run="dvt")
+    folder = config.run_dir("dvt")
+    before = {f: (folder / f).read_bytes() for f in ("policies.csv", "policies.json")}
+    F = json.loads((folder / "policies.json").read_text())["gmacs"]
+    assert main(["policies", "--params", str(pipeline), "--run", "dvt", "--target-gmacs", repr(F["exit1"] / 2)]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert {f: (folder / f).read_bytes() for f in before} == before
+    middle = (F["exit1"] + F["exit3"]) / 2
+    assert main(["policies", "--params", str(pipeline), "--run", "dvt", "--target-gmacs", repr(middle)]) == 0
+    found = json.loads((folder / "policies.json").read_text())["policies"]
+    assert found["max_softmax"]["targets"]["gmacs"] == budget(config, run="dvt", target_gmacs=middle)["targets"]["gmacs"]
+    assert set(found["gate"]["targets"]) == {"gmacs"}

@@ -24,6 +24,7 @@ from PIL import Image
 
 from dvt import checkpoint
 from dvt.budget import run as budget
+from dvt.policy_eval import run as exit_policies
 from dvt.cli import main
 from dvt.config import Config, load_config
 from dvt.data import fetch
@@ -121,6 +122,8 @@ def build_runs(root: Path) -> Path:
         budget(config, run=name)
         if config.run(name).feature_reuse and config.run(name).relation_reuse:  # Table 2 needs no others
             speed(config, run=name)
+        if name == "dvt":  # nor the policies page
+            exit_policies(config, run=name)
     copy_templates(config)
     return params
 
@@ -175,6 +178,8 @@ def build_official(root: Path, *, test_size: int = 100) -> Path:
             "total": {"gmacs": cumulative[-1], "params": 7_000_000 * len(cumulative)}}))
         write_logits(config, name, labels, 1000, top1, seed=i)
         budget(config, run=name)
+        if name == "dvt":
+            exit_policies(config, run=name)
     copy_templates(config)
     return params
 
@@ -287,14 +292,14 @@ def test_every_page_and_figure_is_written(rendered):
         assert b"<svg" in (out / "figures" / f"{stem}.svg").read_bytes()[:2000]
     index = page(config, "index.md")
     for link in ("table1.md", "table2.md", "table3.md", "ablation.md", "figures/gallery.png", "metrics.json",
-                 "comparisons.json"):
+                 "comparisons.json", "policies.md", "figures/policies.png"):
         assert f"]({link})" in index
     assert "GFLOPs (multiply-adds)" in page(config, "table3.md")
     assert "{{" not in index and "{%" not in index
     # Nothing but the pages, metrics and figures appears next to the templates.
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["ablation.md", "comparisons.json", "figures", "findings.json", "findings.md", "index.md", "metrics.json",
-         "plots", "table1.md", "table2.md", "table3.md", "templates"])
+         "plots", "policies.json", "policies.md", "table1.md", "table2.md", "table3.md", "templates"])
 
 
 def test_plot_tables_hold_every_run_as_its_files_say(rendered):
@@ -514,8 +519,9 @@ def test_without_the_ablation_runs_the_section_says_which_are_missing(runs, tmp_
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     capsys.readouterr()
     assert main(["report", "--params", str(params)]) == 0
-    assert ("dvt report: table1.md, table2.md, table3.md, ablation.md, findings.md, findings.json, figures/ (6 files), "
-            "comparisons.json, metrics.json, plots/ (4 files), index.md" in capsys.readouterr().out)
+    assert ("dvt report: table1.md, table2.md, table3.md, ablation.md, findings.md, findings.json, figures/ (8 files), "
+            "comparisons.json, metrics.json, plots/ (4 files), policies.md, policies.json, index.md"
+            in capsys.readouterr().out)
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
@@ -721,6 +727,8 @@ def seeded(tmp_path_factory) -> Config:
             train(one, run=name)
             write_logits(one, name, labels, 10, [a + shift for a in ACCURACY[name]], seed=i)
             budget(one, run=name)
+            if name == "dvt":
+                exit_policies(one, run=name)
     copy_templates(config)
     report(config)
     return config
@@ -759,6 +767,47 @@ def test_several_seeds_are_reported_as_mean_and_standard_deviation(seeded):
     mean_best = max(max(np.mean([f["accuracy"] for f in frames], axis=0)), statistics.mean(last),
                     statistics.mean(t[0] for t in dvt))
     assert f"its best test top-1 is {fmt('pct', mean_best)}%" in " ".join(page(config, "table3.md").split())
+
+
+def test_the_policies_page_compares_every_policy_with_max_softmax(rendered):
+    """Issue #19: the verdicts come from each run's policies.json, none written by hand."""
+    config, _ = rendered
+    data = json.loads(page(config, "policies.json"))
+    per_run = json.loads((config.run_dir("dvt") / "policies.json").read_text())
+    assert data["run"] == "dvt" and data["seeds"] == 1
+    rows = {r["name"]: r for r in data["rows"]}
+    assert list(rows) == list(per_run["policies"])
+    for name, found in per_run["policies"].items():
+        assert rows[name]["mean_top1"] == pytest.approx(found["mean_top1"])
+        for point in rows[name]["at"]:
+            assert point["gain"] == pytest.approx(found["at_budgets"][point["budget"]]["gain"])
+            assert point["beats"] == (point["gain"] > 0)
+            assert point["beyond_spread"] is None  # one seed: no spread to compare with
+    assert data["better_than_max_softmax"] == [n for n, r in rows.items()
+                                               if n != "max_softmax" and all(a["gain"] > 0 for a in r["at"])]
+    risk = per_run["risk_controlled"]["resplits"]
+    assert data["risk_holds"] == (risk["held"] >= (1 - per_run["risk_controlled"]["delta"]) * risk["draws"])
+    text = page(config, "policies.md")
+    assert all(f"| `{name}` |" in text for name in rows)
+    assert f"| {risk['held']} / {risk['draws']} (needs 90) |" in text
+    assert "{{" not in text and "{%" not in text
+
+
+def test_with_seeds_a_policy_gain_is_judged_against_their_spread(seeded):
+    import statistics
+
+    config = seeded
+    files = [json.loads((config.with_seed(s).run_dir("dvt") / "policies.json").read_text()) for s in config.seeds]
+    data = json.loads(page(config, "policies.json"))
+    assert data["seeds"] == 3
+    for row in data["rows"]:
+        for point in row["at"]:
+            top1 = [f["policies"][row["name"]]["at_budgets"][point["budget"]]["top1"] for f in files]
+            base = [f["policies"]["max_softmax"]["at_budgets"][point["budget"]]["top1"] for f in files]
+            gain = statistics.mean(t - b for t, b in zip(top1, base))
+            spread = max(statistics.stdev(top1), statistics.stdev(base))
+            assert point["gain"] == pytest.approx(gain) and point["spread"] == pytest.approx(spread)
+            assert point["beyond_spread"] == (abs(gain) > spread)
 
 
 def test_a_stage_runs_every_seed_or_the_one_asked_for(seeded, capsys):

@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import matplotlib
+import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from dvt.reporting.exit_policies import PolicyComparison
 from dvt.reporting.inputs import RunFiles
 from dvt.reporting.reference import Curve, Table1
 
@@ -139,3 +141,40 @@ def exit_fractions(folder: Path, cascades: Sequence[RunFiles], *, q_step: float)
 
 def _empty(ax: Axes, text: str) -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="gray")
+
+
+def policies(folder: Path, run: RunFiles, comparison: PolicyComparison) -> list[str]:
+    """Left: test top-1 against GMACs, one curve per exit policy (mean over seeds, budget by budget) and
+    the risk-controlled thresholds' point per seed. Right: the test risk of the risk-controlled
+    thresholds over random calibration/test re-splits, against epsilon."""
+    curves = pd.concat([s.policy_curves for s in run.seeds]).groupby(["policy", "budget"], sort=False).mean(
+        numeric_only=True).reset_index()
+    fig = new_figure(figsize=(9.0, 3.8))
+    with matplotlib.rc_context(STYLE):
+        left, right = fig.subplots(1, 2, width_ratios=[1.6, 1])
+        for (name, frame), color in zip(curves.groupby("policy", sort=False), _colors()):
+            frame = frame.sort_values("gmacs")
+            left.plot(frame["gmacs"], frame["accuracy"], "-", color=color, lw=2.2 if name == "max_softmax" else 1.2,
+                      label=name)
+        for check in comparison.risk:
+            left.plot(check.gmacs, check.accuracy, "*", color="black", ms=9,
+                      label=f"risk-controlled (epsilon {check.epsilon:g}, delta {check.delta:g})"
+                      if check is comparison.risk[0] else None)
+        left.set_xlabel(f"average {UNIT} per image")
+        left.set_ylabel("test top-1 (%)")
+        left.set_title(f"{run.name}: exit policies at the same budgets")
+        left.legend(fontsize=7, loc="best")
+        risks = [100 * r for check in comparison.risk for r in check.risks]
+        if risks:
+            check = comparison.risk[0]
+            right.hist(risks, bins=20, color="gray")
+            right.axvline(100 * check.epsilon, color="black", ls="--", label=f"epsilon = {100 * check.epsilon:g} %")
+            held = sum(c.held for c in comparison.risk)
+            draws = sum(c.draws for c in comparison.risk)
+            right.set_title(f"held on {held} of {draws} re-splits (needs {1 - check.delta:.0%})", fontsize=8)
+            right.set_xlabel("test images right at the last exit,\nwrong where they left (%)")
+            right.set_ylabel("re-splits")
+            right.legend(fontsize=7)
+        else:
+            _empty(right, "no re-splits (policies.resplits = 0)")
+    return save(fig, folder, "policies")

@@ -29,10 +29,12 @@ STAGES = {
     "flops": ("flops.json", ()),
     "budget": ("eval.json", ("train", "collect")),
     "speed": ("speed.json", ("train", "collect", "budget")),
+    "policies": ("policies.json", ("train", "collect")),
 }
 # Which stage writes each file `dvt report` reads.
 WRITER = {"train_log.csv": "train", "train.json": "train", "logits.parquet": "collect", "flops.json": "flops",
-          "budget.csv": "budget", "eval.json": "budget", "speed.json": "speed"}
+          "budget.csv": "budget", "eval.json": "budget", "speed.json": "speed", "policies.csv": "policies",
+          "policies.json": "policies"}
 
 
 class _Run:
@@ -177,6 +179,22 @@ class SeedFiles(_Run):
         if data.get("grids") != list(self.grids):
             raise self._stale("speed.json", f"is for grids {data.get('grids')}, params.yaml has {list(self.grids)}")
         return data
+
+    @cached_property
+    def policies(self) -> dict[str, Any]:
+        """policies.json: each exit policy's headline numbers and the risk-controlled thresholds."""
+        data = self._json("policies.json")
+        if data.get("grids") != list(self.grids) or "max_softmax" not in data.get("policies", {}):
+            raise self._stale("policies.json", f"is for grids {data.get('grids')}, params.yaml has {list(self.grids)}")
+        return data
+
+    @cached_property
+    def policy_curves(self) -> pd.DataFrame:
+        """policies.csv: budget.csv's rows for every policy, with a first column `policy`."""
+        frame = self._csv("policies.csv")
+        if "policy" not in frame.columns or "max_softmax" not in set(frame["policy"]):
+            raise self._stale("policies.csv", "has no max_softmax rows")
+        return frame
 
     @property
     def logits_path(self) -> Path:

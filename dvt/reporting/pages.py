@@ -148,7 +148,7 @@ def ablation(reference: Reference, setting: Setting, result: Ablation | None) ->
 
 
 def index(config: Config, *, runs: dict[str, RunFiles], gallery: Picks | None, paper_overlay: bool,
-          git_commit: str | None) -> dict[str, Any]:
+          git_commit: str | None, has_policies: bool = False) -> dict[str, Any]:
     if gallery is not None:
         note = ""
     elif config.report.gallery_size == 0:
@@ -157,6 +157,7 @@ def index(config: Config, *, runs: dict[str, RunFiles], gallery: Picks | None, p
         note = "No gallery: params.yaml has no DVT cascade whose exits could sort the test images."
     return {
         "runs_dir": config.runs_dir, "gallery": gallery, "gallery_note": note, "paper_overlay": paper_overlay,
+        "has_policies": has_policies,
         "runs": [{"name": name, **to_dict(spec)} for name, spec in config.runs.items()],
         "params_yaml": yaml.safe_dump(config.to_dict(), sort_keys=False),
         "git_commit": git_commit, "python": platform.python_version(),

@@ -132,11 +132,13 @@ REPORT_PARTS = {
     "table3": ("table3.md", files_of(DVT_RUN + SINGLES, "eval.json", "budget.csv"), "Tables"),
     "ablation": ("ablation.md", files_of(ABLATION, "eval.json", "budget.csv"), "Tables"),
     "figures": ("figures", files_of(RUNS, "eval.json", "budget.csv", "train_log.csv")
-                + files_of(DVT_RUN, "logits.parquet"), "Figures"),
+                + files_of(DVT_RUN, "logits.parquet", "policies.csv", "policies.json"), "Figures"),
     "findings": ("findings.md", _FINDINGS_INPUTS, "Findings"),
     "findings_json": ("findings.json", _FINDINGS_INPUTS, "Findings"),
     "comparisons": ("comparisons.json", files_of(DVT_RUN + SINGLES, "eval.json", "budget.csv", "speed.json")
                     + files_of(ABLATION, "eval.json", "budget.csv"), "Data"),
+    "policies": ("policies.md", files_of(DVT_RUN, "policies.json"), "Tables"),
+    "policies_json": ("policies.json", files_of(DVT_RUN, "policies.json"), "Data"),
     # One CSV per chart of DVC's top-level plots (every run in it) and the page they are drawn in.
     "plots": ("plots", files_of(RUNS, "eval.json", "budget.csv", "train_log.csv"), "Data"),
     # The headline counts the findings that hold, so it reads what they read (and every run's top-1).

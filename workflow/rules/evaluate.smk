@@ -51,6 +51,23 @@ rule budget:
         logged(dvt("budget", seed_args()))
 
 
+rule policies:
+    input:
+        run_file("checkpoint.pt"),
+        run_file("logits.parquet"),
+    output:
+        curves=run_file("policies.csv"),
+        summary=run_file("policies.json"),
+    params:
+        settings=settings("eval.num_budgets", "eval.q_step", "eval.threshold_split", "eval.rounding", "policies"),
+    log:
+        job_files("policies")["log"],
+    benchmark:
+        job_files("policies")["benchmark"]
+    shell:
+        logged(dvt("policies", seed_args()))
+
+
 # Timing wants the machine to itself: the job takes every core Snakemake was given, so no other job
 # runs beside it (speed.threads still sets torch's threads).
 rule speed:

@@ -1,0 +1,158 @@
+"""`dvt policies --run R`: every exit policy of `dvt.policies` on one run's logits, at the paper's budgets.
+
+Reads what `dvt budget` reads (runs/R/seed<S>/logits.parquet, checked against the run's settings and
+checkpoint) and fits each policy's thresholds exactly as `dvt budget` fits max softmax's: the same
+calibration split, the same eval.num_budgets budgets, the same eval.rounding. So the max_softmax rows
+are budget.csv's rows (a test holds them equal to the last digit), and every other policy is compared
+with it on equal terms. Writes:
+
+* runs/R/seed<S>/policies.csv: budget.csv's columns (budget, q, gmacs, accuracy, exit_fraction_k,
+  threshold_k) with a first column `policy`, one block of rows per policy.
+* runs/R/seed<S>/policies.json, per policy: top-1 with every image at each exit, the mean top-1 over
+  the GMACs range every policy covers (the area under the accuracy-GMACs curve over its width),
+  top-1 and the gain over max softmax at the cost max softmax spends at budgets p = 10 / 20 / 30,
+  the share of test images whose probability of the true class falls from one exit to the next, and
+  the --target-gmacs / --target-accuracy operating points when asked; the fitted temperatures; and
+  the risk-controlled thresholds (policies.epsilon, policies.delta) with their check over
+  policies.resplits random calibration/test re-splits of the pooled logits.
+
+A one-exit run has one operating point, the same for every policy: its rows are written all the same,
+so that both engines run the stage for every run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from dvt import policies, thresholds
+from dvt.atomic import atomic_path, write_json
+from dvt.budget import HEADLINE_BUDGETS, curve_with_limits, fit_budgets, number, per_exit, print_target, read_run_logits, targets
+from dvt.config import Config
+from dvt.errors import DvtError
+from dvt.logits import SplitLogits
+
+# Points on the common GMACs range at which the curves are integrated (linear between budgets).
+_GRID = 1024
+
+
+def mean_top1(curve: tuple[np.ndarray, np.ndarray], lo: float, hi: float) -> float | None:
+    """Mean of the curve's top-1 over [lo, hi] (area under it / width); at a single cost, that cost's top-1."""
+    if hi <= lo:
+        return number(thresholds.accuracy_at_gmacs(*curve, lo))
+    g = np.linspace(lo, hi, _GRID)
+    return number(np.trapezoid(thresholds.accuracy_at_gmacs(*curve, g), g) / (hi - lo))
+
+
+def _risk_of(conf: np.ndarray, correct: np.ndarray, T: np.ndarray) -> float:
+    """Share of images right at the last exit and wrong at the one they leave at."""
+    exits = thresholds.assign_exits(conf, T)
+    return float((correct[:, -1] & ~correct[np.arange(len(exits)), exits]).mean())
+
+
+def risk_control(config: Config, fit: SplitLogits, test: SplitLogits, F: np.ndarray) -> dict[str, Any] | None:
+    """Max-softmax thresholds with the Learn-then-Test guarantee, on the test split and over re-splits."""
+    if len(F) < 2:
+        return None
+    pc = config.policies
+    T, lam = policies.risk_controlled_thresholds(fit.confidence, fit.correct, epsilon=pc.epsilon, delta=pc.delta)
+    on_test = thresholds.evaluate(test.confidence, test.correct, F, T)
+    # The guarantee is over the calibration draw: pool both splits, draw new ones of the same sizes.
+    conf = np.concatenate([fit.confidence, test.confidence]).astype(np.float64)
+    correct = np.concatenate([fit.correct, test.correct])
+    n_cal = len(fit.labels)
+    rng = np.random.default_rng(config.seed)
+    risks = []
+    for _ in range(pc.resplits):
+        order = rng.permutation(len(conf))
+        cal, held_out = order[:n_cal], order[n_cal:]
+        T_draw, _ = policies.risk_controlled_thresholds(conf[cal], correct[cal], epsilon=pc.epsilon, delta=pc.delta)
+        risks.append(_risk_of(conf[held_out], correct[held_out], T_draw))
+    held = sum(r <= pc.epsilon for r in risks)
+    return {
+        "epsilon": pc.epsilon, "delta": pc.delta,
+        "lambda": number(lam),
+        "thresholds": [float(t) for t in T],
+        "test": {"gmacs": number(on_test.gmacs[0]), "accuracy": number(on_test.accuracy[0]),
+                 "accuracy_drop": number(100.0 * test.correct[:, -1].mean() - on_test.accuracy[0]),
+                 "risk": _risk_of(test.confidence, test.correct, T),
+                 "exit_fractions": [float(f) for f in on_test.exit_fractions[0]]},
+        "resplits": {"draws": pc.resplits, "held": held,
+                     "share_held": number(held / pc.resplits) if pc.resplits else None,
+                     "required_share": 1 - pc.delta,
+                     "risks": [round(r, 6) for r in risks]},
+    }
+
+
+def run(config: Config, *, run: str, target_gmacs: float | None = None,
+        target_accuracy: float | None = None) -> dict[str, Any]:
+    """Write runs/<run>/seed<S>/policies.csv and policies.json; returns the policies.json content."""
+    rc = config.run(run)
+    path, fit, test, F = read_run_logits(config, run, keep_logits=True)
+    if len(F) != rc.num_exits:
+        raise DvtError(f"{path} has {len(F)} exits but run {run} has {rc.num_exits}; "
+                       f"rerun `{config.command('collect', run)}`")
+    decided = policies.decide(fit.logits, fit.labels, test.logits, test.labels)
+    if config.eval.rounding == "official":  # the authors' confidence (torch's softmax), as dvt budget uses
+        decided["max_softmax"] = tuple(dataclasses.replace(d, confidence=s.confidence.astype(np.float64))
+                                       for d, s in zip(decided["max_softmax"], (fit, test)))
+
+    frames, curves, found, per_policy = [], {}, {}, {}
+    for name, (d_fit, d_test) in decided.items():
+        p_fit = dataclasses.replace(fit, confidence=d_fit.confidence, correct=d_fit.correct, logits=None)
+        p_test = dataclasses.replace(test, confidence=d_test.confidence, correct=d_test.correct, logits=None)
+        # Targets first: an impossible target fails before any output is written.
+        found[name] = targets(p_fit, p_test, F, target_gmacs=target_gmacs, target_accuracy=target_accuracy)
+        q, T = fit_budgets(config, p_fit.confidence)
+        curve = thresholds.evaluate(p_test.confidence, p_test.correct, F, T)
+        frame = curve.to_frame()
+        frame.insert(0, "policy", name)
+        frame.insert(2, "q", q)
+        frames.append(frame)
+        curves[name] = curve_with_limits(p_test, F, curve)
+        per_policy[name] = {"top1": per_exit(100.0 * d_test.correct.mean(axis=0)),
+                            "monotonicity_violations": policies.monotonicity_violations(d_test)}
+
+    lo = max(float(c[0].min()) for c in curves.values())
+    hi = min(float(c[0].max()) for c in curves.values())
+    reference = frames[list(decided).index("max_softmax")].set_index("budget")
+    named = {f"p{p}": float(reference.at[p, "gmacs"]) for p in HEADLINE_BUDGETS
+             if len(F) > 1 and p in reference.index}
+    base = {k: thresholds.accuracy_at_gmacs(*curves["max_softmax"], g) for k, g in named.items()}
+    for name, curve in curves.items():
+        at = {k: thresholds.accuracy_at_gmacs(*curve, g) for k, g in named.items()}
+        per_policy[name].update({
+            "mean_top1": mean_top1(curve, lo, hi),
+            "at_budgets": {k: {"gmacs": g, "top1": number(at[k]), "gain": number(at[k] - base[k])}
+                           for k, g in named.items()},
+            **({"targets": found[name]} if found[name] else {}),
+        })
+
+    out = {
+        "run": run, "seed": config.seed, "grids": list(rc.exit_grids), "test_images": int(len(test.labels)),
+        "threshold_split": config.eval.threshold_split, "rounding": config.eval.rounding,
+        "gmacs": per_exit(F), "common_gmacs_range": [lo, hi],
+        "temperatures": [float(t) for t in policies.fit_temperatures(fit.logits, fit.labels)],
+        "policies": per_policy,
+        "risk_controlled": risk_control(config, *(dataclasses.replace(s, logits=None) for s in (fit, test)), F),
+    }
+    folder = config.run_dir(run)
+    with atomic_path(folder / "policies.csv") as tmp:
+        pd.concat(frames, ignore_index=True).to_csv(tmp, index=False)
+    write_json(folder / "policies.json", out)
+    for name in decided:
+        for kind, point in found[name].items():
+            print_target(f"{run} ({name})", kind, point)
+    best = max(per_policy, key=lambda n: per_policy[n]["mean_top1"] or -np.inf)
+    rc_out = out["risk_controlled"]
+    risk = "" if rc_out is None else (
+        f"; risk-controlled (epsilon {rc_out['epsilon']:g}, delta {rc_out['delta']:g}): test drop "
+        f"{rc_out['test']['accuracy_drop']:.2f} points at {rc_out['test']['gmacs']:.4g} GMACs, held on "
+        f"{rc_out['resplits']['held']}/{rc_out['resplits']['draws']} re-splits")
+    print(f"dvt policies: {run}: {len(per_policy)} policies x {len(frames[0])} budgets; best mean top-1 "
+          f"{best} {per_policy[best]['mean_top1']:.2f}% (max softmax {per_policy['max_softmax']['mean_top1']:.2f}%)"
+          f"{risk} -> {folder / 'policies.csv'}")
+    return out
