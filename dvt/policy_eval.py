@@ -72,6 +72,10 @@ def risk_control(config: Config, fit: SplitLogits, test: SplitLogits, F: np.ndar
         T_draw, _ = policies.risk_controlled_thresholds(conf[cal], correct[cal], epsilon=pc.epsilon, delta=pc.delta)
         risks.append(_risk_of(conf[held_out], correct[held_out], T_draw))
     held = sum(r <= pc.epsilon for r in risks)
+    # A test split of m images measures a risk near epsilon only to about sqrt(eps (1 - eps) / m): the
+    # draws above epsilon by more than two such standard errors are the ones that test noise does not explain.
+    noise = 2 * np.sqrt(pc.epsilon * (1 - pc.epsilon) / max(1, len(conf) - n_cal))
+    clear = int(sum(r > pc.epsilon + noise for r in risks))
     return {
         "epsilon": pc.epsilon, "delta": pc.delta,
         "lambda": number(lam),
@@ -80,7 +84,7 @@ def risk_control(config: Config, fit: SplitLogits, test: SplitLogits, F: np.ndar
                  "accuracy_drop": number(100.0 * test.correct[:, -1].mean() - on_test.accuracy[0]),
                  "risk": _risk_of(test.confidence, test.correct, T),
                  "exit_fractions": [float(f) for f in on_test.exit_fractions[0]]},
-        "resplits": {"draws": pc.resplits, "held": held,
+        "resplits": {"draws": pc.resplits, "held": held, "above_two_standard_errors": clear,
                      "share_held": number(held / pc.resplits) if pc.resplits else None,
                      "required_share": 1 - pc.delta,
                      "risks": [round(r, 6) for r in risks]},
@@ -137,7 +141,7 @@ def run(config: Config, *, run: str, target_gmacs: float | None = None,
         "gmacs": per_exit(F), "common_gmacs_range": [lo, hi],
         "temperatures": [float(t) for t in policies.fit_temperatures(fit.logits, fit.labels)],
         "policies": per_policy,
-        "risk_controlled": risk_control(config, *(dataclasses.replace(s, logits=None) for s in (fit, test)), F),
+        "risk_controlled": risk_control(config, fit, test, F),
     }
     folder = config.run_dir(run)
     with atomic_path(folder / "policies.csv") as tmp:

@@ -251,6 +251,8 @@ def test_the_risk_controlled_thresholds_are_checked_on_seeded_resplits(pipeline)
         k = next((j for j in range(2) if conf[j] >= T[j]), 2)
         lost += bool(ok[2] and not ok[k])
     assert first["test"]["risk"] == pytest.approx(lost / len(test.labels))
+    noise = 2 * math.sqrt(0.1 * 0.9 / len(test.labels))  # a re-split's test part is as large as the test split
+    assert draws["above_two_standard_errors"] == sum(r > 0.1 + noise for r in draws["risks"])
     assert first["test"]["accuracy_drop"] <= 100 * first["test"]["risk"] + 1e-9  # the risk bounds the drop
 
 

@@ -76,6 +76,7 @@ class RiskCheck:
     risk: float
     held: int
     draws: int
+    above_two_standard_errors: int  # draws whose test risk exceeds epsilon by more than the test split's noise
     risks: tuple[float, ...]
 
     @property
@@ -148,6 +149,7 @@ def compare_policies(run: RunFiles | None) -> PolicyComparison | None:
                               gmacs=r["test"]["gmacs"], accuracy=r["test"]["accuracy"],
                               accuracy_drop=r["test"]["accuracy_drop"], risk=r["test"]["risk"],
                               held=r["resplits"]["held"], draws=r["resplits"]["draws"],
+                              above_two_standard_errors=r["resplits"]["above_two_standard_errors"],
                               risks=tuple(r["resplits"]["risks"])))
     lo = float(np.mean([f["common_gmacs_range"][0] for f in files]))
     hi = float(np.mean([f["common_gmacs_range"][1] for f in files]))
