@@ -278,3 +278,14 @@ def test_a_refused_target_leaves_the_stage_outputs_as_they_were(pipeline, capsys
     found = json.loads((folder / "policies.json").read_text())["policies"]
     assert found["max_softmax"]["targets"]["gmacs"] == budget(config, run="dvt", target_gmacs=middle)["targets"]["gmacs"]
     assert set(found["gate"]["targets"]) == {"gmacs"}
+
+
+@pytest.mark.parametrize("setting", ["policies.epsilon=1.5", "policies.delta=0", "policies.resplits=-1",
+                                     "policies.epsilonn=0.1"])
+def test_a_bad_policies_setting_is_one_line_and_writes_nothing(pipeline, capsys, setting):
+    folder = load_config(pipeline).run_dir("dvt")
+    before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    assert main(["policies", "--params", str(pipeline), "--run", "dvt", "--set", setting]) == 2
+    said = capsys.readouterr().err.strip().splitlines()
+    assert len(said) == 1 and setting.split("=")[0] in said[0]
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before
