@@ -240,19 +240,29 @@ def test_the_risk_controlled_thresholds_are_checked_on_seeded_resplits(pipeline)
     again = policy_stage(config, run="dvt")["risk_controlled"]
     assert first == again  # the re-splits are drawn from the seed
     draws = first["resplits"]
-    assert draws["draws"] == len(draws["risks"]) == 30
+    assert draws["draws"] == len(draws["risks"]) == len(draws["test_part_risks"]) == 30
     assert draws["held"] == sum(r <= 0.1 for r in draws["risks"])
-    # the test split's risk, counted image by image with the stored thresholds
+    assert draws["held_on_test_part"] == sum(r <= 0.1 for r in draws["test_part_risks"])
+    # the first draw again, its losses counted image by image: on the pool (both splits) and its test part
     table = read_logits(config.run_dir("dvt") / "logits.parquet")
-    test = table["test"]
+    cal, test = table["calibration"], table["test"]
+    conf = np.concatenate([cal.confidence, test.confidence]).astype(np.float64)
+    ok = np.concatenate([cal.correct, test.correct])
+    order = np.random.default_rng(config.seed).permutation(len(conf))
+    T0, _ = policies.risk_controlled_thresholds(conf[order[:len(cal.labels)]], ok[order[:len(cal.labels)]],
+                                                epsilon=0.1, delta=config.policies.delta)
+    lost = [bool(ok[i, 2] and not ok[i, next((j for j in range(2) if conf[i, j] >= T0[j]), 2)])
+            for i in range(len(conf))]
+    assert draws["risks"][0] == pytest.approx(sum(lost) / len(conf), abs=1e-6)
+    rest = order[len(cal.labels):]
+    assert draws["test_part_risks"][0] == pytest.approx(sum(lost[i] for i in rest) / len(rest), abs=1e-6)
+    # the test split's risk, counted image by image with the stored thresholds
     T = first["thresholds"]
     lost = 0
     for conf, ok in zip(test.confidence, test.correct):
         k = next((j for j in range(2) if conf[j] >= T[j]), 2)
         lost += bool(ok[2] and not ok[k])
     assert first["test"]["risk"] == pytest.approx(lost / len(test.labels))
-    noise = 2 * math.sqrt(0.1 * 0.9 / len(test.labels))  # a re-split's test part is as large as the test split
-    assert draws["above_two_standard_errors"] == sum(r > 0.1 + noise for r in draws["risks"])
     assert first["test"]["accuracy_drop"] <= 100 * first["test"]["risk"] + 1e-9  # the risk bounds the drop
 
 

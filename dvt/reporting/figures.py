@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import matplotlib
+import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
@@ -164,17 +165,20 @@ def policies(folder: Path, run: RunFiles, comparison: PolicyComparison) -> list[
         left.set_ylabel("test top-1 (%)")
         left.set_title(f"{run.name}: exit policies at the same budgets")
         left.legend(fontsize=7, loc="best")
-        risks = [100 * r for check in comparison.risk for r in check.risks]
-        if risks:
+        pool = [100 * r for check in comparison.risk for r in check.risks]
+        if pool:
             check = comparison.risk[0]
-            right.hist(risks, bins=20, color="gray")
+            part = [100 * r for c in comparison.risk for r in c.test_part_risks]
+            bins = np.linspace(min(pool + part), max(pool + part), 25)
+            right.hist(part, bins=bins, color="lightgray", label="on the draw's test part")
+            right.hist(pool, bins=bins, histtype="step", color="black", lw=1.4, label="on the pool (the guarantee's)")
             right.axvline(100 * check.epsilon, color="black", ls="--", label=f"epsilon = {100 * check.epsilon:g} %")
             held = sum(c.held for c in comparison.risk)
             draws = sum(c.draws for c in comparison.risk)
-            right.set_title(f"held on {held} of {draws} re-splits (needs {1 - check.delta:.0%})", fontsize=8)
-            right.set_xlabel("test images right at the last exit,\nwrong where they left (%)")
+            right.set_title(f"held on the pool in {held} of {draws} re-splits (needs {1 - check.delta:.0%})", fontsize=8)
+            right.set_xlabel("images right at the last exit,\nwrong where they left (%)")
             right.set_ylabel("re-splits")
-            right.legend(fontsize=7)
+            right.legend(fontsize=6)
         else:
             _empty(right, "no re-splits (policies.resplits = 0)")
     return save(fig, folder, "policies")
