@@ -46,7 +46,9 @@ _reference = False
 # activations (rows, 3*L*H, N_u^2) stay within about this many elements (1 MiB of float32) and so in
 # cache: the whole batch's are tens of MB, written to memory and read back between every step.
 # (Not under autograd: the backward of writes into slices of one output copies all of its gradient
-# once per chunk.)
+# once per chunk.) Whole models, time without / with chunks, paired (benchmarks/results/cpu_paths.md):
+# DVT-T2T-ViT-14 and DVT-DeiT-S early exit at 224 px x1.056 and x1.057 (Intel Xeon, 15 pairs), the
+# default's DVT x1.014.
 CPU_CHUNK_ELEMENTS = 2**18
 
 
