@@ -97,7 +97,8 @@ def fit_budgets(config: Config, confidence: np.ndarray) -> tuple[np.ndarray, np.
         raise DvtError(f"eval.q_step = {ev.q_step} with eval.num_budgets = {ev.num_budgets}: {err}") from None
 
 
-def curve_with_limits(test: SplitLogits, F: np.ndarray, budgets: thresholds.BudgetCurve) -> tuple[np.ndarray, np.ndarray]:
+def curve_with_limits(test: SplitLogits, F: np.ndarray,
+                      budgets: thresholds.BudgetCurve) -> tuple[np.ndarray, np.ndarray]:
     """The test curve's (GMACs, accuracy) points plus its two limits: all at exit 1, all at exit K."""
     top1 = 100.0 * test.correct.mean(axis=0)
     return (np.concatenate([budgets.gmacs, [F[0], F[-1]]]), np.concatenate([budgets.accuracy, [top1[0], top1[-1]]]))

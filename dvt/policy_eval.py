@@ -30,7 +30,8 @@ import pandas as pd
 
 from dvt import policies, thresholds
 from dvt.atomic import atomic_path, write_json
-from dvt.budget import HEADLINE_BUDGETS, curve_with_limits, fit_budgets, number, per_exit, print_target, read_run_logits, targets
+from dvt.budget import (HEADLINE_BUDGETS, curve_with_limits, fit_budgets, number, per_exit, print_target,
+                        read_run_logits, targets)
 from dvt.config import Config
 from dvt.errors import DvtError
 from dvt.logits import SplitLogits

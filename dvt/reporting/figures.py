@@ -175,7 +175,8 @@ def policies(folder: Path, run: RunFiles, comparison: PolicyComparison) -> list[
             right.axvline(100 * check.epsilon, color="black", ls="--", label=f"epsilon = {100 * check.epsilon:g} %")
             held = sum(c.held for c in comparison.risk)
             draws = sum(c.draws for c in comparison.risk)
-            right.set_title(f"held on the pool in {held} of {draws} re-splits (needs {1 - check.delta:.0%})", fontsize=8)
+            right.set_title(f"held on the pool in {held} of {draws} re-splits (needs {1 - check.delta:.0%})",
+                            fontsize=8)
             right.set_xlabel("images right at the last exit,\nwrong where they left (%)")
             right.set_ylabel("re-splits")
             right.legend(fontsize=6)
