@@ -104,6 +104,13 @@ def test_snakemake_builds_only_what_a_table_needs():
     assert not any(p.endswith("speed.json") for p in jobs)
 
 
+def test_the_policies_page_needs_only_the_dvt_run():
+    jobs = snakemake_jobs(REPO, "reports/policies.md")
+    assert {p.split("/")[1] for p in jobs if p.endswith("checkpoint.pt")} == {"dvt"}
+    assert {p for p in jobs if p.endswith("policies.json")} == {"runs/dvt/seed42/policies.json"}
+    assert not any(p.endswith("speed.json") for p in jobs)
+
+
 def test_schema_file_is_the_one_derived_from_the_config_dataclasses():
     committed = yaml.safe_load((REPO / "workflow" / "schemas" / "params.schema.yaml").read_text())
     assert committed == params_schema(), "regenerate: python -m dvt.schema > workflow/schemas/params.schema.yaml"
