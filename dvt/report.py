@@ -15,8 +15,9 @@ Parts, each one output under report.dir (`--part` renders one; without it, all o
 |          |               | sizes (cluttered-fashion-mnist): each finding of the paper, held or not   |
 | findings_json | findings.json | the same findings as data                                           |
 | comparisons | comparisons.json | what table2, table3 and ablation read: their comparisons, as data    |
-| metrics  | metrics.json  | the headline: each run's top-1, DVT's cost share and speed-up, findings held |
-|          |               | (numbers only, for `dvc exp show`; reads what findings reads)             |
+| metrics  | metrics.json  | the headline: each run's top-1, DVT's cost share and speed-up, findings held, |
+|          |               | the best exit policy's gain and the risk check (numbers only, for `dvc exp  |
+|          |               | show`; reads what findings and policies read)                              |
 | plots    | plots/        | what figures reads but the logits: one CSV per chart of DVC's top-level     |
 |          |               | plots (every run in one chart), and the page `dvc plots show` fills        |
 | policies | policies.md   | DVT: policies.json (`dvt policies`): each exit policy against max softmax at  |
@@ -160,7 +161,7 @@ class Report:
             "comparisons": lambda: compare.comparisons(dataset=self.config.data.dataset, seeds=len(self.config.seeds),
                                                        roles=self.roles, costs=self.costs, speeds=self.speeds,
                                                        ablation=self.ablation),
-            "metrics": lambda: findings.headline(list(self.runs.values()), self.verdicts),
+            "metrics": lambda: findings.headline(list(self.runs.values()), self.verdicts, self.policies),
             "policies_json": lambda: {"dataset": self.config.data.dataset,
                                       **(self.policies.to_dict() if self.policies else {"run": None})},
             "findings_json": lambda: {"dataset": self.config.data.dataset,

@@ -655,6 +655,13 @@ def test_headline_metrics_are_few_numbers_recomputed_from_the_stage_outputs(rend
     assert head["dvt"]["measured_speedup"] == round(comparisons["matched_throughput"]["tokens_8x8"]["speedup"], 2)
     coarsest = stage_outputs(config, "tokens_2x2")["eval"]["gmacs"]["exit1"]
     assert head["dvt"]["top1_at_coarsest_cost"] == round(value_at(curve(stage_outputs(config, "dvt")), coarsest), 2)
+    # the exit policies: the best gain in mean top-1 over max softmax, and the risk check's share held
+    own = json.loads((config.run_dir("dvt") / "policies.json").read_text())
+    means = {name: p["mean_top1"] for name, p in own["policies"].items()}
+    best = max(v - means["max_softmax"] for name, v in means.items() if name != "max_softmax")
+    assert head["policies"]["best_mean_top1_gain"] == round(best, 2)
+    resplits = own["risk_controlled"]["resplits"]
+    assert head["policies"]["risk_held_share"] == round(resplits["held"] / resplits["draws"], 2)
 
     # Each run's own headline, written by `dvt budget` next to eval.json.
     for run in ("dvt", "tokens_8x8"):

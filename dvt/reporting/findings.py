@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from dvt.reporting.compare import Roles, VsCost, VsSpeed
+from dvt.reporting.exit_policies import PolicyComparison
 from dvt.reporting.inputs import RunFiles
 
 # Bars (points of top-1 unless named otherwise).
@@ -223,14 +224,17 @@ def faster_at_equal_accuracy(speeds: list[VsSpeed]) -> Finding:
         holds=holds)
 
 
-def headline(runs: list[RunFiles], verdicts: list[Finding]) -> dict[str, Any]:
+def headline(runs: list[RunFiles], verdicts: list[Finding],
+             policies: PolicyComparison | None = None) -> dict[str, Any]:
     """reports/metrics.json, the numbers `dvc exp show` puts in a row per experiment (means over seeds).
 
     Numbers only, and few: each run's last-exit top-1; how many of the findings hold; and, read off
     the findings (so both files always agree), DVT's share of the finest one-exit model's GMACs at
     that model's top-1 (the paper's cascades: 0.57-0.63), its top-1 at the coarsest model's GMACs and
     the measured speed-up at the finest model's top-1. Missing numbers (no speed.json) are null; with
-    no DVT run there is no "dvt" block.
+    no DVT run there is no "dvt" block. With the exit policies compared (`policies`): the largest gain
+    in mean top-1 of another policy over max softmax (points; which one, policies.md says) and the
+    share of re-splits on which the risk-controlled thresholds held (mean over seeds).
     """
     numbers = {f.name: f.numbers for f in verdicts}
     out: dict[str, Any] = {"top1": {r.name: _r(r.top1[-1]) for r in runs},
@@ -240,4 +244,11 @@ def headline(runs: list[RunFiles], verdicts: list[Finding]) -> dict[str, Any]:
             "cost_share": numbers["dvt_is_cheaper_at_equal_accuracy"]["cost_share"],
             "top1_at_coarsest_cost": numbers.get("dvt_is_better_at_equal_cost", {}).get("dvt_top1_at_that_cost"),
             "measured_speedup": numbers.get("dvt_is_faster_at_equal_accuracy", {}).get("measured_speedup")}
+    if policies is not None:
+        base = next(r.mean_top1 for r in policies.rows if r.name == "max_softmax")
+        gains = [r.mean_top1 - base for r in policies.rows if r.name != "max_softmax"
+                 and r.mean_top1 is not None and base is not None]
+        shares = [c.held / c.draws for c in policies.risk if c.draws]
+        out["policies"] = {"best_mean_top1_gain": _r(max(gains)) if gains else None,
+                           "risk_held_share": _r(sum(shares) / len(shares)) if shares else None}
     return out

@@ -141,8 +141,10 @@ REPORT_PARTS = {
     "policies_json": ("policies.json", files_of(DVT_RUN, "policies.json"), "Data"),
     # One CSV per chart of DVC's top-level plots (every run in it) and the page they are drawn in.
     "plots": ("plots", files_of(RUNS, "eval.json", "budget.csv", "train_log.csv"), "Data"),
-    # The headline counts the findings that hold, so it reads what they read (and every run's top-1).
-    "metrics": ("metrics.json", sorted(set(_FINDINGS_INPUTS + files_of(RUNS, "eval.json"))), "Data"),
+    # The headline counts the findings that hold, so it reads what they read (and every run's top-1, and
+    # DVT's exit policies).
+    "metrics": ("metrics.json", sorted(set(_FINDINGS_INPUTS + files_of(RUNS, "eval.json")
+                                           + files_of(DVT_RUN, "policies.json"))), "Data"),
 }
 
 
