@@ -248,13 +248,16 @@ POLICIES: dict[str, Callable[..., Decisions]] = {
 
 
 def decide(logits_cal: np.ndarray, labels_cal: np.ndarray, logits_test: np.ndarray,
-           labels_test: np.ndarray) -> dict[str, tuple[Decisions, Decisions]]:
-    """Every policy on both splits: name -> (calibration, test) decisions; fitted ones fit on calibration.
+           labels_test: np.ndarray, *, temperatures: np.ndarray | None = None
+           ) -> dict[str, tuple[Decisions, Decisions]]:
+    """Every policy on both splits: name -> (calibration, test) decisions; fitted ones fit on calibration
+    (temperatures: `fit_temperatures`' answer, when the caller already has it).
     Each split's per-exit softmax and product of experts are summarised once and shared; the two
     splits are worked on in two threads (numpy's array loops release the GIL)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    temperatures = fit_temperatures(logits_cal, labels_cal)
+    if temperatures is None:
+        temperatures = fit_temperatures(logits_cal, labels_cal)
 
     def split(z: np.ndarray, y: np.ndarray) -> tuple[dict[str, Decisions], Summary]:
         own, joint = summaries(z, y)

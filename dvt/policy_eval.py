@@ -48,10 +48,10 @@ def mean_top1(curve: tuple[np.ndarray, np.ndarray], lo: float, hi: float) -> flo
     return number(np.trapezoid(thresholds.accuracy_at_gmacs(*curve, g), g) / (hi - lo))
 
 
-def _risk_of(conf: np.ndarray, correct: np.ndarray, T: np.ndarray) -> float:
-    """Share of images right at the last exit and wrong at the one they leave at."""
+def _lost(conf: np.ndarray, correct: np.ndarray, T: np.ndarray) -> np.ndarray:
+    """(n,) bool: the images right at the last exit and wrong at the one they leave at (the risk's losses)."""
     exits = thresholds.assign_exits(conf, T)
-    return float((correct[:, -1] & ~correct[np.arange(len(exits)), exits]).mean())
+    return correct[:, -1] & ~correct[np.arange(len(exits)), exits]
 
 
 def risk_control(config: Config, fit: SplitLogits, test: SplitLogits, F: np.ndarray) -> dict[str, Any] | None:
@@ -76,8 +76,7 @@ def risk_control(config: Config, fit: SplitLogits, test: SplitLogits, F: np.ndar
         order = rng.permutation(len(conf))
         cal, rest = order[:n_cal], order[n_cal:]
         T_draw, _ = policies.risk_controlled_thresholds(conf[cal], correct[cal], epsilon=pc.epsilon, delta=pc.delta)
-        exits = thresholds.assign_exits(conf, T_draw)
-        lost = correct[:, -1] & ~correct[np.arange(len(conf)), exits]  # (pool,)
+        lost = _lost(conf, correct, T_draw)  # (pool,)
         pool_risks.append(float(lost.mean()))
         test_risks.append(float(lost[rest].mean()))
     return {
@@ -86,7 +85,7 @@ def risk_control(config: Config, fit: SplitLogits, test: SplitLogits, F: np.ndar
         "thresholds": [float(t) for t in T],
         "test": {"gmacs": number(on_test.gmacs[0]), "accuracy": number(on_test.accuracy[0]),
                  "accuracy_drop": number(100.0 * test.correct[:, -1].mean() - on_test.accuracy[0]),
-                 "risk": _risk_of(test.confidence, test.correct, T),
+                 "risk": float(_lost(test.confidence, test.correct, T).mean()),
                  "exit_fractions": [float(f) for f in on_test.exit_fractions[0]]},
         "resplits": {"draws": pc.resplits, "required_share": 1 - pc.delta,
                      "held": sum(r <= pc.epsilon for r in pool_risks),
@@ -104,7 +103,8 @@ def run(config: Config, *, run: str, target_gmacs: float | None = None,
     if len(F) != rc.num_exits:
         raise DvtError(f"{path} has {len(F)} exits but run {run} has {rc.num_exits}; "
                        f"rerun `{config.command('collect', run)}`")
-    decided = policies.decide(fit.logits, fit.labels, test.logits, test.labels)
+    temperatures = policies.fit_temperatures(fit.logits, fit.labels)
+    decided = policies.decide(fit.logits, fit.labels, test.logits, test.labels, temperatures=temperatures)
     if config.eval.rounding == "official":  # the authors' confidence (torch's softmax), as dvt budget uses
         decided["max_softmax"] = tuple(dataclasses.replace(d, confidence=s.confidence.astype(np.float64))
                                        for d, s in zip(decided["max_softmax"], (fit, test)))
@@ -144,7 +144,7 @@ def run(config: Config, *, run: str, target_gmacs: float | None = None,
         "run": run, "seed": config.seed, "grids": list(rc.exit_grids), "test_images": int(len(test.labels)),
         "threshold_split": config.eval.threshold_split, "rounding": config.eval.rounding,
         "gmacs": per_exit(F), "common_gmacs_range": [lo, hi],
-        "temperatures": [float(t) for t in policies.fit_temperatures(fit.logits, fit.labels)],
+        "temperatures": [float(t) for t in temperatures],
         "policies": per_policy,
         "risk_controlled": risk_control(config, fit, test, F),
     }
