@@ -13,7 +13,6 @@ from typing import Iterator, Sequence
 
 import matplotlib
 import numpy as np
-import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -148,8 +147,7 @@ def policies(folder: Path, run: RunFiles, comparison: PolicyComparison) -> list[
     """Left: test top-1 against GMACs, one curve per exit policy (mean over seeds, budget by budget) and
     the risk-controlled thresholds' point per seed. Right: the test risk of the risk-controlled
     thresholds over random calibration/test re-splits, against epsilon."""
-    curves = pd.concat([s.policy_curves for s in run.seeds]).groupby(["policy", "budget"], sort=False).mean(
-        numeric_only=True).reset_index()
+    curves = run.policy_curves
     fig = new_figure(figsize=(9.0, 3.8))
     with matplotlib.rc_context(STYLE):
         left, right = fig.subplots(1, 2, width_ratios=[1.6, 1])

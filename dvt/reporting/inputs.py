@@ -272,6 +272,14 @@ class RunFiles(_Run):
         return pd.concat(frames).groupby(level=0).mean(numeric_only=True)
 
     @cached_property
+    def policy_curves(self) -> pd.DataFrame:
+        """policies.csv, each policy's budget rows averaged over the seeds."""
+        frames = [s.policy_curves for s in self.seeds]
+        if len(frames) == 1:
+            return frames[0]
+        return pd.concat(frames).groupby(["policy", "budget"], sort=False).mean(numeric_only=True).reset_index()
+
+    @cached_property
     def train_log(self) -> pd.DataFrame:
         frames = [s.train_log for s in self.seeds]
         if len(frames) == 1:
