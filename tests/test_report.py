@@ -13,6 +13,7 @@ without any model: imported-style train outputs and the flops.json of the paper'
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -31,7 +32,9 @@ from dvt.data import fetch
 from dvt.flops import run as flops
 from dvt.logits import LogitsWriter
 from dvt.report import run as report
+from dvt.reporting.findings import CascadeShape
 from dvt.reporting.pages import FILTERS
+from dvt.reporting.reference import load as load_reference
 from dvt.speed import run as speed
 from dvt.train import run as train
 from tests.conftest import REPO, write_params_file
@@ -616,6 +619,27 @@ def test_findings_are_computed_from_the_stage_outputs(rendered):
     cheaper = found["dvt_is_cheaper_at_equal_accuracy"]
     assert cheaper["numbers"]["cost_share"] == (None if need is None else round(need / finest_g, 3))
     assert cheaper["holds"] == (need is not None and need / finest_g <= 0.6)
+    # Its two causes: the margin as a share of DVT's climb, and each curve read at the other's margin,
+    # the paper's from the released DVT (T2T-ViT-12) and T2T-ViT-12 on 14x14 tokens in paper.yaml.
+    paper = yaml.safe_load((REPO / "dvt" / "reference" / "paper.yaml").read_text())
+    p_exits = next(m["top1"] for m in paper["per_exit_top1"]["models"] if m["backbone"] == "t2t_vit_12")
+    p_curve = [(g, a) for _, g, a in next(c for c in paper["curves"] if c["backbone"] == "t2t_vit_12")["points"]]
+    p_finest = next(r for r in paper["table1"]["rows"] if r["grid"] == 14)
+    ours_m = (exits[-1] - top1[2]) / (exits[-1] - exits[0]) if exits[-1] > exits[0] else None
+    paper_m = (p_exits[-1] - p_finest["top1"]) / (p_exits[-1] - p_exits[0])
+
+    def share_at(points, first, last, finest_gmacs, m):
+        return div(cost_for(points, last - m * (last - first)), finest_gmacs)
+
+    n = cheaper["numbers"]
+    assert n["margin_share"] == (None if ours_m is None else round(ours_m, 3))
+    assert n["paper_margin_share"] == round(paper_m, 3)
+    assert n["paper_cost_share"] == round(share_at(p_curve, p_exits[0], p_exits[-1], p_finest["gmacs"], paper_m), 3)
+    assert 1 / 1.8 < n["paper_cost_share"] < 1 / 1.6  # Fig. 6 marks DVT 1.7x cheaper than T2T-ViT-12
+    mine = share_at(curve(dvt), exits[0], exits[-1], finest_g, paper_m)
+    assert n["cost_share_at_paper_margin"] == (None if mine is None else round(mine, 3))
+    theirs = None if ours_m is None else share_at(p_curve, p_exits[0], p_exits[-1], p_finest["gmacs"], ours_m)
+    assert n["paper_cost_share_at_our_margin"] == (None if theirs is None else round(theirs, 3))
     at = value_at(curve(dvt), singles[0]["gmacs"]["exit1"])
     assert found["dvt_is_better_at_equal_cost"]["holds"] == (at is not None and at >= top1[0])
     none = per_exit(stage_outputs(config, "dvt_no_reuse")["eval"], "top1")
@@ -627,9 +651,30 @@ def test_findings_are_computed_from_the_stage_outputs(rendered):
     # Nothing here can tell these: no reference CNN among the runs, no object sizes in synthetic data.
     assert found["vits_are_sane"]["holds"] is None and found["easy_images_show_large_objects"]["holds"] is None
     text = page(config, "findings.md")
+    explained = n["paper_cost_share_at_our_margin"] is not None and n["cost_share_at_paper_margin"] is not None
+    assert ("## Where the cost share comes from" in text) == explained
+    if explained:
+        assert (f"the paper's curve would need {n['paper_cost_share_at_our_margin']} at our margin,\n"
+                f"ours {n['cost_share_at_paper_margin']} at the paper's") in text
     for f in found.values():
         verdict = {True: "yes", False: "no", None: "cannot tell"}[f["holds"]]
         assert f"| `{f['name']}` | {verdict} |" in text
+
+
+def test_cascade_shape_reads_a_curve_at_a_margin():
+    # A straight budget curve from exit 1 (1 GMAC, 60 %) to exit 3 (3 GMACs, 70 %); the finest one-exit
+    # model (2 GMACs) at 68 % sits 20 % of the climb below DVT's last exit.
+    shape = CascadeShape(first_top1=60.0, last_top1=70.0, finest_top1=68.0, finest_gmacs=2.0,
+                         curve_gmacs=(1.0, 2.0, 3.0), curve_top1=(60.0, 65.0, 70.0))
+    assert shape.margin_share == pytest.approx(0.2)
+    assert shape.cost_share_at(0.2) == pytest.approx(2.6 / 2)  # 68 % at 1 + 0.8 * 2 GMACs
+    assert shape.cost_share_at(0.5) == pytest.approx(2.0 / 2)
+    assert math.isnan(shape.cost_share_at(-0.1))  # above the last exit: never reached
+    flat = CascadeShape(first_top1=70.0, last_top1=70.0, finest_top1=68.0, finest_gmacs=2.0,
+                        curve_gmacs=(1.0, 3.0), curve_top1=(70.0, 70.0))
+    assert flat.margin_share is None  # no climb, no share of it
+    paper = CascadeShape.of_paper(load_reference())
+    assert (paper.first_top1, paper.last_top1, paper.finest_top1, paper.finest_gmacs) == (69.06, 79.99, 76.7, 1.78)
 
 
 def test_headline_metrics_are_few_numbers_recomputed_from_the_stage_outputs(rendered):

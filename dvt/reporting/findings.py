@@ -17,6 +17,8 @@ import numpy as np
 from dvt.reporting.compare import Roles, VsCost, VsSpeed
 from dvt.reporting.exit_policies import PolicyComparison
 from dvt.reporting.inputs import RunFiles
+from dvt.reporting.reference import Reference
+from dvt.thresholds import gmacs_for_accuracy
 
 # Bars (points of top-1 unless named otherwise).
 MIN_GRID_GAIN = 3.0  # finest one-exit model over the coarsest
@@ -102,7 +104,46 @@ def exits_rise(dvt: RunFiles | None, singles: tuple[RunFiles, ...]) -> Finding:
         holds=holds)
 
 
-def matched_accuracy(costs: list[VsCost]) -> Finding:
+@dataclass(frozen=True)
+class CascadeShape:
+    """What DVT's cost share at the finest one-exit model's top-1 depends on: how far DVT's last exit
+    leads that model (the margin) against how much DVT climbs from its first exit to its last, and
+    how fast its budgeted curve climbs. Ours, or a released checkpoint's with the paper's numbers."""
+
+    first_top1: float  # DVT's first exit alone
+    last_top1: float  # DVT's last exit alone
+    finest_top1: float  # the one-exit model on the last exit's grid
+    finest_gmacs: float
+    curve_gmacs: tuple[float, ...]  # DVT's budgeted curve
+    curve_top1: tuple[float, ...]
+
+    @property
+    def margin_share(self) -> float | None:
+        """The margin as a fraction of the climb (None if DVT's exits do not climb)."""
+        climb = self.last_top1 - self.first_top1
+        return (self.last_top1 - self.finest_top1) / climb if climb > 0 else None
+
+    def cost_share_at(self, margin_share: float) -> float:
+        """The cost share this curve would show if the finest model sat margin_share of the climb
+        below DVT's last exit (NaN where the curve never gets there)."""
+        target = self.last_top1 - margin_share * (self.last_top1 - self.first_top1)
+        return gmacs_for_accuracy(self.curve_gmacs, self.curve_top1, target) / self.finest_gmacs
+
+    @classmethod
+    def of_paper(cls, ref: Reference) -> CascadeShape | None:
+        """The released DVT (T2T-ViT-12) against T2T-ViT-12 on 14x14 tokens (Table 1), ImageNet."""
+        curve = next((c for c in ref.curves if c.setting.backbone == "t2t_vit_12"), None)
+        exits = next((m for m in ref.per_exit if m.backbone == "t2t_vit_12"), None)
+        finest = ref.table1.row(14)
+        if curve is None or exits is None or finest is None:
+            return None
+        return cls(first_top1=exits.top1[0], last_top1=exits.top1[-1], finest_top1=finest.top1,
+                   finest_gmacs=finest.gmacs, curve_gmacs=curve.gmacs, curve_top1=curve.top1)
+
+
+def matched_accuracy(costs: list[VsCost], dvt: RunFiles | None = None, paper: CascadeShape | None = None) -> Finding:
+    """With DVT's run and the paper's shape, the numbers also split the cost share into its two causes:
+    each curve read at the other's margin (dimensionless, so an ImageNet curve can be read this way)."""
     finest = max(costs, key=lambda c: c.grid) if costs else None
     numbers: dict[str, Any] = {}
     holds = None
@@ -111,6 +152,15 @@ def matched_accuracy(costs: list[VsCost]) -> Finding:
         numbers = {"finest": finest.run, "finest_top1": _r(finest.top1), "finest_gmacs": _r(finest.gmacs, 6),
                    "dvt_gmacs_at_that_top1": _r(finest.dvt_gmacs_at_top1, 6), "cost_share": _r(share, 3)}
         holds = share is not None and share <= MAX_COST_SHARE
+        if dvt is not None and paper is not None:
+            g, a = dvt.curve()
+            ours = CascadeShape(first_top1=dvt.top1[0], last_top1=dvt.top1[-1], finest_top1=finest.top1,
+                                finest_gmacs=finest.gmacs, curve_gmacs=tuple(g), curve_top1=tuple(a))
+            m, pm = ours.margin_share, paper.margin_share
+            numbers |= {"margin_share": _r(m, 3), "paper_margin_share": _r(pm, 3),
+                        "paper_cost_share": None if pm is None else _r(paper.cost_share_at(pm), 3),
+                        "paper_cost_share_at_our_margin": None if m is None else _r(paper.cost_share_at(m), 3),
+                        "cost_share_at_paper_margin": None if pm is None else _r(ours.cost_share_at(pm), 3)}
     return Finding(
         name="dvt_is_cheaper_at_equal_accuracy",
         claim="DVT matches the accuracy of the finest one-exit model with far fewer GFLOPs (Fig. 6 / Table 3: "
