@@ -113,7 +113,7 @@ class Report:
                 findings.baseline_gap(roles.singles, roles.baselines[0] if roles.baselines else None),
                 findings.exits_rise(self.dvt, roles.singles),
                 findings.matched_accuracy(self.costs, self.dvt, findings.CascadeShape.of_paper(self.ref)),
-                findings.matched_cost(self.costs),
+                findings.matched_cost(self.costs, findings.paper_first_exit_gap(self.ref)),
                 findings.reuse_matters(roles),
                 findings.easy_images_are_larger(per_seed, num_exits=self.dvt.num_exits if self.dvt else 0,
                                                 budget=budget),
