@@ -2,7 +2,8 @@
 
 The strict loader (dvt.config) checks names, types and ranges without importing torch. This adds what
 needs the model registry, timm or the file system: each run's backbone and token grids at the
-dataset's image size, the RandAugment string, weights files named by runs, and data.root. It runs
+dataset's image size, the RandAugment string, weights files named by runs, data.root, and
+data.source where `dvt fetch` would read it. It runs
 
 * in `dvt` before every stage that builds a model or writes data (fetch, train, flops, collect, speed);
 * in Snakemake when the workflow loads (rules/common.smk), before any job is scheduled;
@@ -53,6 +54,21 @@ def check(config: Config) -> None:
     existing = next((p for p in (root, *root.parents) if p.exists()), None)
     if existing is not None and not existing.is_dir():
         raise ConfigError(f"data.root = {config.data.root!r}: {existing} is a file, not a folder")
+    _check_source(config)
+
+
+def _check_source(config: Config) -> None:
+    """data.source must exist when `dvt fetch` would read it, i.e. unless the fetched folder was built
+    from these very settings (then the source may be gone: nothing reads it again)."""
+    from dvt.data.manifest import fingerprint, is_current
+
+    source = config.data.source
+    if source is None or config.data.dataset == "synthetic" or Path(source).expanduser().exists():
+        return
+    folder = Path(config.data.root) / config.data.dataset
+    if is_current(folder, fingerprint(config.data)) is None:
+        raise ConfigError(f"data.source = {source!r}: no such folder or file, and {folder} was not fetched "
+                          "from it (dvt fetch would need it)")
 
 
 def _check_timm(run: str, names: tuple[str, ...], grids: tuple[int, ...], size: int) -> None:

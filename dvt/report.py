@@ -222,6 +222,6 @@ def _summary(report: Report, done: dict[str, Any]) -> None:
     files = ", ".join(f"{PARTS[p]}/ ({len(v)} files)" if p in FOLDER_PARTS else PARTS[p] for p, v in done.items())
     best = max((c for c in report.costs if c.speedup is not None), key=lambda c: c.speedup, default=None) \
         if "table3" in done or "comparisons" in done else None
-    saving = f"; DVT ({report.dvt.name}) needs {best.speedup:.2f}x fewer GMACs than {best.run} at its top-1" \
-        if best else ""
+    saving = "" if best is None else f"; DVT ({report.dvt.name}) reaches {best.run}'s top-1 at " + (
+        f"{best.speedup:.2f}x fewer GMACs" if best.speedup >= 1 else f"{1 / best.speedup:.2f}x its GMACs")
     print(f"dvt report: {files} -> {report.out}{saving}")

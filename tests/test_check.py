@@ -8,14 +8,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
 from dvt.check import CHECKED, check
 from dvt.cli import main
 from dvt.config import load_config, read_params
+from dvt.data import fetch
 from dvt.errors import ConfigError
 from tests.conftest import REPO, make_config
+from tests.test_fetch import write_fashion
 
 
 @pytest.mark.parametrize("sections, message", [
@@ -49,6 +52,26 @@ def test_data_root_under_a_file_is_refused(tmp_path, capsys):
     assert main(["fetch", "--params", str(path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is a file, not a folder" in err[0]
+
+
+def test_a_missing_data_source_is_refused_unless_the_data_were_fetched_from_it(tmp_path, capsys):
+    raw = tmp_path / "raw"
+    write_fashion(raw, np.random.default_rng(0))
+    settings = {"model": {"backbone": "vit_micro"}, "runs": {"a": {"grids": [7]}}}
+    gone = make_config(tmp_path, data={"dataset": "fashion-mnist", "source": str(tmp_path / "gone")}, **settings)
+    with pytest.raises(ConfigError, match=r"^data.source = '.*gone': no such folder or file, and .*fashion-mnist "
+                                          r"was not fetched from it \(dvt fetch would need it\)$"):
+        check(gone)
+    # Fetched from raw/, the source may go: nothing reads it again, and fetch is a no-op.
+    fetched = make_config(tmp_path, data={"dataset": "fashion-mnist", "source": str(raw), "calibration_size": 20},
+                          **settings)
+    fetch.run(fetched)
+    raw.rename(tmp_path / "moved")
+    check(fetched)
+    fetch.run(fetched)
+    assert "is up to date" in capsys.readouterr().out
+    # Synthetic data never read a source.
+    check(make_config(tmp_path, data={"dataset": "synthetic", "source": str(tmp_path / "gone")}, **settings))
 
 
 def test_speed_device_must_be_a_device(tmp_path):

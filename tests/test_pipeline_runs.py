@@ -81,7 +81,7 @@ def tiny_repo(root: Path) -> Path:
 
 def set_param(root: Path, section: str, key: str, value) -> None:
     params = yaml.safe_load((root / "params.yaml").read_text())
-    params[section][key] = value
+    params.setdefault(section, {})[key] = value
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
@@ -94,12 +94,14 @@ def tree_hashes(root: Path) -> dict[str, str]:
 
 
 def assert_typos_stop_before_any_job(root: Path, engine: list[str]) -> None:
-    """A backbone or grid typo in a finished pipeline's params.yaml is one error line before any job
-    runs, and no file under runs/ or reports/ changes (issue #15, item 2)."""
+    """A backbone or grid typo in a finished pipeline's params.yaml, or a misspelt section that no
+    stage reads, is one error line before any job runs, and no file under runs/ or reports/ changes
+    (issue #15, item 2)."""
     good = (root / "params.yaml").read_text()
     before = tree_hashes(root)
     for section, key, value, message in (("model", "backbone", "vit_micr", "unknown backbone 'vit_micr'"),
-                                         ("runs", "dvt", {"grids": [2, 5]}, "runs.dvt.grids: grid 5 cannot be made")):
+                                         ("runs", "dvt", {"grids": [2, 5]}, "runs.dvt.grids: grid 5 cannot be made"),
+                                         ("trian", "lr", 0.1, "unknown key trian; valid keys here: ")):
         set_param(root, section, key, value)
         out = subprocess.run(engine, cwd=root, capture_output=True, text=True, env=engine_env())
         assert out.returncode != 0

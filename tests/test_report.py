@@ -16,6 +16,7 @@ import json
 import math
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -24,6 +25,7 @@ import yaml
 from PIL import Image
 
 from dvt import checkpoint
+from dvt import report as report_module
 from dvt.budget import run as budget
 from dvt.policy_eval import run as exit_policies
 from dvt.cli import main
@@ -32,6 +34,7 @@ from dvt.data import fetch
 from dvt.flops import run as flops
 from dvt.logits import LogitsWriter
 from dvt.report import run as report
+from dvt.reporting.compare import VsCost
 from dvt.reporting.findings import CascadeShape
 from dvt.reporting.pages import FILTERS
 from dvt.reporting.reference import load as load_reference
@@ -679,6 +682,16 @@ def test_cascade_shape_reads_a_curve_at_a_margin():
     assert flat.margin_share is None  # no climb, no share of it
     paper = CascadeShape.of_paper(load_reference())
     assert (paper.first_top1, paper.last_top1, paper.finest_top1, paper.finest_gmacs) == (69.06, 79.99, 76.7, 1.78)
+
+
+@pytest.mark.parametrize("share, words", [(0.8, "1.25x fewer GMACs"), (1.25, "1.25x its GMACs")])
+def test_the_summary_line_says_more_or_fewer_gmacs_as_the_cost_share_has_it(capsys, share, words):
+    """A DVT that needs more GMACs than the model (cost share above 1) must not read as a saving."""
+    cost = VsCost(run="tokens_7x7", grid=7, gmacs=1.0, top1=70.0, dvt_top1_at_gmacs=None, dvt_gmacs_at_top1=share,
+                  speedup=1 / share)
+    fake = SimpleNamespace(costs=[cost], dvt=SimpleNamespace(name="dvt"), out=Path("reports"))
+    report_module._summary(fake, {"table3": "text"})
+    assert capsys.readouterr().out == f"dvt report: table3.md -> reports; DVT (dvt) reaches tokens_7x7's top-1 at {words}\n"
 
 
 def test_headline_metrics_are_few_numbers_recomputed_from_the_stage_outputs(rendered):
