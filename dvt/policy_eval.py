@@ -36,16 +36,9 @@ from dvt.config import Config
 from dvt.errors import DvtError
 from dvt.logits import SplitLogits
 
-# Points on the common GMACs range at which the curves are integrated (linear between budgets).
-_GRID = 1024
-
-
 def mean_top1(curve: tuple[np.ndarray, np.ndarray], lo: float, hi: float) -> float | None:
     """Mean of the curve's top-1 over [lo, hi] (area under it / width); at a single cost, that cost's top-1."""
-    if hi <= lo:
-        return number(thresholds.accuracy_at_gmacs(*curve, lo))
-    g = np.linspace(lo, hi, _GRID)
-    return number(np.trapezoid(thresholds.accuracy_at_gmacs(*curve, g), g) / (hi - lo))
+    return number(thresholds.mean_accuracy(*curve, lo, hi))
 
 
 def _lost(conf: np.ndarray, correct: np.ndarray, T: np.ndarray) -> np.ndarray:

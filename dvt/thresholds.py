@@ -460,6 +460,17 @@ def accuracy_at_gmacs(curve_gmacs: npt.ArrayLike, curve_acc: npt.ArrayLike, g: n
     return float(out) if out.ndim == 0 else out
 
 
+def mean_accuracy(curve_gmacs: npt.ArrayLike, curve_acc: npt.ArrayLike, lo: float, hi: float,
+                  points: int = 1024) -> float:
+    """Mean accuracy of the curve over the costs [lo, hi] (the area under it divided by the width),
+    by the trapezoid rule on `points` costs; at a single cost (hi <= lo), that cost's accuracy. NaN if
+    the range leaves the curve."""
+    if hi <= lo:
+        return float(accuracy_at_gmacs(curve_gmacs, curve_acc, lo))
+    g = np.linspace(lo, hi, points)
+    return float(np.trapezoid(accuracy_at_gmacs(curve_gmacs, curve_acc, g), g) / (hi - lo))
+
+
 def gmacs_for_accuracy(curve_gmacs: npt.ArrayLike, curve_acc: npt.ArrayLike, acc: float) -> float:
     """Smallest GMACs at which the curve (linear between points sorted by GMACs) reaches `acc`.
 

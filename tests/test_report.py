@@ -647,6 +647,14 @@ def test_findings_are_computed_from_the_stage_outputs(rendered):
     none = per_exit(stage_outputs(config, "dvt_no_reuse")["eval"], "top1")
     reuse = found["reuse_makes_later_exits_better"]
     assert reuse["numbers"]["gain"] == round(exits[-1] - none[-1], 2) and reuse["holds"] == (exits[-1] > none[-1])
+    # Beside the bar, the curves at equal cost: the mean gap over the costs both reach, integrated here
+    # on the union of both curves' own points (exact for two piecewise-linear curves).
+    ours, theirs = _envelope(curve(dvt)), _envelope(curve(stage_outputs(config, "dvt_no_reuse")))
+    lo, hi = max(ours[0][0], theirs[0][0]), min(ours[-1][0], theirs[-1][0])
+    xs = sorted({x for x, _ in ours + theirs if lo <= x <= hi} | {lo, hi})
+    gap = [value_at(ours, x) - value_at(theirs, x) for x in xs]
+    exact = sum((x1 - x0) * (y0 + y1) / 2 for x0, x1, y0, y1 in zip(xs, xs[1:], gap, gap[1:])) / (hi - lo)
+    assert reuse["numbers"]["mean_gain_at_equal_gmacs"] == pytest.approx(exact, abs=0.011)
     faster = found["dvt_is_faster_at_equal_accuracy"]
     speedup = metrics["matched_throughput"]["tokens_8x8"]["speedup"]
     assert faster["holds"] == (speedup is not None and speedup > 1)
