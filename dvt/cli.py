@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import Callable
 
+from dvt import __version__
 from dvt.errors import DvtError
 
 # stage name -> (module with run(), one-line help, takes --run)
@@ -42,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="dvt",
         description="Dynamic Vision Transformers (DVT) reproduction: one subcommand per pipeline stage.",
     )
+    parser.add_argument("--version", action="version", version=f"dvt {__version__}")
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
     for name, (_, help_text, takes_run) in STAGES.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -84,6 +87,10 @@ def _stage_entry(name: str) -> Callable[..., object]:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if not sys.stderr.isatty():
+        # Progress bars into a log file (an engine's job, a cluster job) would write a line every tenth
+        # of a second: one every half minute says as much. (tqdm reads TQDM_* as its defaults.)
+        os.environ.setdefault("TQDM_MININTERVAL", "30")
     try:
         from dvt.config import load_config
 

@@ -1,5 +1,7 @@
 """params.yaml is loaded strictly: names, types and ranges are checked, errors name the key."""
 
+import os
+import tomllib
 from dataclasses import replace
 from pathlib import Path
 
@@ -66,6 +68,20 @@ def test_cli_reports_one_line_and_exit_2(tmp_path, capsys):
     path.write_text("train: [\n")
     assert main(["fetch", "--params", str(path)]) == 2
     assert "not valid YAML" in capsys.readouterr().err
+
+
+def test_version_and_quiet_progress_in_logs(tmp_path, capsys, monkeypatch):
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    assert done.value.code == 0 and capsys.readouterr().out == f"dvt {version}\n"
+    # Under an engine stderr is a log file, not a terminal: progress bars update every 30 s, not 10 times a second.
+    monkeypatch.setenv("TQDM_MININTERVAL", "0.1")  # (so that the variable is removed again after the test)
+    monkeypatch.delenv("TQDM_MININTERVAL")
+    path = tmp_path / "params.yaml"
+    path.write_text("train:\n  lr: -1\n")
+    main(["fetch", "--params", str(path)])
+    assert os.environ["TQDM_MININTERVAL"] == "30"
 
 
 @pytest.mark.parametrize("run, message", [
