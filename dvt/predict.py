@@ -107,7 +107,8 @@ def run(config: Config, *, run: str, images: Sequence[str], budget: int | None =
     conf, pred = zip(*(max_softmax(z) for z in logits))  # K x (n,)
     conf, pred = np.stack(conf, axis=1), np.stack(pred, axis=1)  # (n, K)
     exits = assign_exits(conf, T[None, :])[0]  # (n,) 0-based
-    rows = [{"image": str(path), "class": classes[int(pred[i, k])], "label": int(pred[i, k]), "exit": int(k) + 1,
+    # "class_index" is the predicted class (logits.parquet's `pred`), "exit" counts from 1 (the parquet's from 0).
+    rows = [{"image": str(path), "class": classes[int(pred[i, k])], "class_index": int(pred[i, k]), "exit": int(k) + 1,
              "grid": int(rc.exit_grids[k]), "confidence": float(conf[i, k]), "gmacs": float(F[k])}
             for i, (path, k) in enumerate(zip(paths, exits))]
     settings = {"run": run, "seed": config.seed, "thresholds": T.tolist(), **rule}
@@ -118,5 +119,6 @@ def run(config: Config, *, run: str, images: Sequence[str], budget: int | None =
                   f"target {rule['target_gmacs']:g} GMACs" if rule["rule"] == "target_gmacs" else "one exit")
         print(f"dvt predict: {run}/seed{config.seed}, {chosen}: {len(rows)} image{'s' if len(rows) != 1 else ''}, "
               f"{np.mean([r['gmacs'] for r in rows]):.4g} GMACs on average")
-        print(pd.DataFrame(rows).drop(columns=["label"]).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        table = pd.DataFrame(rows).drop(columns=["class_index"])
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     return rows

@@ -61,7 +61,7 @@ def test_predictions_are_the_budgets_early_exit(finished, capsys, p):
     for i, row in enumerate(rows):
         k = int(exits[i])
         assert row["exit"] == k + 1 and row["grid"] == config.run("dvt").grids[k]
-        assert row["label"] == int(stored.pred[order[i], k]) and row["class"] == classes[row["label"]]
+        assert row["class_index"] == int(stored.pred[order[i], k]) and row["class"] == classes[row["class_index"]]
         assert row["confidence"] == pytest.approx(float(stored.confidence[order[i], k]), rel=1e-5)
         assert row["gmacs"] == pytest.approx(F[k])
 
