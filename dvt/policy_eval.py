@@ -36,6 +36,7 @@ from dvt.config import Config
 from dvt.errors import DvtError
 from dvt.logits import SplitLogits
 
+
 def mean_top1(curve: tuple[np.ndarray, np.ndarray], lo: float, hi: float) -> float | None:
     """Mean of the curve's top-1 over [lo, hi] (area under it / width); at a single cost, that cost's top-1."""
     return number(thresholds.mean_accuracy(*curve, lo, hi))
@@ -154,7 +155,8 @@ def run(config: Config, *, run: str, target_gmacs: float | None = None,
         f"; risk-controlled (epsilon {rc_out['epsilon']:g}, delta {rc_out['delta']:g}): test drop "
         f"{rc_out['test']['accuracy_drop']:.2f} points at {rc_out['test']['gmacs']:.4g} GMACs, held on the pool in "
         f"{rc_out['resplits']['held']}/{rc_out['resplits']['draws']} re-splits")
-    print(f"dvt policies: {run}: {len(per_policy)} policies x {len(frames[0])} budget{'s' * (len(frames[0]) != 1)}; best mean top-1 "
+    budgets = f"{len(frames[0])} budget{'s' * (len(frames[0]) != 1)}"
+    print(f"dvt policies: {run}: {len(per_policy)} policies x {budgets}; best mean top-1 "
           f"{best} {per_policy[best]['mean_top1']:.2f}% (max softmax {per_policy['max_softmax']['mean_top1']:.2f}%)"
           f"{risk} -> {folder / 'policies.csv'}")
     return out

@@ -699,7 +699,8 @@ def test_the_summary_line_says_more_or_fewer_gmacs_as_the_cost_share_has_it(caps
                   speedup=1 / share)
     fake = SimpleNamespace(costs=[cost], dvt=SimpleNamespace(name="dvt"), out=Path("reports"))
     report_module._summary(fake, {"table3": "text"})
-    assert capsys.readouterr().out == f"dvt report: table3.md -> reports; DVT (dvt) reaches tokens_7x7's top-1 at {words}\n"
+    said = capsys.readouterr().out
+    assert said == f"dvt report: table3.md -> reports; DVT (dvt) reaches tokens_7x7's top-1 at {words}\n"
 
 
 def test_headline_metrics_are_few_numbers_recomputed_from_the_stage_outputs(rendered):
