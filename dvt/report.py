@@ -175,7 +175,8 @@ class Report:
         pictures = gallery.prepare(self.config, self.picks) if self.picks is not None else None
         title = f"{pages.DATASET_NAMES[self.config.data.dataset]}, {self.config.model.backbone}"
         drawn = figures.accuracy_vs_gmacs(folder, cascades=cascades, singles=self.roles.singles,
-                                          paper_curves=self.paper_curves, paper_table1=self.paper_table1, title=title)
+                                          baselines=self.roles.baselines, paper_curves=self.paper_curves,
+                                          paper_table1=self.paper_table1, title=title)
         drawn += figures.training_curves(folder, list(self.runs.values()))
         drawn += figures.exit_fractions(folder, cascades, q_step=self.config.eval.q_step)
         if self.policies is not None:

@@ -246,6 +246,9 @@ def test_dvc_plots_show_draws_every_run_offline(finished, tmp_path):
     assert not re.findall(r"<script[^>]+src=", html) and "cdn." not in html
     for figure in ("accuracy_vs_gmacs", "training_curves", "exit_fractions"):
         assert (root / "shown" / "static" / f"workspace_reports_figures_{figure}.png").is_file()
+    # The report's own figure puts the reference CNN beside the one-exit runs and DVT's curve too.
+    svg = (root / "reports" / "figures" / "accuracy_vs_gmacs.svg").read_text()
+    assert ">cnn (reference CNN)</text>" in svg and ">dvt (DVT, grids 2-4)</text>" in svg
 
 
 def due(root: Path, engine: str) -> set[str]:

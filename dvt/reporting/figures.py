@@ -54,8 +54,10 @@ def _colors() -> Iterator[str]:
 
 
 def accuracy_vs_gmacs(folder: Path, *, cascades: Sequence[RunFiles], singles: Sequence[RunFiles],
-                      paper_curves: Sequence[Curve], paper_table1: Table1 | None, title: str) -> list[str]:
-    """DVT budgeted curves (lines) against the one-exit runs (points); the paper's when they apply."""
+                      paper_curves: Sequence[Curve], paper_table1: Table1 | None, title: str,
+                      baselines: Sequence[RunFiles] = ()) -> list[str]:
+    """DVT budgeted curves (lines) against the one-exit runs (points) and the reference CNNs (triangles);
+    the paper's when they apply."""
     fig = new_figure(figsize=(6.4, 4.4))
     with matplotlib.rc_context(STYLE):
         ax = fig.add_subplot()
@@ -72,6 +74,8 @@ def accuracy_vs_gmacs(folder: Path, *, cascades: Sequence[RunFiles], singles: Se
                         xytext=(6, -3), fontsize=8)
         if singles:
             ax.plot([], [], "s", color="black", label="one-exit runs (token grid)")
+        for run in baselines:
+            ax.plot(run.gmacs[0], run.top1[0], "^", color="dimgray", ms=7, label=f"{run.name} (reference CNN)")
         if cascades:
             ax.plot([], [], "o", color="gray", mfc="white", ms=4, label="each exit alone")
         for curve in paper_curves:
