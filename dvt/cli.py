@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 from typing import Callable
 
@@ -87,10 +86,6 @@ def _stage_entry(name: str) -> Callable[..., object]:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if not sys.stderr.isatty():
-        # Progress bars into a log file (an engine's job, a cluster job) would write a line every tenth
-        # of a second: one every half minute says as much. (tqdm reads TQDM_* as its defaults.)
-        os.environ.setdefault("TQDM_MININTERVAL", "30")
     try:
         from dvt.config import load_config
 

@@ -31,6 +31,7 @@ from dvt.flops import count_cascade
 from dvt.inference import autocast, pad_rows, pick_device
 from dvt.logits import LogitsWriter
 from dvt.models import Cascade, model_for_run
+from dvt.progress import progress
 from dvt.weights import load_weights
 
 # The authors fit thresholds on a random 50,000-image subset of the training set (spec §5).
@@ -143,7 +144,7 @@ def run(config: Config, *, run: str) -> dict:
     with LogitsWriter(out_path, grids=model.grids, cumulative_gmacs=gmacs,
                       config=checkpoint.run_fingerprint(config, run),
                       checkpoint_sha256=checkpoint.sha256(path)) as writer, \
-            tqdm(total=sum(len(s.indices) for s in sources), desc=f"collect {run}", unit="img", leave=False) as bar:
+            progress(total=sum(len(s.indices) for s in sources), desc=f"collect {run}", unit="img", leave=False) as bar:
         for source in sources:
             correct = _write_split(model, source, writer, config=config, device=device, bar=bar)
             top1[source.name] = (100.0 * correct / len(source.indices)).tolist()

@@ -8,7 +8,7 @@ from typing import Iterator
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
-from tqdm import tqdm
+from dvt.progress import progress
 
 from dvt.data.loading import make_loader
 
@@ -33,7 +33,7 @@ def iterate_logits(model: nn.Module, dataset: Dataset, *, batch_size: int, devic
     """Yield (labels (B,), [logits (B, C) float32 per exit]) over `dataset` in order, on the CPU."""
     model.eval()
     loader = make_loader(dataset, batch_size=batch_size, shuffle=False)
-    for x, y in tqdm(loader, desc=desc, unit="batch", leave=False, disable=desc is None):
+    for x, y in progress(loader, desc=desc, unit="batch", leave=False, disable=desc is None):
         with autocast(device, amp):
             outputs = model(x.to(device, non_blocking=True))
         yield y, [o.float().cpu() for o in outputs]

@@ -272,7 +272,7 @@ def _train(config: Config, *, run: str, restart: bool) -> dict:
         rows, timings, start_epoch = list(state["log"]), list(state.get("timings", [])), state["epoch"]
         print(f"dvt train: {run}/seed{config.seed}: resuming after epoch {start_epoch} of {tc.epochs}")
 
-    from tqdm import tqdm
+    from dvt.progress import progress
 
     grids = rc.exit_grids
     for epoch in range(start_epoch, tc.epochs):
@@ -281,7 +281,7 @@ def _train(config: Config, *, run: str, restart: bool) -> dict:
         train_model.train()
         loss_sums = torch.zeros(len(grids), dtype=torch.float64)
         seen, tic = 0, time.perf_counter()
-        bar = tqdm(loader, desc=f"{run} epoch {epoch + 1}/{tc.epochs}", unit="batch", leave=False,
+        bar = progress(loader, desc=f"{run} epoch {epoch + 1}/{tc.epochs}", unit="batch", leave=False,
                    disable=not dist.main, mininterval=1.0)
         for step, (x, y) in enumerate(bar):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)

@@ -13,7 +13,7 @@ import random
 from pathlib import Path
 
 from PIL import Image
-from tqdm import tqdm
+from dvt.progress import progress
 
 from dvt.errors import DvtError
 
@@ -79,7 +79,7 @@ def scan(root: str | Path, *, imagenet: bool = False, check_images: int = 32,
     for split, folder in folders.items():
         split_dir = root / folder
         items = []
-        for label, name in enumerate(tqdm(classes, desc=f"index {folder}/", unit="class", leave=False)):
+        for label, name in enumerate(progress(classes, desc=f"index {folder}/", unit="class", leave=False)):
             for entry in sorted(os.scandir(split_dir / name), key=lambda e: e.name):
                 if entry.is_file() and entry.name.lower().endswith(EXTENSIONS):
                     items.append((f"{folder}/{name}/{entry.name}", label))
