@@ -8,9 +8,9 @@ from typing import Iterator
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
-from dvt.progress import progress
 
 from dvt.data.loading import make_loader
+from dvt.progress import progress
 
 
 def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:

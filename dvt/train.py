@@ -282,7 +282,7 @@ def _train(config: Config, *, run: str, restart: bool) -> dict:
         loss_sums = torch.zeros(len(grids), dtype=torch.float64)
         seen, tic = 0, time.perf_counter()
         bar = progress(loader, desc=f"{run} epoch {epoch + 1}/{tc.epochs}", unit="batch", leave=False,
-                   disable=not dist.main, mininterval=1.0)
+                       disable=not dist.main, mininterval=1.0)
         for step, (x, y) in enumerate(bar):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             target = y

@@ -13,9 +13,9 @@ import random
 from pathlib import Path
 
 from PIL import Image
-from dvt.progress import progress
 
 from dvt.errors import DvtError
+from dvt.progress import progress
 
 IMAGENET_CLASSES = 1000
 # Where the test split may live; ImageNet's is val/.
