@@ -217,6 +217,17 @@ class SeedFiles(_Run):
         return int(self.flops["total"]["params"])
 
 
+def _seed_mean(frames: list[pd.DataFrame], by: list[str] | None = None) -> pd.DataFrame:
+    """The seeds' frames averaged row by row, rows matched by the columns `by` (kept first, in their
+    first seed's order) or else by index; one seed's frame as it is."""
+    if len(frames) == 1:
+        return frames[0]
+    stacked = pd.concat(frames)
+    if by is None:
+        return stacked.groupby(level=0).mean(numeric_only=True)
+    return stacked.groupby(by, sort=False, as_index=False).mean(numeric_only=True)
+
+
 def _mean_tree(items: list[Any]) -> Any:
     """The mean of same-shaped JSON values: numbers averaged leaf by leaf, anything else (and numbers
     equal in all of them) taken from the first."""
@@ -266,25 +277,16 @@ class RunFiles(_Run):
 
     @cached_property
     def budget(self) -> pd.DataFrame:
-        frames = [s.budget for s in self.seeds]
-        if len(frames) == 1:
-            return frames[0]
-        return pd.concat(frames).groupby(level=0).mean(numeric_only=True)
+        return _seed_mean([s.budget for s in self.seeds])
 
     @cached_property
     def policy_curves(self) -> pd.DataFrame:
         """policies.csv, each policy's budget rows averaged over the seeds."""
-        frames = [s.policy_curves for s in self.seeds]
-        if len(frames) == 1:
-            return frames[0]
-        return pd.concat(frames).groupby(["policy", "budget"], sort=False).mean(numeric_only=True).reset_index()
+        return _seed_mean([s.policy_curves for s in self.seeds], by=["policy", "budget"])
 
     @cached_property
     def train_log(self) -> pd.DataFrame:
-        frames = [s.train_log for s in self.seeds]
-        if len(frames) == 1:
-            return frames[0]
-        return pd.concat(frames).groupby("epoch", as_index=False).mean(numeric_only=True)
+        return _seed_mean([s.train_log for s in self.seeds], by=["epoch"])
 
     @cached_property
     def speed(self) -> dict[str, Any] | None:
