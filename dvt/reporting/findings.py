@@ -174,9 +174,8 @@ def matched_accuracy(costs: list[VsCost], dvt: RunFiles | None = None, paper: Ca
 def paper_first_exit_gap(ref: Reference) -> float | None:
     """The released DVT (T2T-ViT-12)'s first exit minus T2T-ViT-12 trained alone on the same 7x7
     tokens (Table 1): the paper's own standing on the equal-cost bar at that cascade's cheapest point."""
-    exits = next((m for m in ref.per_exit if m.backbone == "t2t_vit_12"), None)
-    alone = ref.table1.row(7)
-    return None if exits is None or alone is None else exits.top1[0] - alone.top1
+    shape, alone = CascadeShape.of_paper(ref), ref.table1.row(7)
+    return None if shape is None or alone is None else shape.first_top1 - alone.top1
 
 
 def matched_cost(costs: list[VsCost], paper_gap: float | None = None) -> Finding:
