@@ -74,6 +74,9 @@ def read_run_logits(config: Config, run: str, *, keep_logits: bool = False
         if name not in table.splits:
             raise DvtError(f"{path} has no {name!r} split (eval.threshold_split = {split!r}; it holds "
                            f"{', '.join(table.splits) or 'none'}); rerun `{config.command('collect', run)}`")
+    if table.num_exits != config.run(run).num_exits:  # a file edited by hand: its metadata said otherwise
+        raise DvtError(f"{path} has {table.num_exits} exits but run {run} has {config.run(run).num_exits}; "
+                       f"rerun `{config.command('collect', run)}`")
     fit, test = table[split], table[TEST]
     if official:  # the authors' confidence: torch's softmax, then its max
         fit, test = (dataclasses.replace(s, confidence=thresholds.torch_confidence(s.logits),
@@ -169,11 +172,8 @@ def run(config: Config, *, run: str, target_gmacs: float | None = None,
         target_accuracy: float | None = None) -> dict[str, Any]:
     """Write runs/<run>/seed<S>/budget.csv, eval.json and metrics.json; returns the eval.json content."""
     rc = config.run(run)
-    path, fit, test, F = read_run_logits(config, run)
+    _, fit, test, F = read_run_logits(config, run)
     K = len(F)
-    if K != rc.num_exits:
-        raise DvtError(f"{path} has {K} exits but run {run} has {rc.num_exits}; "
-                       f"rerun `{config.command('collect', run)}`")
     # Targets first: an impossible target fails before any output is written.
     points = targets(fit, test, F, target_gmacs=target_gmacs, target_accuracy=target_accuracy)
     q, T = fit_budgets(config, fit.confidence)

@@ -17,11 +17,11 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
 from dvt import checkpoint
 from dvt.config import Config
@@ -33,6 +33,9 @@ from dvt.logits import LogitsWriter
 from dvt.models import Cascade, model_for_run
 from dvt.progress import progress
 from dvt.weights import load_weights
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 # The authors fit thresholds on a random 50,000-image subset of the training set (spec §5).
 TRAIN_AUGMENTED_SIZE = 50_000

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -126,6 +127,25 @@ def test_logits_from_another_config_are_refused(pipeline, capsys):
     line = one_error_line(capsys)
     assert "logits.parquet was written for another config" in line and "model.drop_path" in line
     assert "rerun dvt collect" in line
+
+
+@pytest.mark.parametrize("command", ["budget", "policies"])
+def test_logits_with_another_exit_count_are_refused(pipeline, capsys, monkeypatch, command):
+    """The fingerprint already ties the file to the run's grids; a file whose own exit count disagrees
+    (edited by hand) is refused by both readers of it, before anything is written."""
+    import dvt.budget
+
+    def two_exits(*args, **kwargs):
+        table = read_logits(*args, **kwargs)
+        return dataclasses.replace(table, metadata={**table.metadata, "num_exits": 2})
+
+    monkeypatch.setattr(dvt.budget, "read_logits", two_exits)
+    folder = load_config(pipeline).run_dir("dvt")
+    before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    assert main([command, "--params", str(pipeline), "--run", "dvt"]) == 2
+    assert "logits.parquet has 2 exits but run dvt has 3; rerun `dvt collect --run dvt --seed 42`" \
+        in one_error_line(capsys)
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before
 
 
 def test_budget_fractions_outside_unit_interval_are_refused(pipeline, capsys):
