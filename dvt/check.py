@@ -44,10 +44,7 @@ def check(config: Config) -> None:
                 check_grids(backbone, rc.exit_grids, size)
             except DvtError as err:
                 raise ConfigError(f"runs.{name}.grids: {err}") from None
-        for key, paths in (("init", [rc.init]), ("checkpoint", [rc.checkpoint]), ("pretrained", rc.pretrained)):
-            for path in paths:
-                if path is not None and not Path(path).is_file():
-                    raise ConfigError(f"runs.{name}.{key} = {path!r}: no such file")
+        _check_weights(config, name)
     if config.train.randaugment:
         _check_randaugment(config.train.randaugment, size)
     root = Path(config.data.root)
@@ -57,18 +54,63 @@ def check(config: Config) -> None:
     _check_source(config)
 
 
+def _check_weights(config: Config, run: str) -> None:
+    """Each weights file a run names exists, is readable and fits the run's model the way train will
+    load it: init loosely (fine-tuning keeps fresh heads), checkpoint exactly, timm's pretrained files
+    through timm. The model is built on the meta device: shapes only, no memory, no copying."""
+    import warnings
+
+    import torch
+
+    from dvt.models.registry import model_for_run
+    from dvt.weights import fitting_state
+
+    rc = config.run(run)
+    for key, paths in (("init", [rc.init]), ("checkpoint", [rc.checkpoint]), ("pretrained", rc.pretrained)):
+        for path in paths:
+            if path is not None and not Path(path).expanduser().is_file():
+                raise ConfigError(f"runs.{run}.{key} = {path!r}: no such file")
+    if not (rc.init or rc.checkpoint or any(rc.pretrained)):
+        return
+    with warnings.catch_warnings(), torch.device("meta"):
+        # Copying a real tensor into a meta one is a no-op that torch warns about: here it is the point.
+        warnings.filterwarnings("ignore", message=".*meta parameter.*")
+        try:
+            model = model_for_run(config, run)  # loads (and so tests) timm's pretrained files
+        except DvtError as err:
+            raise ConfigError(f"runs.{run}.pretrained: {err}") from None
+        for key, path, strict in (("init", rc.init, False), ("checkpoint", rc.checkpoint, True)):
+            if path is not None:
+                try:
+                    fitting_state(model, path, strict=strict)
+                except DvtError as err:
+                    raise ConfigError(f"runs.{run}.{key}: {err}") from None
+
+
 def _check_source(config: Config) -> None:
-    """data.source must exist when `dvt fetch` would read it, i.e. unless the fetched folder was built
-    from these very settings (then the source may be gone: nothing reads it again)."""
+    """What `dvt fetch` would refuse, checked unless the fetched folder was built from these very settings
+    (then fetch does not run, and the source may even be gone): data.source exists, a folder tree has
+    valid class folders and images in every train class, a CIFAR archive has the published md5, and
+    data.calibration_size leaves training images."""
+    from dvt.data.fetch import check_calibration_size, train_count
     from dvt.data.manifest import fingerprint, is_current
 
-    source = config.data.source
-    if source is None or config.data.dataset == "synthetic" or Path(source).expanduser().exists():
+    data = config.data
+    folder = Path(data.root) / data.dataset
+    if data.dataset != "synthetic" and is_current(folder, fingerprint(data)) is not None:
         return
-    folder = Path(config.data.root) / config.data.dataset
-    if is_current(folder, fingerprint(config.data)) is None:
-        raise ConfigError(f"data.source = {source!r}: no such folder or file, and {folder} was not fetched "
+    if data.source is not None and data.dataset != "synthetic" and not Path(data.source).expanduser().exists():
+        raise ConfigError(f"data.source = {data.source!r}: no such folder or file, and {folder} was not fetched "
                           "from it (dvt fetch would need it)")
+    try:
+        count = train_count(data)
+    except DvtError as err:
+        raise ConfigError(f"data.source: {err}") from None
+    try:
+        if count is not None:
+            check_calibration_size(data.calibration_size, count)
+    except DvtError as err:
+        raise ConfigError(str(err)) from None
 
 
 def _check_timm(run: str, names: tuple[str, ...], grids: tuple[int, ...], size: int) -> None:

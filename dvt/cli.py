@@ -84,6 +84,15 @@ def _stage_entry(name: str) -> Callable[..., object]:
     return module.run
 
 
+def _one_line(err: DvtError) -> str:
+    """The message of a DvtError; one raised in a DataLoader worker comes back as "Caught DvtError in
+    DataLoader worker process N.", the worker's traceback, then the message on the last line."""
+    lines = str(err).strip().splitlines()
+    if len(lines) > 1 and lines[0].startswith("Caught "):
+        return lines[-1].split(": ", 1)[-1]
+    return " ".join(line.strip() for line in lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -108,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             for seed in seeds:
                 entry(config.with_seed(seed), **kwargs)
     except DvtError as err:
-        print(f"dvt {args.stage}: error: {err}", file=sys.stderr)
+        print(f"dvt {args.stage}: error: {_one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"dvt {args.stage}: interrupted", file=sys.stderr)

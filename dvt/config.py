@@ -313,6 +313,9 @@ class Config:
         _require(len(self.seeds) >= 1, "seeds", list(self.seeds), "name at least one seed")
         _require(all(s >= 0 for s in self.seeds), "seeds", list(self.seeds), "seeds are >= 0")
         _require(len(set(self.seeds)) == len(self.seeds), "seeds", list(self.seeds), "each seed once")
+        _require(self.data.calibration_size > 0 or self.eval.threshold_split != "calibration",
+                 "data.calibration_size", 0, "must be > 0 while eval.threshold_split is calibration (the "
+                 "thresholds are fitted on it); to hold nothing out set eval.threshold_split: train-augmented")
 
     @property
     def seed(self) -> int:

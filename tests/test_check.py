@@ -71,7 +71,8 @@ def test_a_missing_data_source_is_refused_unless_the_data_were_fetched_from_it(t
     fetch.run(fetched)
     assert "is up to date" in capsys.readouterr().out
     # Synthetic data never read a source.
-    check(make_config(tmp_path, data={"dataset": "synthetic", "source": str(tmp_path / "gone")}, **settings))
+    check(make_config(tmp_path, data={"dataset": "synthetic", "source": str(tmp_path / "gone"), "calibration_size": 20},
+                      **settings))
 
 
 def test_speed_device_must_be_a_device(tmp_path):
@@ -124,16 +125,25 @@ def test_a_weights_file_of_random_bytes_is_one_line(tmp_path, capsys):
     params.update(runs_dir=str(tmp_path / "runs"), data={"dataset": "synthetic", "root": str(tmp_path / "data"),
                                                          "calibration_size": 50,
                                                          "synthetic": {"train_size": 200, "test_size": 50}},
-                  model={"backbone": "vit_micro"},
-                  runs={"ft": {"grids": [4], "init": str(junk)}, "imported": {"grids": [4], "checkpoint": str(junk)},
-                        "plain": {"grids": [4]}})
+                  model={"backbone": "vit_micro"}, runs={"plain": {"grids": [4]}})
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))
     assert main(["fetch", "--params", str(path)]) == 0
     (tmp_path / "runs" / "plain" / "seed42").mkdir(parents=True)
     (tmp_path / "runs" / "plain" / "seed42" / "checkpoint.pt").write_bytes(junk.read_bytes())
-    capsys.readouterr()
-    for stage, run in (("train", "ft"), ("train", "imported"), ("collect", "plain"), ("train", "plain")):
+    # A junk init or checkpoint is refused by the check before any stage, whichever run the stage is for.
+    for key in ("init", "checkpoint"):
+        junk_params = tmp_path / f"{key}.yaml"
+        runs = {**params["runs"], "ft": {"grids": [4], key: str(junk)}}
+        junk_params.write_text(yaml.safe_dump({**params, "runs": runs}))
+        for stage, run in (("train", "ft"), ("collect", "plain"), ("check", None)):
+            capsys.readouterr()
+            assert main([stage, "--params", str(junk_params)] + (["--run", run] if run else [])) == 2, (stage, run)
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and f"runs.ft.{key}: {junk}: not a readable checkpoint (UnpicklingError" in err[0], \
+                (stage, run, err)
+    # A run's own junk checkpoint.pt is refused by the stage that reads it.
+    for stage, run in (("collect", "plain"), ("train", "plain")):
         assert main([stage, "--params", str(path), "--run", run]) == 2, (stage, run)
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "not a readable checkpoint (UnpicklingError" in err[0], (stage, run, err)
@@ -143,3 +153,80 @@ def test_a_weights_file_of_random_bytes_is_one_line(tmp_path, capsys):
     assert "starting over" in capsys.readouterr().out
     assert main(["collect", "--params", str(path), "--run", "plain", "--set", "train.epochs=1",
                  "--set", "train.warmup_epochs=0", "--set", "train.batch_size=50"]) == 0
+
+
+def _meta_weights(path: Path, config, run: str, *, official: bool = False) -> None:
+    """A weights file of `run`'s model with meta tensors: names and shapes only, all that check reads."""
+    import torch
+
+    from dvt import checkpoint
+    from dvt.models import model_for_run, to_official_state_dict
+
+    with torch.device("meta"):
+        model = model_for_run(config, run)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    obj = {"model_state_dict": to_official_state_dict(model)} if official else \
+        {"format": checkpoint.FORMAT, "model": model.state_dict()}
+    torch.save(obj, path)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
+def test_every_shipped_config_passes_the_check(name, tmp_path, monkeypatch):
+    """Each config in configs/ is valid as shipped (one had a grid its backbone cannot make, two an init
+    path that no run writes). ImageNet is not here: its configs get synthetic images of its size and
+    classes. The weights they name are made in their place: the CIFAR configs' init from the ImageNet
+    config's run (so the path must name a run and seed that configs/imagenet-t2t12.yaml trains), the
+    official checkpoint in the official layout."""
+    monkeypatch.chdir(tmp_path)
+    overrides = [f"data.root={tmp_path / 'data'}", f"runs_dir={tmp_path / 'runs'}"]
+    text = (REPO / "configs" / name).read_text()
+    if "dataset: imagenet" in text:
+        overrides += ["data.dataset=synthetic", "data.synthetic={train_size: 20, test_size: 4, image_size: 224, "
+                      "channels: 3, classes: 1000, seed: 0}", "data.calibration_size=0"]
+    config = load_config(REPO / "configs" / name, overrides)
+    imagenet = load_config(REPO / "configs" / "imagenet-t2t12.yaml", overrides[:2] + [
+        "data.dataset=synthetic", "data.synthetic={train_size: 20, test_size: 4, image_size: 224, channels: 3, "
+        "classes: 1000, seed: 0}"])
+    for run, rc in config.runs.items():
+        if rc.init:
+            parts = Path(rc.init).parts  # imagenet/runs/<run>/seed<S>/checkpoint.pt
+            assert parts[:2] == ("imagenet", "runs") and parts[4] == "checkpoint.pt", rc.init
+            assert parts[2] in imagenet.runs and int(parts[3].removeprefix("seed")) in imagenet.seeds, rc.init
+            _meta_weights(tmp_path / rc.init, imagenet, parts[2])
+        if rc.checkpoint:
+            _meta_weights(tmp_path / rc.checkpoint, config, run, official=True)
+    check(config)
+
+
+def test_weights_that_do_not_fit_the_run_are_refused_by_check(tmp_path):
+    """runs.R.init and runs.R.checkpoint are loaded (shapes only) the way train loads them: a checkpoint
+    of another model is refused before any stage, where it once passed and cost the run's outputs."""
+    config = make_config(tmp_path, data={"dataset": "synthetic", "calibration_size": 20},
+                         model={"backbone": "vit_micro"}, runs={"a": {"grids": [4, 7]}, "b": {"grids": [7]},
+                                                                "cnn": {"baseline": "resnet18_w16"}})
+    for run in ("a", "b", "cnn"):
+        _meta_weights(tmp_path / f"{run}.pt", config, run)
+    other = make_config(tmp_path, data={"dataset": "synthetic", "calibration_size": 20,
+                                        "synthetic": {"classes": 5}}, model={"backbone": "vit_micro"},
+                        runs={"a": {"grids": [4, 7]}})
+    _meta_weights(tmp_path / "a5.pt", other, "a")
+
+    def with_run(**rc):
+        return make_config(tmp_path, data={"dataset": "synthetic", "calibration_size": 20},
+                           model={"backbone": "vit_micro"}, runs={"r": {"grids": [4, 7], **rc}})
+
+    check(with_run(checkpoint=str(tmp_path / "a.pt")))  # its own kind fits exactly
+    check(with_run(init=str(tmp_path / "a5.pt")))  # fine-tuning: the 5-class heads stay fresh
+    with pytest.raises(ConfigError, match=r"^runs\.r\.checkpoint: .*a5\.pt does not fit this run's model: wrong "
+                                          r"shape \(4\): exits\.0\.head\.bias, exits\.0\.head\.weight, exits\.1\.head\.bias \.\.\.$"):
+        check(with_run(checkpoint=str(tmp_path / "a5.pt")))  # but not to use as it is
+    with pytest.raises(ConfigError, match=r"^runs\.r\.checkpoint: .*b\.pt does not fit this run's model: missing"):
+        check(with_run(checkpoint=str(tmp_path / "b.pt")))
+    with pytest.raises(ConfigError, match=r"^runs\.r\.init: .*cnn\.pt shares too little with this run's model "
+                                          r"\(0 of \d+ tensors fit\); is it another backbone\?$"):
+        check(with_run(init=str(tmp_path / "cnn.pt")))
+    with pytest.raises(ConfigError, match=r"^runs\.r\.checkpoint: .*a\.pt: neither a dvt checkpoint nor an official"):
+        import torch
+
+        torch.save({"weights": {}}, tmp_path / "a.pt")
+        check(with_run(checkpoint=str(tmp_path / "a.pt")))

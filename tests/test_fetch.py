@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from dvt.cli import main
@@ -248,8 +250,9 @@ def test_empty_imagenet_and_unreadable_images(tmp_path):
     for split in ("train", "val"):
         for c in range(1000):
             (root / split / f"n{c:08d}").mkdir(parents=True)
-    config = make_config(tmp_path, data={"dataset": "imagenet", "source": str(root), "calibration_size": 0})
-    with pytest.raises(DvtError, match="no images found"):
+    config = make_config(tmp_path, data={"dataset": "imagenet", "source": str(root), "calibration_size": 0},
+                         eval={"threshold_split": "train-augmented"})
+    with pytest.raises(DvtError, match="n00000000: no images"):
         fetch.run(config)
     for split in ("train", "val"):
         for c in range(1000):
@@ -304,6 +307,91 @@ def test_a_folder_of_ones_own_images_is_a_dataset(tmp_path, classes, test):
                                                       "image_size": 32}, runs={"r": {"grids": [4]}},
                                       model={"backbone": "vit_micro"}), "r")
     assert model.num_classes == len(classes) and model.img_size == 32
+
+
+def test_a_folder_tree_is_read_as_imagefolder_reads_it_less_hidden_entries(tmp_path):
+    """Images in sub-folders of a class folder belong to the class (as in torchvision's ImageFolder);
+    hidden folders and files (.ipynb_checkpoints, macOS's ._x.jpg) are neither classes nor images."""
+    from torchvision.datasets import ImageFolder
+
+    from dvt.data import folder
+
+    root = tmp_path / "mine"
+    write_folder(root, classes=["cat", "dog"])
+    (root / "train" / "cat" / "indoor").mkdir()
+    Image.new("RGB", (20, 20)).save(root / "train" / "cat" / "indoor" / "sofa.png")
+    for hidden in (root / "train" / ".ipynb_checkpoints", root / "val" / ".ipynb_checkpoints",
+                   root / "train" / "dog" / ".cache"):
+        hidden.mkdir()
+        Image.new("RGB", (20, 20)).save(hidden / "copy.png")
+    (root / "train" / "dog" / "._train_0.jpg").write_bytes(b"macOS metadata")
+    classes, index = folder.scan(root)
+    assert classes == ["cat", "dog"]
+    assert "train/cat/indoor/sofa.png" in [p for p, _ in index["train"]]
+    assert not [p for split in index.values() for p, _ in split if "/." in p]
+    # Apart from the hidden entries (ImageFolder even makes .ipynb_checkpoints a class), the same images
+    # in the same classes as ImageFolder.
+    reference = ImageFolder(str(root / "train"))
+    assert reference.classes == [".ipynb_checkpoints", "cat", "dog"]
+    expected = sorted((Path(p).relative_to(root).as_posix(), reference.classes[y]) for p, y in reference.samples
+                      if "/." not in p)
+    assert sorted((p, classes[y]) for p, y in index["train"]) == expected
+
+
+def test_a_train_class_without_images_is_refused_and_the_check_sees_it_before_fetch(tmp_path):
+    """An empty train class folder (a class no model can learn) was indexed silently; a tree whose val/
+    classes differ from train/, or a calibration split as large as train/, is now refused by the check
+    that runs before any engine job, not only by fetch."""
+    from dvt.check import check
+    from dvt.errors import ConfigError
+
+    root = tmp_path / "mine"
+    write_folder(root, classes=["cat", "dog", "eel"])
+    config = make_config(tmp_path, data={"dataset": "folder", "source": str(root), "calibration_size": 2,
+                                         "image_size": 32}, runs={"r": {"grids": [4]}}, model={"backbone": "vit_micro"})
+    check(config)
+    big = make_config(tmp_path, data={"dataset": "folder", "source": str(root), "calibration_size": 9,
+                                      "image_size": 32}, runs={"r": {"grids": [4]}}, model={"backbone": "vit_micro"})
+    with pytest.raises(ConfigError, match=r"^data.calibration_size = 9 is not allowed: the train split has 9 images"):
+        check(big)
+    for f in (root / "train" / "eel").iterdir():
+        f.unlink()
+    for refuse in (check, fetch.run):
+        with pytest.raises(DvtError, match=r"train/eel: no images \(looked for .*\); every class needs training"):
+            refuse(config)
+    (root / "train" / "eel").rmdir()
+    with pytest.raises(ConfigError, match=r"^data.source: .*val: class folders differ from train/ \(e.g. \['eel'\]\)"):
+        check(config)
+    assert not (tmp_path / "data").exists()
+
+
+def test_an_unreadable_image_outside_the_checked_sample_is_one_line_at_load(tmp_path, monkeypatch):
+    """fetch opens every image of a small tree but only a sample of a large one, so the loader names a
+    bad file in one line, also from a DataLoader worker (it used to end training in a PIL traceback)."""
+    import functools
+
+    from dvt.cli import _one_line
+    from dvt.data import folder
+
+    root = tmp_path / "mine"
+    write_folder(root, classes=["cat", "dog"])
+    (root / "train" / "dog" / "broken.jpg").write_bytes(b"not a jpeg")
+    config = make_config(tmp_path, data={"dataset": "folder", "source": str(root), "calibration_size": 1,
+                                         "image_size": 16})
+    with pytest.raises(DvtError, match=r"broken.jpg: unreadable image"):
+        fetch.run(config)
+    monkeypatch.setattr(folder, "scan", functools.partial(folder.scan, check_images=0))  # as if outside the sample
+    fetch.run(config)
+    data = load_split(config, "train", training=False)
+    bad = next(i for i, (p, _) in enumerate(data.items) if p.endswith("broken.jpg"))
+    message = r"broken.jpg: unreadable image \(.*\); replace or remove it and run dvt fetch again$"
+    with pytest.raises(DvtError, match=message):
+        data[bad]
+    loader = make_loader(torch.utils.data.Subset(data, [bad]), batch_size=1, shuffle=False, num_workers=1)
+    with pytest.raises(DvtError) as err:
+        next(iter(loader))
+    assert "Traceback" in str(err.value)  # what a worker hands back...
+    assert re.search(message, _one_line(err.value)) and "\n" not in _one_line(err.value)  # ...and what dvt prints
 
 
 def test_cli_unknown_dataset_writes_nothing(tmp_path):

@@ -49,6 +49,12 @@ def test_single_exit_matches_paper(backbone, grid, gmacs, mparams):
         assert c.total_params / 1e6 == pytest.approx(mparams, abs=0.005)
 
 
+def test_our_4x4_t2t_tokenizer_costs_what_the_paper_reports_for_table_1():
+    """The official code has no 4x4 first split; ours (dvt/models/tokenizer.py) lands inside the paper's
+    rounded 0.21 GFLOPs (Table 1, spec §7.1), i.e. within 0.205..0.215."""
+    assert cost("t2t_vit_12", (4,)).stage_gmacs[0] == pytest.approx(0.21, abs=0.005)
+
+
 def test_dvt_t2t12_matches_paper():
     # spec §6: cumulative 0.47 / 1.46 / 3.50 GMACs; spec §1.3: 6.97 / 7.71 / 7.67 M, 22.4 M in total.
     c = cost("t2t_vit_12", (7, 10, 14))

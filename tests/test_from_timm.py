@@ -143,7 +143,7 @@ def test_the_mindspore_release_config_builds_its_four_cascades_and_trains_one_st
 
     config = load_config(REPO / "configs" / "imagenet-deit-ms.yaml", [
         "data.dataset=synthetic", "data.synthetic={train_size: 8, test_size: 8, image_size: 224, channels: 3, "
-        "classes: 10, seed: 0}", "data.calibration_size=0", "eval.threshold_split=calibration"])
+        "classes: 10, seed: 0}", "data.calibration_size=0", "eval.threshold_split=train-augmented"])
     check(config)
     kernels = {}
     for name, rc in config.runs.items():

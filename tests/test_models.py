@@ -60,7 +60,7 @@ def test_patch_geometry_reproduces_deit_and_documented_grids():
     assert [patch_geometry(224, g) for g in (7, 10, 14)] == [(32, 0), (23, 3), (16, 0)]
     assert valid_grids("patch", 28) == [1, 2, 3, 4, 5, 6, 7, 10, 14, 28]
     assert valid_grids("patch", 32) == [1, 2, 3, 4, 5, 6, 7, 8, 11, 16, 32]
-    assert valid_grids("t2t", 224) == [7, 10, 14]
+    assert valid_grids("t2t", 224) == [4, 7, 10, 14]
 
 
 def test_soft_split_tokenizer_geometry_and_training():
@@ -91,7 +91,7 @@ def test_unknown_backbone_lists_valid_ones():
 def test_impossible_grid_names_size_and_valid_grids():
     with pytest.raises(DvtError, match=r"grid 8 .*28x28.*valid grids at this size: 1-7, 10, 14, 28"):
         create_model("vit_micro", grids=(4, 8), img_size=28, in_chans=1, num_classes=10)
-    with pytest.raises(DvtError, match=r"grid 9 .*224x224.*t2t_vit_12.*: 7, 10, 14"):
+    with pytest.raises(DvtError, match=r"grid 9 .*224x224.*t2t_vit_12.*: 4, 7, 10, 14"):
         create_model("t2t_vit_12", grids=(9,), img_size=224, in_chans=3, num_classes=10)
     with pytest.raises(DvtError, match="growing strictly"):
         create_model("vit_micro", grids=(7, 4), img_size=28, in_chans=1, num_classes=10)

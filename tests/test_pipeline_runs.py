@@ -85,31 +85,40 @@ def set_param(root: Path, section: str, key: str, value) -> None:
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def tree_hashes(root: Path) -> dict[str, str]:
-    """sha256 of every file under runs/ and reports/, less hidden bookkeeping (train locks, Snakemake's
+def tree_hashes(root: Path, folders: tuple[str, ...] = ("runs", "reports")) -> dict[str, str]:
+    """sha256 of every file under `folders`, less hidden bookkeeping (train locks, Snakemake's
     timestamps in folder outputs)."""
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for folder in ("runs", "reports") for p in sorted((root / folder).rglob("*"))
+            for folder in folders for p in sorted((root / folder).rglob("*"))
             if p.is_file() and not p.name.startswith(".")}
 
 
 def assert_typos_stop_before_any_job(root: Path, engine: list[str]) -> None:
-    """A backbone or grid typo in a finished pipeline's params.yaml, or a misspelt section that no
-    stage reads, is one error line before any job runs, and no file under runs/ or reports/ changes
-    (issue #15, item 2)."""
+    """A backbone or grid typo in a finished pipeline's params.yaml, a misspelt section that no stage
+    reads, a weights file that is not one or does not fit, or a calibration split as large as the train
+    split, is one error line before any job runs, and no file under data/, runs/ or reports/ changes
+    (issue #15, item 2; the last three used to pass the check and cost the finished outputs that the
+    engines delete before running a job)."""
     good = (root / "params.yaml").read_text()
-    before = tree_hashes(root)
-    for section, key, value, message in (("model", "backbone", "vit_micr", "unknown backbone 'vit_micr'"),
-                                         ("runs", "dvt", {"grids": [2, 5]}, "runs.dvt.grids: grid 5 cannot be made"),
-                                         ("trian", "lr", 0.1, "unknown key trian; valid keys here: ")):
+    (root / "junk.pt").write_bytes(b"not a checkpoint" * 64)
+    before = tree_hashes(root, ("data", "runs", "reports"))
+    for section, key, value, message in (
+            ("model", "backbone", "vit_micr", "unknown backbone 'vit_micr'"),
+            ("runs", "dvt", {"grids": [2, 5]}, "runs.dvt.grids: grid 5 cannot be made"),
+            ("trian", "lr", 0.1, "unknown key trian; valid keys here: "),
+            ("runs", "dvt", {"grids": [2, 4], "init": "junk.pt"}, "runs.dvt.init: junk.pt: not a readable checkpoint"),
+            ("runs", "dvt", {"grids": [2, 4], "checkpoint": "runs/single/seed42/checkpoint.pt"},
+             "runs.dvt.checkpoint: runs/single/seed42/checkpoint.pt does not fit this run's model: missing"),
+            ("data", "calibration_size", 160, "data.calibration_size = 160 is not allowed: the train split has 160")):
         set_param(root, section, key, value)
         out = subprocess.run(engine, cwd=root, capture_output=True, text=True, env=engine_env())
         assert out.returncode != 0
         said = [line for line in (out.stdout + out.stderr).splitlines() if message in line]
         assert len(said) == 1, out.stdout + out.stderr
         assert "Running stage 'train" not in out.stdout and "rule train" not in out.stdout + out.stderr
-        assert tree_hashes(root) == before
+        assert tree_hashes(root, ("data", "runs", "reports")) == before
         (root / "params.yaml").write_text(good)
+    (root / "junk.pt").unlink()
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> dict[str, Path]:

@@ -58,13 +58,19 @@ def md5sum(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def read_cifar(path: str | Path, archive: CifarArchive) -> dict[str, object]:
-    """Verify the archive's md5 and return train/test images (N, 32, 32, 3) uint8, labels, class names."""
-    path = Path(path)
+def verify(path: Path, archive: CifarArchive, *, downloaded: bool) -> None:
+    """DvtError unless the archive has the published md5 (`downloaded`: it is ours to delete and fetch again)."""
     digest = md5sum(path)
     if digest != archive.md5:
-        raise DvtError(f"{path}: md5 {digest} does not match the published {archive.md5}; "
-                       "the archive is corrupt or truncated: delete it and fetch again")
+        advice = "delete it and run dvt fetch again" if downloaded else "download it again"
+        raise DvtError(f"{path}: md5 {digest} does not match the published {archive.md5}; the archive is "
+                       f"corrupt or truncated: {advice}")
+
+
+def read_cifar(path: str | Path, archive: CifarArchive, *, downloaded: bool = True) -> dict[str, object]:
+    """Verify the archive's md5 and return train/test images (N, 32, 32, 3) uint8, labels, class names."""
+    path = Path(path)
+    verify(path, archive, downloaded=downloaded)
     try:
         with tarfile.open(path, "r:gz") as tar:
             def load(name: str) -> dict:

@@ -33,11 +33,15 @@ FASHION_FILES = {
 }
 
 
-def calibration_split(n: int, size: int, *, seed: int = CALIBRATION_SEED) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted (train indices, calibration indices): a fixed random `size` of range(n) is held out."""
+def check_calibration_size(size: int, n: int) -> None:
     if size >= n:
         raise DvtError(f"data.calibration_size = {size} is not allowed: the train split has {n} images "
                        f"and must keep at least one (valid: 0..{n - 1})")
+
+
+def calibration_split(n: int, size: int, *, seed: int = CALIBRATION_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted (train indices, calibration indices): a fixed random `size` of range(n) is held out."""
+    check_calibration_size(size, n)
     perm = np.random.default_rng(seed).permutation(n)
     return np.sort(perm[size:]), np.sort(perm[:size])
 
@@ -50,16 +54,22 @@ def calibration_split(n: int, size: int, *, seed: int = CALIBRATION_SEED) -> tup
 Loaded = tuple[dict, list[str], str, dict]
 
 
-def _fashion_mnist(data: DataConfig) -> Loaded:
-    from torchvision.datasets import FashionMNIST
-
-    upstream_md5 = dict(FashionMNIST.resources)
+def _fashion_mnist_files(data: DataConfig) -> Path | None:
+    """The folder holding the four IDX files: data.source, else Debian's; None: download them."""
     candidates = [Path(data.source).expanduser()] if data.source else [DEBIAN_FASHION_MNIST]
     folder = next((c for c in candidates if all((c / f).is_file() for fs in FASHION_FILES.values() for f in fs)),
                   None)
     if folder is None and data.source:
         raise DvtError(f"data.source = {data.source!r}: expected the four Fashion-MNIST IDX files "
                        f"({', '.join(f for fs in FASHION_FILES.values() for f in fs)})")
+    return folder
+
+
+def _fashion_mnist(data: DataConfig) -> Loaded:
+    from torchvision.datasets import FashionMNIST
+
+    upstream_md5 = dict(FashionMNIST.resources)
+    folder = _fashion_mnist_files(data)
     if folder is None:
         folder = Path(data.root) / "raw" / "fashion-mnist"
         if not data.download:
@@ -98,14 +108,22 @@ def _download_fashion_mnist(folder: Path, mirrors: list[str], md5: dict[str, str
                            "dataset-fashion-mnist or set data.source to a folder with the IDX files")
 
 
+def _cifar_source(data: DataConfig) -> Path | None:
+    """The archive data.source names (a file, or a folder holding it); None when data.source is null."""
+    if not data.source:
+        return None
+    archive = cifar.archives()[data.dataset]
+    path = Path(data.source).expanduser()
+    path = path / archive.filename if path.is_dir() else path
+    if not path.is_file():
+        raise DvtError(f"data.source = {data.source!r}: no {archive.filename} there")
+    return path
+
+
 def _cifar(data: DataConfig) -> Loaded:
     archive = cifar.archives()[data.dataset]
-    if data.source:
-        path = Path(data.source).expanduser()
-        path = path / archive.filename if path.is_dir() else path
-        if not path.is_file():
-            raise DvtError(f"data.source = {data.source!r}: no {archive.filename} there")
-    else:
+    path = _cifar_source(data)
+    if path is None:
         path = Path(data.root) / "raw" / archive.filename
         if not path.is_file():
             if not data.download:
@@ -117,7 +135,7 @@ def _cifar(data: DataConfig) -> Loaded:
             except (OSError, RuntimeError) as err:
                 raise DvtError(f"could not download {archive.url} ({err}); download it by hand and set "
                                "data.source to the file") from None
-    parsed = cifar.read_cifar(path, archive)
+    parsed = cifar.read_cifar(path, archive, downloaded=not data.source)
     return ({"train": parsed["train"], "test": parsed["test"]}, parsed["classes"], str(path),
             {"source_files": {path.name: f"sha256:{sha256(path)}"}})
 
@@ -134,6 +152,25 @@ def _synthetic(data: DataConfig) -> Loaded:
 
     s = data.synthetic
     return synthetic.generate(s), [f"class_{i}" for i in range(s.classes)], f"generated (seed {s.seed})", {}
+
+
+def train_count(data: DataConfig) -> int | None:
+    """Images in the source's train split (calibration included), read and validated as far as `dvt
+    fetch` would before writing anything; None where the source is still to be downloaded."""
+    if data.dataset == "synthetic":
+        return data.synthetic.train_size
+    if data.dataset in FOLDER_DATASETS:
+        _require_source(data)
+        return len(folder.index(data.source, imagenet=data.dataset == "imagenet")[1]["train"])
+    if data.dataset in ("cifar10", "cifar100"):
+        path = _cifar_source(data)
+        if path is None:
+            path = Path(data.root) / "raw" / cifar.archives()[data.dataset].filename
+            if not path.is_file():
+                return None
+        return len(cifar.read_cifar(path, cifar.archives()[data.dataset], downloaded=not data.source)["train"][1])
+    files = _fashion_mnist_files(data)  # fashion-mnist and its cluttered derivation: same images
+    return idx.count(files / FASHION_FILES["train"][1]) if files is not None else None
 
 
 # --- writers -----------------------------------------------------------------------------------
@@ -188,13 +225,17 @@ def _write_arrays(tmp: Path, content: tuple[dict, dict]) -> None:
         np.save(tmp / cluttered.objects_file(split), np.ascontiguousarray(obj))
 
 
+def _require_source(data: DataConfig) -> None:
+    if not data.source:
+        raise DvtError(f"data.source is not set: for {data.dataset} it must name "
+                       + ("the ILSVRC2012 folder (with train/ and val/)" if data.dataset == "imagenet"
+                          else "a folder with train/ and val/ or test/, one sub-folder per class"))
+
+
 def _prepare_folder(data: DataConfig) -> tuple[dict[str, list[tuple[str, int]]], dict[str, object]]:
     """imagenet or folder: the tree at data.source, indexed (the images stay where they are)."""
     imagenet = data.dataset == "imagenet"
-    if not data.source:
-        raise DvtError(f"data.source is not set: for {data.dataset} it must name "
-                       + ("the ILSVRC2012 folder (with train/ and val/)" if imagenet
-                          else "a folder with train/ and val/ or test/, one sub-folder per class"))
+    _require_source(data)
     classes, index = folder.scan(data.source, imagenet=imagenet)
     keep, held = calibration_split(len(index["train"]), data.calibration_size)
     rows = {"train": [index["train"][i] for i in keep], "calibration": [index["train"][i] for i in held],

@@ -24,8 +24,24 @@ TEST_FOLDERS = ("val", "test")
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
+def _visible(name: str) -> bool:
+    """Hidden entries (`.ipynb_checkpoints`, `.DS_Store`, `._x.jpg` of macOS) are not data."""
+    return not name.startswith(".")
+
+
 def _class_folders(split_dir: Path) -> list[str]:
-    return sorted(e.name for e in os.scandir(split_dir) if e.is_dir())
+    return sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and _visible(e.name))
+
+
+def _images(class_dir: Path) -> list[str]:
+    """Image paths under one class folder, relative to it, sorted; sub-folders are walked, as torchvision's
+    ImageFolder does (following links), except hidden ones."""
+    found = []
+    for here, dirs, files in os.walk(class_dir, followlinks=True):
+        dirs[:] = [d for d in dirs if _visible(d)]
+        rel = Path(here).relative_to(class_dir)
+        found += [(rel / f).as_posix() for f in files if _visible(f) and f.lower().endswith(EXTENSIONS)]
+    return sorted(found)
 
 
 def split_folders(root: Path, *, imagenet: bool) -> dict[str, str]:
@@ -50,18 +66,13 @@ def class_names(root: str | Path, *, imagenet: bool = False) -> list[str]:
     return _class_folders(root / split_folders(root, imagenet=imagenet)["train"])
 
 
-def scan(root: str | Path, *, imagenet: bool = False, check_images: int = 32,
-         seed: int = 0) -> tuple[list[str], dict[str, list[tuple[str, int]]]]:
-    """Return the class names and, per split, (path relative to root, label) pairs, sorted.
-
-    Refuses a tree that is missing, has no images, has fewer than two classes or different class
-    folders in train/ and the test folder (ImageNet: other than 1000); opens `check_images` random
-    images per split to catch unreadable files early rather than hours into training.
-    """
-    root = Path(root).expanduser()
+def classes_of(root: Path, *, imagenet: bool) -> tuple[list[str], dict[str, str]]:
+    """(class names, our split -> its folder) of a tree whose class folders are valid: the same in train/
+    and the test folder, at least two (ImageNet: 1000). Reads folder names only, so `dvt check` can
+    afford it before every stage."""
     folders = split_folders(root, imagenet=imagenet)
     classes: list[str] | None = None
-    for folder in folders.values():  # the class folders first: a bad tree fails before any indexing
+    for folder in folders.values():
         split_dir = root / folder
         found = _class_folders(split_dir)
         if imagenet and len(found) != IMAGENET_CLASSES:
@@ -75,23 +86,42 @@ def scan(root: str | Path, *, imagenet: bool = False, check_images: int = 32,
                            f"{sorted(set(found) ^ set(classes))[:3]})")
         classes = found
     assert classes is not None
-    index: dict[str, list[tuple[str, int]]] = {}
+    return classes, folders
+
+
+def index(root: str | Path, *, imagenet: bool = False) -> tuple[list[str], dict[str, list[tuple[str, int]]]]:
+    """The class names and, per split, (path relative to root, label) pairs, sorted; refuses a tree
+    `classes_of` refuses, a split without images, and a train/ class folder without images (a class
+    the model could never learn; the test split may lack a class)."""
+    root = Path(root).expanduser()
+    classes, folders = classes_of(root, imagenet=imagenet)
+    found: dict[str, list[tuple[str, int]]] = {}
     for split, folder in folders.items():
-        split_dir = root / folder
         items = []
         for label, name in enumerate(progress(classes, desc=f"index {folder}/", unit="class", leave=False)):
-            for entry in sorted(os.scandir(split_dir / name), key=lambda e: e.name):
-                if entry.is_file() and entry.name.lower().endswith(EXTENSIONS):
-                    items.append((f"{folder}/{name}/{entry.name}", label))
+            images = _images(root / folder / name)
+            if split == "train" and not images:
+                raise DvtError(f"{root / folder / name}: no images (looked for {', '.join(EXTENSIONS)}); every "
+                               "class needs training images: add some or remove the folder from every split")
+            items += [(f"{folder}/{name}/{rel}", label) for rel in images]
         if not items:
-            raise DvtError(f"{split_dir}: no images found (looked for {', '.join(EXTENSIONS)})")
-        index[split] = items
+            raise DvtError(f"{root / folder}: no images found (looked for {', '.join(EXTENSIONS)})")
+        found[split] = items
+    return classes, found
+
+
+def scan(root: str | Path, *, imagenet: bool = False, check_images: int = 500,
+         seed: int = 0) -> tuple[list[str], dict[str, list[tuple[str, int]]]]:
+    """`index`, then open up to `check_images` images per split (all of a small tree, a random sample of
+    a large one) to catch unreadable files at fetch rather than hours into training."""
+    root = Path(root).expanduser()
+    classes, found = index(root, imagenet=imagenet)
     rng = random.Random(seed)
-    for split, items in index.items():
+    for items in found.values():
         for rel, _ in rng.sample(items, min(check_images, len(items))):
             try:
                 with Image.open(root / rel) as img:
                     img.convert("RGB").load()
             except (OSError, ValueError) as err:
                 raise DvtError(f"{root / rel}: unreadable image ({err})") from None
-    return classes, index
+    return classes, found

@@ -41,6 +41,19 @@ def read_idx(path: str | Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape).copy()
 
 
+def count(path: str | Path) -> int:
+    """The first dimension (number of items) of a `.gz` IDX file, from its header alone."""
+    path = Path(path)
+    try:
+        with gzip.open(path, "rb") as f:
+            head = f.read(8)
+    except (OSError, EOFError, zlib.error) as err:
+        raise DvtError(f"{path}: not a readable gzip IDX file ({err})") from None
+    if len(head) < 8 or head[:2] != b"\0\0" or head[3] < 1:
+        raise DvtError(f"{path}: bad IDX header")
+    return int.from_bytes(head[4:8], "big")
+
+
 def write_idx(path: str | Path, array: np.ndarray) -> None:
     """Write a uint8 array as a gzip IDX file (used by tests to make files in the real format)."""
     array = np.ascontiguousarray(array, dtype=np.uint8)

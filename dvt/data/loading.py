@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from dvt.config import Config
 from dvt.data.info import DatasetInfo, dataset_info
 from dvt.data.manifest import read_manifest, verify_split
+from dvt.errors import DvtError
 
 SPLITS = ("train", "calibration", "test")
 
@@ -117,8 +118,13 @@ class IndexedImages(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         path, label = self.items[i]
-        with Image.open(self.root / path) as img:
-            return self.transform(img.convert("RGB")), label
+        try:
+            with Image.open(self.root / path) as img:
+                img = img.convert("RGB")
+        except (OSError, ValueError) as err:  # fetch opens only a sample of a large tree's images
+            raise DvtError(f"{self.root / path}: unreadable image ({err}); replace or remove it and run dvt fetch "
+                           "again") from None
+        return self.transform(img), label
 
     @property
     def labels(self) -> torch.Tensor:

@@ -53,6 +53,11 @@ def _timm_vit(name: str, *, grid: int, img_size: int, num_classes: int | None, i
         return timm.create_model(name, **kwargs)
     except TypeError as err:  # a CNN, say, has no patch size
         raise DvtError(f"{name} is not a timm VisionTransformer with img_size and patch_size ({err})") from None
+    except Exception as err:  # noqa: BLE001 - whatever a foreign weights file makes timm's loader raise
+        if pretrained_file is None:
+            raise
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise DvtError(f"{pretrained_file}: cannot be loaded into {name} ({reason})") from None
 
 
 def _spec_of(model: nn.Module) -> BackboneSpec:

@@ -85,8 +85,12 @@ def official_to_ours(state_dict: Mapping[str, Any], model: Cascade) -> dict[str,
     return {ours.get(k, k): v for k, v in state_dict.items()}
 
 
-def load_official(model: Cascade, path_or_dict: str | os.PathLike | Mapping[str, Any]) -> Cascade:
-    """Load an official DVT checkpoint (path, full checkpoint dict or bare state dict) into `model`."""
+def official_state(model: Cascade, path_or_dict: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
+    """An official DVT checkpoint's tensors keyed like `model.state_dict()`, checked to fit it exactly.
+
+    Only shapes are compared, so `model` may live on the meta device (`dvt check` tests a checkpoint
+    that way without allocating the model).
+    """
     _check_layout(model)
     given = as_state_dict(path_or_dict)
     ours = model.state_dict()
@@ -101,5 +105,10 @@ def load_official(model: Cascade, path_or_dict: str | os.PathLike | Mapping[str,
         raise DvtError(f"checkpoint does not fit a {model.spec.name} cascade {list(model.grids)} "
                        f"(feature_reuse={model.exits[-1].has_feature_reuse}, "
                        f"relation_reuse={model.exits[-1].has_relation_reuse}): " + "; ".join(parts))
-    model.load_state_dict({wanted[k]: given[k] for k in wanted}, strict=True)
+    return {wanted[k]: given[k] for k in wanted}
+
+
+def load_official(model: Cascade, path_or_dict: str | os.PathLike | Mapping[str, Any]) -> Cascade:
+    """Load an official DVT checkpoint (path, full checkpoint dict or bare state dict) into `model`."""
+    model.load_state_dict(official_state(model, path_or_dict), strict=True)
     return model
