@@ -62,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
         if name == "report":
             p.add_argument("--part", default=None,
                            help="render only this part: table1, table2, table3, ablation, findings, findings_json, "
-                                "comparisons, metrics, figures, plots or index (default: all)")
+                                "comparisons, metrics, figures, plots, policies, policies_json or index (default: all)")
         if name == "predict":
             p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders of them")
             p.add_argument("--seed", type=int, default=None, help="which seed's model (default: the first in params)")

@@ -16,7 +16,10 @@ LOG_INTERVAL_S = 30.0
 
 
 def progress(iterable: Iterable[Any] | None = None, **kwargs: Any) -> tqdm:
-    """tqdm(iterable, **kwargs), refreshing at most every LOG_INTERVAL_S seconds when stderr is not a terminal."""
+    """tqdm(iterable, **kwargs); when stderr is not a terminal, refreshing at most every LOG_INTERVAL_S
+    seconds and always ending its line (leave=True): a bar that erases itself leaves a carriage return
+    in a log, and the next message, an error say, would continue the bar's line."""
     if not sys.stderr.isatty():
         kwargs["mininterval"] = max(kwargs.get("mininterval", 0.1), LOG_INTERVAL_S)
+        kwargs["leave"] = True
     return tqdm(iterable, **kwargs)

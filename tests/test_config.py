@@ -152,3 +152,15 @@ def test_warmup_may_be_a_fraction_of_an_epoch():
     assert from_dict({"train": {"epochs": 2, "warmup_epochs": 1}}).train.warmup_epochs == 1.0
     with pytest.raises(ConfigError, match=r"train.warmup_epochs = 2.5 is not allowed: must be in \[0, train.epochs=2\)"):
         from_dict({"train": {"epochs": 2, "warmup_epochs": 2.5}})
+
+
+def test_a_bar_in_a_log_ends_its_line_before_an_error(monkeypatch):
+    """A bar asked to erase itself (leave=False) would leave 'bar\\r   \\r' in a log, and the error line
+    printed next would share the bar's line; in a log every bar ends with a newline."""
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    out = io.StringIO()
+    with pytest.raises(ValueError):
+        for i in progress(range(10), desc="index", leave=False, file=out):
+            if i == 3:
+                raise ValueError
+    assert out.getvalue().endswith("\n") and "index" in out.getvalue().splitlines()[-1]

@@ -195,10 +195,30 @@ def test_corrupt_cifar_archive_is_refused(tmp_path, monkeypatch, capsys):
     params = tmp_path / "params.yaml"
     params.write_text(f"data:\n  dataset: cifar10\n  source: {tmp_path}\n  root: {tmp_path / 'data'}\n"
                       "  calibration_size: 5\n")
+    for stage in ("fetch", "check"):  # the check that runs before every engine job refuses it too
+        assert main([stage, "--params", str(params)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        # The user's own file: nothing of ours to delete and fetch again.
+        assert len(err) == 1 and err[0].endswith("does not match the published " + cifar.archives()["cifar10"].md5
+                                                 + "; the archive is corrupt or truncated: download it again"), err
+    assert not (tmp_path / "data").exists()
+
+
+def test_a_failed_download_leaves_no_empty_folders(tmp_path, monkeypatch, capsys):
+    import torchvision.datasets.utils
+
+    def unreachable(url, root, filename=None, md5=None):
+        Path(root).mkdir(parents=True, exist_ok=True)  # as torchvision's does, before connecting
+        raise OSError("[Errno 101] Network is unreachable")
+
+    monkeypatch.setattr(torchvision.datasets.utils, "download_url", unreachable)
+    params = tmp_path / "params.yaml"
+    params.write_text(f"data:\n  dataset: cifar10\n  root: {tmp_path / 'data'}\n  calibration_size: 5\n")
     assert main(["fetch", "--params", str(params)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "does not match the published" in err[0]
-    assert not (tmp_path / "data" / "cifar10").exists()
+    assert len(err) == 1 and "could not download https://www.cs.toronto.edu/" in err[0] and "Network is unreachable" \
+        in err[0]
+    assert not (tmp_path / "data").exists()
 
 
 def write_imagenet(root: Path, *, classes: int = 1000, per_class: int = 1) -> None:
@@ -290,6 +310,7 @@ def test_a_folder_of_ones_own_images_is_a_dataset(tmp_path, classes, test):
     manifest = fetch.run(config)
     n = 3 * len(classes)
     assert manifest["classes"] == sorted(classes) and manifest["format"] == "imagefolder-index"
+    assert manifest["image_size"] is None  # the images keep their sizes; the loaders resize them
     assert manifest["counts"] == {"train": n - len(classes), "calibration": len(classes), "test": n}
     out = tmp_path / "data" / "folder"
     rows = (out / "test.csv").read_text().splitlines()[1:]

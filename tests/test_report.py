@@ -903,3 +903,13 @@ def test_a_stage_runs_every_seed_or_the_one_asked_for(seeded, capsys):
     assert main(["budget", "--params", str(params), "--run", "tokens_2x2", "--seed", "9"]) == 2
     assert capsys.readouterr().err.strip() == "dvt budget: error: seed 9 is not in seeds [1, 2, 3]"
     assert {p: p.read_bytes() for p in paths.values()} == before
+
+
+def test_report_help_names_every_part():
+    """`dvt report --help` lists the parts without importing the report code; it once missed two."""
+    from dvt.cli import _parser
+
+    report = _parser()._subparsers._group_actions[0].choices["report"]
+    help_text = next(a.help for a in report._actions if a.dest == "part")
+    listed = {word.strip(" ,") for word in help_text.split(":", 1)[1].split("(")[0].replace(" or ", ", ").split(",")}
+    assert listed == set(report_module.PARTS)

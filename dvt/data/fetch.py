@@ -11,15 +11,17 @@ Everything is written into a temporary folder that replaces `data/<dataset>/` on
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
 from dvt.atomic import atomic_dir
 from dvt.config import Config, DataConfig
 from dvt.data import cifar, cluttered, folder, idx
-from dvt.data.info import FOLDER_DATASETS, dataset_info
+from dvt.data.info import FOLDER_DATASETS
 from dvt.data.manifest import Manifest, file_checksums, fingerprint, is_current, sha256, write_manifest
 from dvt.errors import DvtError
 
@@ -92,20 +94,35 @@ def _fashion_mnist(data: DataConfig) -> Loaded:
 def _download_fashion_mnist(folder: Path, mirrors: list[str], md5: dict[str, str]) -> None:
     from torchvision.datasets.utils import check_integrity, download_url
 
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, digest in md5.items():
-        if check_integrity(str(folder / name), digest):
-            continue
-        errors = []
-        for mirror in mirrors:
-            try:
-                download_url(mirror + name, str(folder), filename=name, md5=digest)
-                break
-            except (OSError, RuntimeError) as err:
-                errors.append(f"{mirror}: {err}")
-        else:
-            raise DvtError(f"could not download {name} ({'; '.join(errors)}); install Debian's "
-                           "dataset-fashion-mnist or set data.source to a folder with the IDX files")
+    with _removed_if_left_empty(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, digest in md5.items():
+            if check_integrity(str(folder / name), digest):
+                continue
+            errors = []
+            for mirror in mirrors:
+                try:
+                    download_url(mirror + name, str(folder), filename=name, md5=digest)
+                    break
+                except (OSError, RuntimeError) as err:
+                    errors.append(f"{mirror}: {err}")
+            else:
+                raise DvtError(f"could not download {name} ({'; '.join(errors)}); install Debian's "
+                               "dataset-fashion-mnist or set data.source to a folder with the IDX files")
+
+
+@contextlib.contextmanager
+def _removed_if_left_empty(folder: Path) -> Iterator[None]:
+    """A download into `folder` that fails removes the folders it created (data/raw/...) if they are
+    still empty, so that a failed fetch leaves the tree as it found it."""
+    created = [d for d in (folder, *folder.parents) if not d.exists()]
+    try:
+        yield
+    except BaseException:
+        for d in created:  # innermost first
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise
 
 
 def _cifar_source(data: DataConfig) -> Path | None:
@@ -131,7 +148,8 @@ def _cifar(data: DataConfig) -> Loaded:
             from torchvision.datasets.utils import download_url
 
             try:
-                download_url(archive.url, str(path.parent), filename=archive.filename, md5=archive.md5)
+                with _removed_if_left_empty(path.parent):
+                    download_url(archive.url, str(path.parent), filename=archive.filename, md5=archive.md5)
             except (OSError, RuntimeError) as err:
                 raise DvtError(f"could not download {archive.url} ({err}); download it by hand and set "
                                "data.source to the file") from None
@@ -242,7 +260,8 @@ def _prepare_folder(data: DataConfig) -> tuple[dict[str, list[tuple[str, int]]],
             "test": index["test"]}
     return rows, {"format": "imagefolder-index", "source": str(Path(data.source).expanduser().resolve()),
                   "classes": classes, "counts": {k: len(v) for k, v in rows.items()},
-                  "image_size": dataset_info(data).image_size, "channels": 3}
+                  # The images keep their own sizes; the transforms resize them to data.image_size.
+                  "image_size": None, "channels": 3}
 
 
 def _write_index(tmp: Path, rows: dict[str, list[tuple[str, int]]]) -> None:
@@ -271,8 +290,9 @@ def run(config: Config) -> Manifest:
         write(tmp, content)
         manifest = write_manifest(tmp, {"dataset": data.dataset, **body, "params": fp,
                                         "calibration_seed": CALIBRATION_SEED, "files": file_checksums(tmp)})
-    print(f"dvt fetch: {data.dataset} -> {out}: {_counts(manifest)}, {len(manifest['classes'])} classes, "
-          f"{manifest['image_size']}x{manifest['image_size']}x{manifest['channels']} "
+    side = manifest["image_size"]
+    shape = f"{side}x{side}x{manifest['channels']}" if side else f"{manifest['channels']} channels, sizes as found"
+    print(f"dvt fetch: {data.dataset} -> {out}: {_counts(manifest)}, {len(manifest['classes'])} classes, {shape} "
           f"({time.perf_counter() - start:.1f} s)")
     return manifest
 

@@ -1,7 +1,8 @@
 """Does each of the paper's findings hold here? Computed from the stage outputs, never typed.
 
 One `Finding` per claim of the paper: the numbers compared (ours), the bar they must clear, and
-whether they clear it (None when the runs in params.yaml cannot tell, e.g. no no-reuse cascade).
+whether they clear it (None when the runs or the data cannot tell, e.g. no no-reuse cascade, or no
+object sizes outside the cluttered dataset).
 The bars are the ones the default experiment is held to (issue #14); the paper's own figures for
 each claim are in `claim`. `dvt report` writes them to findings.json and findings.md.
 """
@@ -34,7 +35,7 @@ class Finding:
     claim: str  # the paper's finding, with where it says so
     numbers: dict[str, Any]  # ours, rounded for reading; None where it does not exist
     bar: str  # what the numbers must show for the finding to hold here
-    holds: bool | None  # None: the runs in params.yaml cannot tell
+    holds: bool | None  # None: the runs or the data cannot tell
 
     def __post_init__(self) -> None:
         # Comparisons of numpy scalars give numpy bools, which JSON cannot write.
