@@ -88,29 +88,39 @@ def _check_weights(config: Config, run: str) -> None:
 
 
 def _check_source(config: Config) -> None:
-    """What `dvt fetch` would refuse, checked unless the fetched folder was built from these very settings
-    (then fetch does not run, and the source may even be gone): data.source exists, a folder tree has
-    valid class folders and images in every train class, a CIFAR archive has the published md5, and
-    data.calibration_size leaves training images."""
+    """What `dvt fetch` and `dvt train` would refuse of the data. Unless the fetched folder was built from
+    these very settings (then fetch does not run, the source may even be gone, and its manifest gives
+    the counts): data.source exists, a folder tree has valid class folders and images in every train
+    class, a CIFAR archive has the published md5, and data.calibration_size leaves training images.
+    Always: a training batch fits in the training images."""
     from dvt.data.fetch import check_calibration_size, train_count
     from dvt.data.manifest import fingerprint, is_current
 
     data = config.data
     folder = Path(data.root) / data.dataset
-    if data.dataset != "synthetic" and is_current(folder, fingerprint(data)) is not None:
+    current = is_current(folder, fingerprint(data)) if data.dataset != "synthetic" else None
+    if current is not None:
+        count = current["counts"]["train"] + current["counts"]["calibration"]
+    else:
+        if data.source is not None and data.dataset != "synthetic" and not Path(data.source).expanduser().exists():
+            raise ConfigError(f"data.source = {data.source!r}: no such folder or file, and {folder} was not "
+                              "fetched from it (dvt fetch would need it)")
+        try:
+            count = train_count(data)
+        except DvtError as err:
+            raise ConfigError(f"data.source: {err}") from None
+    if count is None:  # still to be downloaded: fetch and train check the counts
         return
-    if data.source is not None and data.dataset != "synthetic" and not Path(data.source).expanduser().exists():
-        raise ConfigError(f"data.source = {data.source!r}: no such folder or file, and {folder} was not fetched "
-                          "from it (dvt fetch would need it)")
     try:
-        count = train_count(data)
-    except DvtError as err:
-        raise ConfigError(f"data.source: {err}") from None
-    try:
-        if count is not None:
-            check_calibration_size(data.calibration_size, count)
+        check_calibration_size(data.calibration_size, count)
     except DvtError as err:
         raise ConfigError(str(err)) from None
+    train = count - data.calibration_size
+    if config.train.subset is not None:
+        train = min(train, config.train.subset)
+    if config.runs and config.train.batch_size > train:
+        raise ConfigError(f"train.batch_size = {config.train.batch_size} is larger than the train split ({train} "
+                          "images); lower it")
 
 
 def _check_timm(run: str, names: tuple[str, ...], grids: tuple[int, ...], size: int) -> None:

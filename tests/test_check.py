@@ -181,11 +181,11 @@ def test_every_shipped_config_passes_the_check(name, tmp_path, monkeypatch):
     overrides = [f"data.root={tmp_path / 'data'}", f"runs_dir={tmp_path / 'runs'}"]
     text = (REPO / "configs" / name).read_text()
     if "dataset: imagenet" in text:
-        overrides += ["data.dataset=synthetic", "data.synthetic={train_size: 20, test_size: 4, image_size: 224, "
+        overrides += ["data.dataset=synthetic", "data.synthetic={train_size: 4096, test_size: 4, image_size: 224, "
                       "channels: 3, classes: 1000, seed: 0}", "data.calibration_size=0"]
     config = load_config(REPO / "configs" / name, overrides)
     imagenet = load_config(REPO / "configs" / "imagenet-t2t12.yaml", overrides[:2] + [
-        "data.dataset=synthetic", "data.synthetic={train_size: 20, test_size: 4, image_size: 224, channels: 3, "
+        "data.dataset=synthetic", "data.synthetic={train_size: 4096, test_size: 4, image_size: 224, channels: 3, "
         "classes: 1000, seed: 0}"])
     for run, rc in config.runs.items():
         if rc.init:

@@ -368,11 +368,12 @@ def test_a_train_class_without_images_is_refused_and_the_check_sees_it_before_fe
 
     root = tmp_path / "mine"
     write_folder(root, classes=["cat", "dog", "eel"])
+    settings = {"runs": {"r": {"grids": [4]}}, "model": {"backbone": "vit_micro"}, "train": {"batch_size": 4}}
     config = make_config(tmp_path, data={"dataset": "folder", "source": str(root), "calibration_size": 2,
-                                         "image_size": 32}, runs={"r": {"grids": [4]}}, model={"backbone": "vit_micro"})
+                                         "image_size": 32}, **settings)
     check(config)
     big = make_config(tmp_path, data={"dataset": "folder", "source": str(root), "calibration_size": 9,
-                                      "image_size": 32}, runs={"r": {"grids": [4]}}, model={"backbone": "vit_micro"})
+                                      "image_size": 32}, **settings)
     with pytest.raises(ConfigError, match=r"^data.calibration_size = 9 is not allowed: the train split has 9 images"):
         check(big)
     for f in (root / "train" / "eel").iterdir():
