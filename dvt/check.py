@@ -94,11 +94,11 @@ def _check_source(config: Config) -> None:
     class, a CIFAR archive has the published md5, and data.calibration_size leaves training images.
     Always: a training batch fits in the training images."""
     from dvt.data.fetch import check_calibration_size, train_count
-    from dvt.data.manifest import fingerprint, is_current
+    from dvt.data.manifest import fetched_with, fingerprint
 
     data = config.data
     folder = Path(data.root) / data.dataset
-    current = is_current(folder, fingerprint(data)) if data.dataset != "synthetic" else None
+    current = fetched_with(folder, fingerprint(data)) if data.dataset != "synthetic" else None
     if current is not None:
         count = current["counts"]["train"] + current["counts"]["calibration"]
     else:

@@ -66,8 +66,9 @@ def write_manifest(folder: Path, body: Manifest) -> Manifest:
     return body
 
 
-def is_current(folder: Path, params: dict[str, Any]) -> Manifest | None:
-    """The manifest if `folder` was fetched with `params` and every file is intact, else None."""
+def fetched_with(folder: Path, params: dict[str, Any]) -> Manifest | None:
+    """The manifest if `folder` was fetched with `params`, else None; the files are not read (cheap enough
+    for `dvt check` before every stage)."""
     path = folder / MANIFEST
     if not path.is_file():
         return None
@@ -78,6 +79,14 @@ def is_current(folder: Path, params: dict[str, Any]) -> Manifest | None:
     if not isinstance(manifest, dict) or manifest.get("params") != params:
         return None
     if manifest.get("checksum") != _digest(manifest):  # edited by hand, or written before manifests had one
+        return None
+    return manifest
+
+
+def is_current(folder: Path, params: dict[str, Any]) -> Manifest | None:
+    """The manifest if `folder` was fetched with `params` and every file is intact, else None."""
+    manifest = fetched_with(folder, params)
+    if manifest is None:
         return None
     files = manifest.get("files", {})
     if any(not (folder / name).is_file() for name in files):
