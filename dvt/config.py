@@ -307,6 +307,8 @@ class Config:
     # Every run is trained once per seed (weights, data order, augmentation); the report shows the
     # mean and the standard deviation over them.
     seeds: tuple[int, ...] = (42,)
+    # Where the runs' files go, for dvt used as a library or with --set (the tests put them in a temporary
+    # folder). params.yaml leaves it out: dvc.yaml and workflow/ declare their outputs under runs/.
     runs_dir: str = "runs"
 
     def __post_init__(self) -> None:
