@@ -123,9 +123,17 @@ def test_a_run_of_timm_exits_goes_through_every_stage(tmp_path, capsys):
     assert speed["static"]["standalone"]["grid"] == 4 and speed["dynamic"]["p2"]["img_per_s"] > 0
 
     capsys.readouterr()
+    # Weights of another width, and bytes that are no weights: refused by the check, before any stage.
+    wider = timm.create_model("vit_tiny_patch16_224", img_size=16, patch_size=4, in_chans=1, num_classes=4)
+    torch.save(wider.state_dict(), tmp_path / "wider.pth")
+    (tmp_path / "junk.pth").write_bytes(b"\x00not weights" * 50)
     for key, value, message in (("timm", ["test_vit", "no_such_vit"], "'no_such_vit' is not a timm model"),
                                 ("timm", ["test_vit", "resnet18"], "not a timm VisionTransformer"),
-                                ("pretrained", [None, str(tmp_path / "missing.pth")], "no such file")):
+                                ("pretrained", [None, str(tmp_path / "missing.pth")], "no such file"),
+                                ("pretrained", [None, str(tmp_path / "wider.pth")],
+                                 f"{tmp_path / 'wider.pth'}: cannot be loaded into test_vit ("),
+                                ("pretrained", [None, str(tmp_path / "junk.pth")],
+                                 f"{tmp_path / 'junk.pth'}: cannot be loaded into test_vit")):
         (tmp_path / key).mkdir(exist_ok=True)
         bad = write_params_file(tmp_path / key, {**base, "runs": {"vits": {**run, key: value}}})
         assert main(["check", "--params", str(bad)]) == 2
