@@ -150,7 +150,7 @@ def test_the_mindspore_release_config_builds_its_four_cascades_and_trains_one_st
     from tests.conftest import REPO
 
     config = load_config(REPO / "configs" / "imagenet-deit-ms.yaml", [
-        "data.dataset=synthetic", "data.synthetic={train_size: 8, test_size: 8, image_size: 224, channels: 3, "
+        "data.dataset=synthetic", "data.synthetic={train_size: 2048, test_size: 8, image_size: 224, channels: 3, "
         "classes: 10, seed: 0}", "data.calibration_size=0", "eval.threshold_split=train-augmented"])
     check(config)
     kernels = {}
