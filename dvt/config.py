@@ -315,6 +315,13 @@ class Config:
         _require(len(self.seeds) >= 1, "seeds", list(self.seeds), "name at least one seed")
         _require(all(s >= 0 for s in self.seeds), "seeds", list(self.seeds), "seeds are >= 0")
         _require(len(set(self.seeds)) == len(self.seeds), "seeds", list(self.seeds), "each seed once")
+        for name in self.runs:
+            # A run's name becomes a folder (runs/<run>/), a DVC stage (train@<run>-<seed>) and a word of
+            # a shell command line: a space or a slash would break one of them.
+            _require(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) is not None, "runs", name,
+                     "a run's name is letters, digits, '_', '.' and '-' (no spaces or slashes), e.g. dvt_no_reuse")
+        _require(max(self.speed.budgets) <= self.eval.num_budgets, "speed.budgets", list(self.speed.budgets),
+                 f"budget indices run 1..eval.num_budgets = {self.eval.num_budgets}")
         _require(self.data.calibration_size > 0 or self.eval.threshold_split != "calibration",
                  "data.calibration_size", 0, "must be > 0 while eval.threshold_split is calibration (the "
                  "thresholds are fitted on it); to hold nothing out set eval.threshold_split: train-augmented")

@@ -1,6 +1,7 @@
 """params.yaml is loaded strictly: names, types and ranges are checked, errors name the key."""
 
 import io
+import re
 import sys
 import tomllib
 from dataclasses import replace
@@ -164,3 +165,17 @@ def test_a_bar_in_a_log_ends_its_line_before_an_error(monkeypatch):
             if i == 3:
                 raise ValueError
     assert out.getvalue().endswith("\n") and "index" in out.getvalue().splitlines()[-1]
+
+
+@pytest.mark.parametrize("run, ok", [("dvt_no_reuse", True), ("t2t-12.v2", True), ("my run", False),
+                                     ("a/b", False), ("-x", False), ("", False)])
+def test_a_run_name_is_a_word_that_folders_stages_and_commands_all_take(tmp_path, run, ok):
+    """A space split `dvt train --run my run` in two, and DVC failed after the check had passed."""
+    from tests.conftest import make_config
+
+    settings = {"data": {"dataset": "synthetic", "calibration_size": 20}, "runs": {run: {"grids": [4]}}}
+    if ok:
+        assert run in make_config(tmp_path, **settings).runs
+    else:
+        with pytest.raises(ConfigError, match=rf"^runs = {re.escape(repr(run))} is not allowed: a run's name is "):
+            make_config(tmp_path, **settings)

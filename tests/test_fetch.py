@@ -384,6 +384,11 @@ def test_a_train_class_without_images_is_refused_and_the_check_sees_it_before_fe
     (root / "train" / "eel").rmdir()
     with pytest.raises(ConfigError, match=r"^data.source: .*val: class folders differ from train/ \(e.g. \['eel'\]\)"):
         check(config)
+    # The check opens the images fetch opens (a small tree: all of them).
+    (root / "val" / "eel").rename(root / "eel")
+    (root / "train" / "dog" / "bad.png").write_bytes(b"not a png")
+    with pytest.raises(ConfigError, match=r"^data.source: .*train/dog/bad.png: unreadable image"):
+        check(config)
     assert not (tmp_path / "data").exists()
 
 

@@ -179,7 +179,9 @@ def train_count(data: DataConfig) -> int | None:
         return data.synthetic.train_size
     if data.dataset in FOLDER_DATASETS:
         _require_source(data)
-        return len(folder.index(data.source, imagenet=data.dataset == "imagenet")[1]["train"])
+        # scan, not just index: it opens the images fetch would open, so that a bad one stops the
+        # engines before they delete data/<dataset>/ for the fetch that would refuse it.
+        return len(folder.scan(data.source, imagenet=data.dataset == "imagenet")[1]["train"])
     if data.dataset in ("cifar10", "cifar100"):
         path = _cifar_source(data)
         if path is None:
