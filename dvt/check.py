@@ -25,11 +25,14 @@ from dvt.errors import ConfigError, DvtError
 CHECKED = "params.ok"
 
 
-def check(config: Config) -> None:
-    """ConfigError naming the key for the first value some stage would refuse."""
+def check(config: Config, *, pipeline: bool = False) -> None:
+    """ConfigError naming the key for the first value some stage would refuse. `pipeline`: for a whole
+    pipeline (the `check` stage, Snakemake's load), which also needs runs to report on."""
     from dvt.data.info import dataset_info
     from dvt.models.registry import check_grids, get_spec
 
+    if pipeline and not config.runs:
+        raise ConfigError("runs: params.yaml names no runs; add at least one (e.g. `tokens_7x7: {grids: [7]}`)")
     size = dataset_info(config.data).image_size
     for name, rc in config.runs.items():
         if rc.timm:
@@ -70,6 +73,12 @@ def _check_weights(config: Config, run: str) -> None:
         for path in paths:
             if path is not None and not Path(path).expanduser().is_file():
                 raise ConfigError(f"runs.{run}.{key} = {path!r}: no such file")
+    own = Path(config.runs_dir, run).resolve()
+    for key, path in (("init", rc.init), ("checkpoint", rc.checkpoint)):
+        # The engines delete a run's outputs before training it again: its own checkpoint would be gone.
+        if path is not None and Path(path).expanduser().resolve().is_relative_to(own):
+            raise ConfigError(f"runs.{run}.{key} = {path!r} is this run's own output, which the pipeline deletes "
+                              f"before training the run again; copy it elsewhere first (e.g. checkpoints/)")
     if not (rc.init or rc.checkpoint or any(rc.pretrained)):
         return
     with warnings.catch_warnings(), torch.device("meta"):
@@ -148,7 +157,7 @@ def _check_randaugment(spec: str, size: int) -> None:
 
 
 def run(config: Config) -> None:
-    check(config)
+    check(config, pipeline=True)
     out = Path(config.runs_dir) / CHECKED
     if not out.is_file() or out.read_text() != "ok\n":
         write_text(out, "ok\n")

@@ -320,7 +320,7 @@ class Config:
             # a shell command line: a space or a slash would break one of them.
             _require(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) is not None, "runs", name,
                      "a run's name is letters, digits, '_', '.' and '-' (no spaces or slashes), e.g. dvt_no_reuse")
-        _require(max(self.speed.budgets) <= self.eval.num_budgets, "speed.budgets", list(self.speed.budgets),
+        _require(max(self.speed.budgets, default=0) <= self.eval.num_budgets, "speed.budgets", list(self.speed.budgets),
                  f"budget indices run 1..eval.num_budgets = {self.eval.num_budgets}")
         _require(self.data.calibration_size > 0 or self.eval.threshold_split != "calibration",
                  "data.calibration_size", 0, "must be > 0 while eval.threshold_split is calibration (the "

@@ -230,3 +230,20 @@ def test_weights_that_do_not_fit_the_run_are_refused_by_check(tmp_path):
 
         torch.save({"weights": {}}, tmp_path / "a.pt")
         check(with_run(checkpoint=str(tmp_path / "a.pt")))
+
+
+def test_a_run_cannot_start_from_its_own_output_nor_can_params_name_no_runs(tmp_path):
+    """Both passed the check and cost outputs: the engines delete runs/R/seed42/checkpoint.pt before
+    training R again from it (under Snakemake, for good); with no runs DVC deleted every report."""
+    settings = {"data": {"dataset": "synthetic", "calibration_size": 20}, "model": {"backbone": "vit_micro"}}
+    config = make_config(tmp_path, runs={"r": {"grids": [4]}, "s": {"grids": [4]}}, **settings)
+    _meta_weights(tmp_path / "runs" / "r" / "seed42" / "checkpoint.pt", config, "r")
+    own = str(tmp_path / "runs" / "r" / "seed42" / "checkpoint.pt")
+    for key in ("init", "checkpoint"):
+        with pytest.raises(ConfigError, match=rf"^runs\.r\.{key} = '.*checkpoint\.pt' is this run's own output"):
+            check(make_config(tmp_path, runs={"r": {"grids": [4], key: own}}, **settings))
+    check(make_config(tmp_path, runs={"r": {"grids": [4]}, "s": {"grids": [4], "checkpoint": own}}, **settings))
+    with pytest.raises(ConfigError, match=r"^runs: params.yaml names no runs"):
+        check(make_config(tmp_path, runs={}, **settings), pipeline=True)
+    check(make_config(tmp_path, runs={}, **settings))  # `dvt fetch` alone needs none
+    assert make_config(tmp_path, speed={"budgets": []}, **settings).speed.budgets == ()

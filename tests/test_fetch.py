@@ -194,7 +194,7 @@ def test_corrupt_cifar_archive_is_refused(tmp_path, monkeypatch, capsys):
     path.write_bytes(path.read_bytes()[:-100])
     params = tmp_path / "params.yaml"
     params.write_text(f"data:\n  dataset: cifar10\n  source: {tmp_path}\n  root: {tmp_path / 'data'}\n"
-                      "  calibration_size: 5\n")
+                      "  calibration_size: 5\nmodel:\n  backbone: vit_micro\nruns:\n  a:\n    grids: [4]\n")
     for stage in ("fetch", "check"):  # the check that runs before every engine job refuses it too
         assert main([stage, "--params", str(params)]) == 2
         err = capsys.readouterr().err.strip().splitlines()

@@ -36,7 +36,7 @@ def _load(path: str):
             raise WorkflowError("snakemake --config cannot set dvt's nested keys; edit the parameter file or "
                                 "pass another one with --configfile FILE")
         loaded = from_dict(raw)
-        check(loaded)  # what the stages would refuse later (backbones, grids, ...): refused before any job
+        check(loaded, pipeline=True)  # what the stages would refuse later (backbones, grids, ...): refused before any job
     except DvtError as err:
         print(f"snakemake: error in {path}: {err}", file=sys.stderr)
         sys.exit(2)
