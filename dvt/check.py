@@ -2,8 +2,10 @@
 
 The strict loader (dvt.config) checks names, types and ranges without importing torch. This adds what
 needs the model registry, timm or the file system: each run's backbone and token grids at the
-dataset's image size, the RandAugment string, weights files named by runs, data.root, and
-data.source where `dvt fetch` would read it. It runs
+dataset's image size, the RandAugment string, the weights files runs name (readable, and fitting the
+run's model: loaded on the meta device), data.root, and the data `dvt fetch` would read (data.source,
+a folder tree's classes and images, a CIFAR archive's md5, the training images against
+data.calibration_size and train.batch_size). It runs
 
 * in `dvt` before every stage that builds a model or writes data (fetch, train, flops, collect, speed);
 * in Snakemake when the workflow loads (rules/common.smk), before any job is scheduled;
@@ -78,7 +80,7 @@ def _check_weights(config: Config, run: str) -> None:
         # The engines delete a run's outputs before training it again: its own checkpoint would be gone.
         if path is not None and Path(path).expanduser().resolve().is_relative_to(own):
             raise ConfigError(f"runs.{run}.{key} = {path!r} is this run's own output, which the pipeline deletes "
-                              f"before training the run again; copy it elsewhere first (e.g. checkpoints/)")
+                              "before training the run again; copy it elsewhere first (e.g. checkpoints/)")
     if not (rc.init or rc.checkpoint or any(rc.pretrained)):
         return
     with warnings.catch_warnings(), torch.device("meta"):
