@@ -3,6 +3,7 @@
 A checkpoint is a dict with `model` (state_dict), `config` (the settings that shaped the weights),
 `epoch` (finished epochs), `optimizer`, `scheduler`, `ema`, `rng` (python, numpy, torch and the data
 order generator), `log` (per-epoch rows so far), `git_commit` and `format`. Written atomically.
+Trained by several processes, it also has `rng_per_rank`: every process's `rng`, in rank order.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import Callable
 
@@ -59,6 +60,11 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--restart", action="store_true",
                            help="start over if runs/<run>/seed<S>/checkpoint.pt was trained with other settings "
                                 "(the pipeline engines pass this: they re-run train only when a setting changed)")
+            # Read as text: a bad value is one line (DvtError), not argparse's usage and error.
+            p.add_argument("--processes", default=None, metavar="N",
+                           help="train in N processes (DDP through torchrun; gloo on the CPU, one GPU each "
+                                "with GPUs) on the same global batches, train.batch_size split evenly "
+                                "(default: 1, or WORLD_SIZE under a torchrun started by hand)")
         if name == "report":
             p.add_argument("--part", default=None,
                            help="render only this part: table1, table2, table3, ablation, findings, findings_json, "
@@ -93,19 +99,56 @@ def _one_line(err: DvtError) -> str:
     return " ".join(line.strip() for line in lines)
 
 
+def _processes(value: str | None) -> int:
+    """--processes N: N >= 1; under torchrun, where WORLD_SIZE says how many there are, N must agree."""
+    world = os.environ.get("WORLD_SIZE")
+    if value is None:
+        return int(world or 1)
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise DvtError(f"--processes {value} is not allowed: must be a whole number >= 1")
+    if world is not None and n != int(world):
+        raise DvtError(f"--processes {n} under torchrun with {world} processes (WORLD_SIZE): leave --processes "
+                       "out, or give the same number")
+    return n
+
+
+def _train_args(args: argparse.Namespace) -> list[str]:
+    """`dvt train`'s own arguments, for each of the processes that --processes starts (without it)."""
+    out = ["train", "--params", args.params, "--run", args.run]
+    for override in args.overrides:
+        out += ["--set", override]
+    if args.seed is not None:
+        out += ["--seed", str(args.seed)]
+    return out + (["--restart"] if args.restart else [])
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         from dvt.config import load_config
 
         config = load_config(args.params, args.overrides)
-        kwargs = {k: v for k, v in vars(args).items() if k not in ("stage", "params", "overrides", "seed")}
+        kwargs = {k: v for k, v in vars(args).items() if k not in ("stage", "params", "overrides", "seed",
+                                                                   "processes")}
         if "run" in kwargs:
             config.run(kwargs["run"])  # unknown run names fail here, before any work
+        processes = _processes(args.processes) if args.stage == "train" else 1
         if args.stage in CHECKED:
             from dvt.check import check
 
             check(config)
+        if processes > 1 and "WORLD_SIZE" not in os.environ:
+            from dvt import distributed
+
+            distributed.check_split(config.train.batch_size, processes)
+            distributed.note_cores(processes, config.train.threads)
+            if args.seed is not None:
+                config.with_seed(args.seed)  # a seed not in params: refused here, not by every process
+            return distributed.launch(processes, _train_args(args))
         entry = _stage_entry(args.stage)
         if args.stage == "predict":  # one model: the given seed's, else the first
             entry(config.with_seed(args.seed if args.seed is not None else config.seeds[0]), **kwargs)
@@ -117,12 +160,28 @@ def main(argv: list[str] | None = None) -> int:
             for seed in seeds:
                 entry(config.with_seed(seed), **kwargs)
     except DvtError as err:
-        print(f"dvt {args.stage}: error: {_one_line(err)}", file=sys.stderr)
-        return 2
+        return _stop(f"dvt {args.stage}: error: {_one_line(err)}", 2)
     except KeyboardInterrupt:
-        print(f"dvt {args.stage}: interrupted", file=sys.stderr)
-        return 130
+        return _stop(f"dvt {args.stage}: interrupted", 130)
+    except Exception:
+        if os.environ.get("WORLD_SIZE"):
+            from dvt import distributed
+
+            if distributed.peer_failed():  # its collective broke because another process stopped first
+                return 1
+        raise
     return 0
+
+
+def _stop(message: str, status: int) -> int:
+    """Print the one line, or under `dvt train --processes N` leave it to the launcher to print once."""
+    if os.environ.get("WORLD_SIZE"):
+        from dvt import distributed
+
+        if distributed.hand_over(message, status):
+            return status
+    print(message, file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":

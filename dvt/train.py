@@ -15,18 +15,25 @@ unchanged.
 A rerun resumes from resume.pt (same settings) and ends with exactly the weights of an uninterrupted
 run, because model, optimiser, scheduler, EMA and every random generator are restored. resume.pt is
 not a declared pipeline output on purpose: DVC and Snakemake delete a stage's declared outputs before
-re-running it, and an interrupted job must still find its last epoch. Under `torchrun` the same
-command trains with DDP.
+re-running it, and an interrupted job must still find its last epoch.
+
+With `--processes N` (dvt.distributed starts them through torchrun) or under a torchrun started by
+hand, N processes train with DDP on the global batches of one process (dvt.data.shards), each on an
+equal slice of train.batch_size, so the averaged gradient is the one-process gradient up to float
+rounding. Each rank draws augmentation and drop-path from its own streams (rank 0 from the one
+process's). Rank 0 holds the lock, evaluates and writes every file; the logged losses are the global
+batch's; resume.pt keeps every rank's random states.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import random
 import statistics
 import time
-from dataclasses import dataclass
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -37,32 +44,13 @@ from dvt import checkpoint, live
 from dvt.atomic import atomic_path, write_json
 from dvt.config import Config
 from dvt.data.loading import load_split, make_loader
+from dvt.data.shards import ShardedBatches, seed_rank, seed_worker_of_rank
+from dvt.distributed import Distributed, check_split
 from dvt.errors import DvtError
 from dvt.inference import autocast, pick_device, top1_per_exit
 from dvt.lock import exclusive
 from dvt.models import model_for_run
 from dvt.weights import load_weights
-
-
-@dataclass(frozen=True)
-class Distributed:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @classmethod
-    def from_env(cls) -> Distributed:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world == 1:
-            return cls()
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if not torch.distributed.is_initialized():
-            torch.distributed.init_process_group(backend=backend)
-        return cls(rank=torch.distributed.get_rank(), world=world, local_rank=int(os.environ.get("LOCAL_RANK", 0)))
 
 
 def param_groups(model: nn.Module, *, weight_decay: float, backbone_lr_scale: float) -> list[dict]:
@@ -139,10 +127,14 @@ def _import_checkpoint(config: Config, run: str, files: dict[str, Path]) -> None
 def run(config: Config, *, run: str, restart: bool = False) -> dict:
     """Train (or resume, or import) one seed of `run`; a second trainer of it refuses while this one runs."""
     # Under torchrun every process runs this; the first holds the lock for all of them.
-    lock = exclusive(config.run_dir(run), "train") if int(os.environ.get("RANK", "0")) == 0 \
-        else contextlib.nullcontext()
+    lock = exclusive(config.run_dir(run), "train") if _rank() == 0 else contextlib.nullcontext()
     with lock:
         return _train(config, run=run, restart=restart)
+
+
+def _rank() -> int:
+    """This process's rank under torchrun (before the process group is joined), else 0."""
+    return int(os.environ.get("RANK", "0"))
 
 
 def _train(config: Config, *, run: str, restart: bool) -> dict:
@@ -151,7 +143,8 @@ def _train(config: Config, *, run: str, restart: bool) -> dict:
     out = config.run_dir(run)
     files = _outputs(out)
     if rc.checkpoint:
-        _import_checkpoint(config, run, files)
+        if _rank() == 0:  # the others have nothing to do
+            _import_checkpoint(config, run, files)
         return {}
     dist = Distributed.from_env()
     device = pick_device("auto")
@@ -175,7 +168,8 @@ def _train(config: Config, *, run: str, restart: bool) -> dict:
             if not restart:
                 raise
             # --restart starts over whatever the old file holds; it is replaced when this run writes its own.
-            print(f"dvt train: {run}/seed{config.seed}: starting over ({err})")
+            if dist.main:
+                print(f"dvt train: {run}/seed{config.seed}: starting over ({err})")
             continue
         diff = checkpoint.describe_difference(state["config"], fingerprint)
         if diff and not restart:
@@ -195,7 +189,8 @@ def _train(config: Config, *, run: str, restart: bool) -> dict:
             if dist.main:  # left by a kill between writing checkpoint.pt and deleting it
                 files["resume"].unlink(missing_ok=True)
             epochs = f"{state['epoch']} epoch{'s' if state['epoch'] != 1 else ''}"
-            print(f"dvt train: {run}/seed{config.seed} is already trained ({epochs}); nothing to do")
+            if dist.main:
+                print(f"dvt train: {run}/seed{config.seed} is already trained ({epochs}); nothing to do")
             return summary
 
     train_set = load_split(config, "train")
@@ -206,8 +201,7 @@ def _train(config: Config, *, run: str, restart: bool) -> dict:
     if tc.batch_size > len(train_set):
         raise DvtError(f"train.batch_size = {tc.batch_size} is larger than the train split ({len(train_set)} "
                        "images); lower it")
-    if tc.batch_size % dist.world:
-        raise DvtError(f"train.batch_size = {tc.batch_size} does not split over {dist.world} processes")
+    check_split(tc.batch_size, dist.world)
 
     # Every generator the run draws from (numpy: timm's mixup/cutmix; python: RandAugment), and so also
     # their states in checkpoint.pt: retraining gives the same bytes, and later stages stay up to date.
@@ -218,13 +212,28 @@ def _train(config: Config, *, run: str, restart: bool) -> dict:
     if rc.init:
         load_weights(model, rc.init, strict=False)
     model.to(device)
+    if dist.rank > 0:  # after the model: every rank builds the same one (DDP would broadcast rank 0's anyway)
+        seed_rank(config.seed, dist.rank)
+    if dist.world > 1 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        # A CNN baseline's BatchNorm normalises by its batch: over the global batch only when synced,
+        # which torch does on GPUs only.
+        if device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        elif dist.main:
+            print(f"dvt train: {run}: note: on the CPU each of the {dist.world} processes normalises BatchNorm "
+                  "by its own slice of the batch (torch syncs BatchNorm on GPUs only)")
+    # The order of the data (and the loader workers' seeds) is drawn from this generator alone, the same
+    # on every rank: one process's global batches whatever the process count.
     data_gen = torch.Generator().manual_seed(config.seed)
-    sampler = None
-    if dist.world > 1:
-        sampler = torch.utils.data.DistributedSampler(train_set, num_replicas=dist.world, rank=dist.rank,
-                                                      shuffle=True, seed=config.seed, drop_last=True)
-    loader = make_loader(train_set, batch_size=tc.batch_size // dist.world, shuffle=True, sampler=sampler,
-                         generator=data_gen, num_workers=config.data.num_workers, drop_last=True)
+    if dist.world == 1:
+        loader = make_loader(train_set, batch_size=tc.batch_size, shuffle=True, generator=data_gen,
+                             num_workers=config.data.num_workers, drop_last=True)
+    else:
+        shards = ShardedBatches(train_set, batch_size=tc.batch_size, generator=data_gen, rank=dist.rank,
+                                world=dist.world)
+        loader = make_loader(train_set, batch_sampler=shards, generator=data_gen,
+                             num_workers=config.data.num_workers,
+                             worker_init_fn=functools.partial(seed_worker_of_rank, dist.rank))
     steps = len(loader)
 
     from timm.data import Mixup
@@ -255,6 +264,9 @@ def _train(config: Config, *, run: str, restart: bool) -> dict:
                                   and not torch.cuda.is_bf16_supported())
     train_model: nn.Module = model
     if dist.world > 1:
+        # A one-channel patch embedding's weight gradient (D, 1, p, p) has the strides of another layout
+        # in the size-1 dimension, the same memory: DDP's copy into its bucket is right but warns.
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
         train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     rows: list[dict] = []  # per epoch, deterministic: what the checkpoint keeps
@@ -268,16 +280,15 @@ def _train(config: Config, *, run: str, restart: bool) -> dict:
             ema.module.load_state_dict(state["ema"])
         if scaler.is_enabled() and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
-        checkpoint.set_rng_state(state["rng"], data_gen)
         rows, timings, start_epoch = list(state["log"]), list(state.get("timings", [])), state["epoch"]
-        print(f"dvt train: {run}/seed{config.seed}: resuming after epoch {start_epoch} of {tc.epochs}")
+        _restore_rng(state, data_gen, dist, seed=config.seed, epoch=start_epoch)
+        if dist.main:
+            print(f"dvt train: {run}/seed{config.seed}: resuming after epoch {start_epoch} of {tc.epochs}")
 
     from dvt.progress import progress
 
     grids = rc.exit_grids
     for epoch in range(start_epoch, tc.epochs):
-        if sampler is not None:
-            sampler.set_epoch(epoch)
         train_model.train()
         loss_sums = torch.zeros(len(grids), dtype=torch.float64)
         seen, tic = 0, time.perf_counter()
@@ -290,14 +301,17 @@ def _train(config: Config, *, run: str, restart: bool) -> dict:
                 x, target = mixup(x, y)
             with autocast(device, tc.amp):
                 outputs = train_model(x)
-            losses = [criterion(o.float(), target) for o in outputs]
-            for k, loss_k in enumerate(losses):
+            losses = torch.stack([criterion(o.float(), target) for o in outputs])  # (K,) means over this slice
+            # (K,) means over the global batch: what is logged, and checked on every rank alike, so that all
+            # stop together (one stopping alone would break the others' gradient sum).
+            global_losses = dist.mean(losses)
+            for k, loss_k in enumerate(global_losses):
                 if not torch.isfinite(loss_k):
                     raise DvtError(f"the loss of exit {k + 1} (grid {grids[k]}x{grids[k]}) became {loss_k.item()} "
                                    f"at epoch {epoch + 1}, step {step + 1}; the last good state "
                                    f"(epoch {start_epoch if not rows else rows[-1]['epoch']}) is kept in {files['resume']}. "
                                    "Lower train.lr or set train.clip_grad")
-            loss = torch.stack(losses).sum()
+            loss = losses.sum()
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if tc.clip_grad is not None:
@@ -308,10 +322,11 @@ def _train(config: Config, *, run: str, restart: bool) -> dict:
             if ema is not None:
                 ema.update(model)
             scheduler.step_update(epoch * steps + step + 1)
-            loss_sums += torch.stack(losses).detach().double().cpu()
+            loss_sums += global_losses.detach().double().cpu()
             seen += len(x) * dist.world
             if dist.main and step % 20 == 0:
-                bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{seen / (time.perf_counter() - tic):.0f}")
+                bar.set_postfix(loss=f"{global_losses.sum().item():.3f}",
+                                img_s=f"{seen / (time.perf_counter() - tic):.0f}")
         seconds = time.perf_counter() - tic
 
         eval_model = ema.module if ema is not None else model
@@ -323,18 +338,21 @@ def _train(config: Config, *, run: str, restart: bool) -> dict:
                **{f"top1_exit{k + 1}": t for k, t in enumerate(top1)}}
         rows.append(row)
         timings.append({"seconds": seconds, "images_per_s": seen / seconds})
+        # Taken after rank 0's evaluation, which draws its loader's seed from torch's generator.
+        rng = dist.gather(checkpoint.rng_state(data_gen))
         state = {"model": model.state_dict(), "ema": ema.module.state_dict() if ema is not None else None,
                  "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                  "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-                 "rng": checkpoint.rng_state(data_gen), "config": fingerprint, "epoch": epoch + 1, "log": rows}
+                 "rng": rng[0] if rng else None, "config": fingerprint, "epoch": epoch + 1, "log": rows}
+        if dist.world > 1:
+            state["rng_per_rank"] = rng
         if dist.main:
             checkpoint.save(files["resume"], {**state, "timings": timings})
             _write_log(files, _timed(rows, timings))
             print(f"dvt train: {run}/seed{config.seed} epoch {epoch + 1}/{tc.epochs}: loss {row['loss']:.4f}, "
                   "calibration top-1 "
                   + " / ".join(f"{t:.2f}" for t in top1) + f" ({seconds:.1f} s, {seen / seconds:.0f} img/s)")
-        if dist.world > 1:
-            torch.distributed.barrier()
+        dist.barrier()  # the others wait while rank 0 evaluates and writes
 
     log = _timed(rows, timings)
     summary = _summary(config, run, log, extra)
@@ -346,7 +364,24 @@ def _train(config: Config, *, run: str, restart: bool) -> dict:
         checkpoint.save(files["checkpoint"], {k: v for k, v in state.items()
                                               if k not in ("timings", "format", "git_commit")})
         files["resume"].unlink()
-    if dist.world > 1:
-        torch.distributed.destroy_process_group()
     return summary
+
+
+def _restore_rng(state: dict, data_gen: torch.Generator, dist: Distributed, *, seed: int, epoch: int) -> None:
+    """Each rank's random states from resume.pt; rank 0's for all if it was written by another count.
+
+    The data order then goes on as before (every rank's data generator is in rank 0's state anyway), so
+    the run resumes on the same global batches; ranks > 0 get fresh augmentation streams for the epochs
+    left, since rank 0's would repeat on every slice.
+    """
+    saved = state.get("rng_per_rank") or [state["rng"]]
+    if len(saved) == dist.world:
+        checkpoint.set_rng_state(saved[dist.rank], data_gen)
+        return
+    if dist.main:
+        print(f"dvt train: note: resume.pt was written by {len(saved)} process{'es' if len(saved) > 1 else ''}, "
+              f"this run has {dist.world}: resuming on the same global batches with process 0's random state")
+    checkpoint.set_rng_state(saved[0], data_gen)
+    if dist.rank > 0:
+        seed_rank(seed, dist.rank, epoch)
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from dvt.config import Config
 from dvt.data.info import DatasetInfo, dataset_info
@@ -190,12 +190,19 @@ def _self_collated(batch):
     return batch
 
 
-def make_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, num_workers: int = 0,
-                generator: torch.Generator | None = None, sampler=None, drop_last: bool = False) -> DataLoader:
-    """A DataLoader; in-memory arrays are fetched and augmented a whole batch at a time."""
+def make_loader(dataset: Dataset, *, batch_size: int | None = None, shuffle: bool = False, num_workers: int = 0,
+                generator: torch.Generator | None = None, sampler=None, drop_last: bool = False,
+                batch_sampler: Sampler[list[int]] | None = None,
+                worker_init_fn: Callable[[int], None] | None = None) -> DataLoader:
+    """A DataLoader; in-memory arrays are fetched and augmented a whole batch at a time.
+
+    Either batch_size (with shuffle or sampler, and drop_last) or a batch_sampler that makes the batches.
+    """
     # torch's Subset forwards __getitems__ to the dataset it wraps, so look through it.
     base = dataset.dataset if isinstance(dataset, torch.utils.data.Subset) else dataset
     collate = _self_collated if isinstance(base, ArrayImages) else None
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else False,
-                      sampler=sampler, num_workers=num_workers, generator=generator, collate_fn=collate,
-                      drop_last=drop_last, persistent_workers=num_workers > 0)
+    batching = {"batch_sampler": batch_sampler} if batch_sampler is not None else \
+        {"batch_size": batch_size, "shuffle": shuffle if sampler is None else False, "sampler": sampler,
+         "drop_last": drop_last}
+    return DataLoader(dataset, **batching, num_workers=num_workers, generator=generator, collate_fn=collate,
+                      persistent_workers=num_workers > 0, worker_init_fn=worker_init_fn)
