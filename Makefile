@@ -8,15 +8,21 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 LOCK := requirements.lock
 
-.PHONY: repro test install lock fashion-mnist
+.PHONY: repro test install lock fashion-mnist slurm
 
 # The default pipeline end to end (fetch -> train -> ... -> reports/) with DVC; the stage commands
 # find `dvt` through PATH, so the venv's bin/ goes first.
 repro: $(STAMP) fashion-mnist
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 
-test: $(STAMP)
-	$(BIN)/python -m pytest -q
+# The SLURM tests (pytest -m slurm: a real one-node cluster, tests/slurm/cluster.sh) mostly wait for
+# the scheduler, so they run beside the rest; both must pass.
+test: $(STAMP) slurm
+	@$(BIN)/python -m pytest -q -m slurm -p no:cacheprovider > .pytest-slurm.log 2>&1 & slurm=$$!; \
+	$(BIN)/python -m pytest -q -m "not slurm"; rest=$$?; \
+	wait $$slurm; cluster=$$?; \
+	echo "== the SLURM tests (pytest -m slurm) =="; cat .pytest-slurm.log; rm -f .pytest-slurm.log; \
+	[ $$rest = 0 ] && [ $$cluster = 0 ]
 
 install: $(STAMP)
 
@@ -42,4 +48,13 @@ fashion-mnist:
 	@if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		(apt-get update -q && apt-get install -y -q dataset-fashion-mnist) \
 		|| echo "note: apt-get could not install dataset-fashion-mnist; dvt fetch will download it"; \
+	fi
+
+# The SLURM test cluster's daemons (slurmctld, slurmd, slurmdbd with MariaDB, munge): installed from
+# Debian as root, as fashion-mnist above; elsewhere the SLURM tests are skipped with the reason.
+slurm:
+	@if ! command -v slurmctld >/dev/null && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		(apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+			slurm-wlm slurmdbd munge mariadb-server >/dev/null) \
+		|| echo "note: apt-get could not install SLURM; the SLURM tests will be skipped"; \
 	fi

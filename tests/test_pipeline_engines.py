@@ -54,9 +54,13 @@ def snakemake_jobs(root: Path, *targets: str, args: tuple[str, ...] = ("--forcea
         outputs = re.search(r"^\s+output: (.+)$", block, re.M)
         command = re.search(r"^Shell command: (.+)$", block, re.M)
         if outputs and command and command.group(1) != "None":
-            # Every job logs to logs/<rule>/...; without that redirect the command is dvc.yaml's.
+            # Every job logs to logs/<rule>/...; without that redirect the command is dvc.yaml's, but
+            # for the training processes, one per GPU a cluster job is given (one here, without GPUs).
             bare, logged = re.subn(r" > logs/\S+\.log 2>&1$", "", command.group(1))
             assert logged == 1, command.group(1)
+            if bare.startswith("dvt train "):
+                bare, launched = re.subn(r" --processes 1$", "", bare)
+                assert launched == 1, command.group(1)
             jobs.update({path: bare for path in outputs.group(1).split(", ")})
     return jobs
 

@@ -4,6 +4,8 @@ rule fetch:
     params:
         settings=settings("data.dataset", "data.root", "data.source", "data.download", "data.calibration_size",
                           "data.synthetic", "data.cluttered"),
+    resources:
+        **cluster_resources("fetch"),
     log:
         "logs/fetch.log",
     benchmark:

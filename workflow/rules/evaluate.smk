@@ -3,6 +3,7 @@
 
 
 rule flops:
+    localrule: True  # seconds of work: not worth a cluster queue
     output:
         run_file("flops.json"),
     params:
@@ -25,6 +26,8 @@ rule collect:
     params:
         settings=settings("eval.threshold_split", "eval.threads", "train.amp"),
     threads: CFG.eval.threads  # scheduling only, as in rule train
+    resources:
+        **cluster_resources("collect"),
     log:
         job_files("collect")["log"],
     benchmark:
@@ -34,6 +37,7 @@ rule collect:
 
 
 rule budget:
+    localrule: True  # seconds of work: not worth a cluster queue
     input:
         run_file("checkpoint.pt"),
         run_file("logits.parquet"),
@@ -52,6 +56,7 @@ rule budget:
 
 
 rule policies:
+    localrule: True  # seconds of work: not worth a cluster queue
     input:
         run_file("checkpoint.pt"),
         run_file("logits.parquet"),
@@ -68,8 +73,10 @@ rule policies:
         logged(dvt("policies", seed_args()))
 
 
-# Timing wants the machine to itself: the job takes every core Snakemake was given, so no other job
-# runs beside it (speed.threads still sets torch's threads).
+# Timing wants the machine to itself. Locally the job takes every core Snakemake was given, so no other
+# job runs beside it; a cluster job has its allocation to itself and asks for speed.threads cores
+# (a cluster run gives `--jobs`, not `--cores`). speed.threads still sets
+# torch's threads either way.
 rule speed:
     input:
         DATA,
@@ -80,7 +87,9 @@ rule speed:
         run_file("speed.json"),
     params:
         settings=settings("speed", "train.amp"),
-    threads: workflow.cores
+    threads: workflow.resource_settings.cores or CFG.speed.threads
+    resources:
+        **cluster_resources("speed"),
     log:
         job_files("speed")["log"],
     benchmark:

@@ -7,6 +7,7 @@ for _part, (_out, _inputs, _category) in REPORT_PARTS.items():
     rule:
         name:
             f"report_{_part}"
+        localrule: True  # seconds of work: not worth a cluster queue
         input:
             runs=sorted(set(_inputs)),
             data=DATA,
@@ -28,6 +29,7 @@ for _part, (_out, _inputs, _category) in REPORT_PARTS.items():
 
 # The index links every other part, so it comes last.
 rule report_index:
+    localrule: True
     input:
         [f"{REPORT}/{out}" for out, _, _ in REPORT_PARTS.values()],
         files_of(DVT_RUN, "logits.parquet"),
