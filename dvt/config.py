@@ -169,7 +169,7 @@ class RunConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 2
-    # Global batch size (split evenly over torchrun processes).
+    # Global batch size (split evenly over the processes of `dvt train --processes N`).
     batch_size: int = 64
     optimizer: Literal["adamw", "sgd"] = "adamw"
     momentum: float = 0.9  # sgd only
