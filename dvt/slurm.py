@@ -198,3 +198,20 @@ def check_cluster(requests: list[Request], *, where: str) -> None:
         return
     partitions = parse_partitions(_ask("sinfo", "-h", "-o", "%R|%c|%m|%G|%l"))
     check_requests(requests, partitions=partitions, accounts=_accounts(getpass.getuser()), where=where)
+
+
+def check_before_submitting(workflow) -> None:
+    """Snakemake's `onstart` (workflow/rules/cluster.smk): under the SLURM executor, check every job
+    that will be submitted; a refusal is one line on stderr and exit status 2, before any submission."""
+    import sys
+
+    plugin = workflow.executor_plugin
+    if plugin is None or plugin.name != "slurm":
+        return
+    jobs = [job for job in workflow.dag.needrun_jobs() if not job.is_local]
+    try:
+        check_cluster([Request.of(job.rule.name, dict(job.resources.items()), job.threads) for job in jobs],
+                      where="workflow/profiles/slurm/resources.yaml")
+    except DvtError as err:
+        print(f"snakemake: error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -107,43 +107,21 @@ def job_files(rule: str, name: str = "{run}/seed{seed}") -> dict[str, str]:
     return {"log": f"logs/{rule}/{name}.log", "benchmark": f"logs/{rule}/{name}.benchmark.tsv"}
 
 
-# On a cluster: what sbatch would refuse (a partition, an account, a size, a misspelt resource key) is
-# refused in one line when the run starts, before the first job is submitted (dvt.slurm); a refusal
-# that comes later anyway deletes nothing, because both profiles set keep-incomplete.
-onstart:
-    _check_cluster()
-
-
-def _check_cluster() -> None:
-    plugin = workflow.executor_plugin
-    if plugin is None or plugin.name != "slurm":
-        return
-    from dvt.slurm import Request, check_cluster
-
-    jobs = [job for job in workflow.dag.needrun_jobs() if not job.is_local]
-    try:
-        check_cluster([Request.of(job.rule.name, dict(job.resources.items()), job.threads) for job in jobs],
-                      where="workflow/profiles/slurm/config.yaml")
-    except DvtError as err:
-        print(f"snakemake: error: {err}", file=sys.stderr)
-        sys.exit(2)
-
-
 # What each cluster job asks SLURM for (workflow/profiles/slurm/resources.yaml), as the rules' own
 # resources: --set-resources on the command line then overrides one value and keeps the others. Locally
 # they schedule nothing (no --resources limits them).
 _CLUSTER = yaml.safe_load((Path(workflow.basedir) / "profiles" / "slurm" / "resources.yaml").read_text())
 
 
-def cluster_resources(rule: str) -> dict:
-    """The rule's SLURM resources, and for train the processes: one per GPU asked for."""
+def cluster_resources(name: str) -> dict:
+    """The SLURM resources of the rule `name`, and for train the processes, one per GPU asked for."""
     from dvt.slurm import gpu_count
 
-    asked = {k: v for k, v in {**_CLUSTER.get("all", {}), **_CLUSTER.get(rule, {})}.items() if v is not None}
-    if rule == "train":
+    asked = {k: v for k, v in {**_CLUSTER.get("all", {}), **_CLUSTER.get(name, {})}.items() if v is not None}
+    if name == "train":
         # a GPU count given on the command line (--set-resources train:gpu=N) wins; one set there as a
         # function of the job cannot be read here, and dvt.slurm refuses the mismatch before submitting
-        for key, resource in workflow.resource_settings.overwrite_resources.get(rule, {}).items():
+        for key, resource in workflow.resource_settings.overwrite_resources.get(name, {}).items():
             if not resource.is_evaluable():
                 asked[key] = resource.value
         asked["processes"] = max(1, gpu_count(asked))

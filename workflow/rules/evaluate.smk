@@ -74,9 +74,9 @@ rule policies:
 
 
 # Timing wants the machine to itself. Locally the job takes every core Snakemake was given, so no other
-# job runs beside it; a cluster job has its allocation to itself and asks for speed.threads cores
-# (a cluster run gives `--jobs`, not `--cores`). speed.threads still sets
-# torch's threads either way.
+# job runs beside it. A cluster run has no --cores: there the job has its allocation to itself
+# (cpus_per_task in workflow/profiles/slurm/resources.yaml; add slurm_extra: --exclusive for a whole
+# node). speed.threads sets torch's threads either way.
 rule speed:
     input:
         DATA,
