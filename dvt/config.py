@@ -313,7 +313,9 @@ class Config:
 
     def __post_init__(self) -> None:
         _require(len(self.seeds) >= 1, "seeds", list(self.seeds), "name at least one seed")
-        _require(all(s >= 0 for s in self.seeds), "seeds", list(self.seeds), "seeds are >= 0")
+        # numpy's global seed (timm's mixup draws from it) takes 32 bits; torch and Python take more
+        _require(all(0 <= s < 2**32 for s in self.seeds), "seeds", list(self.seeds),
+                 "seeds are from 0 to 4294967295 (2**32 - 1, what numpy's generator takes)")
         _require(len(set(self.seeds)) == len(self.seeds), "seeds", list(self.seeds), "each seed once")
         for name in self.runs:
             # A run's name becomes a folder (runs/<run>/), a DVC stage (train@<run>-<seed>) and a word of
@@ -538,7 +540,10 @@ def read_params(path: str | Path = "params.yaml") -> dict[str, Any]:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
         raise ConfigError(f"{path}: not valid YAML{where}") from None
-    return data or {}
+    if data is None:
+        # An empty file would run every default and replace the outputs of the settings it lost.
+        raise ConfigError(f"{path} is empty; start from the shipped params.yaml or a file of configs/")
+    return data
 
 
 def load_config(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Config:

@@ -22,6 +22,7 @@ import pandas as pd
 
 from dvt.config import Config
 from dvt.data.folder import EXTENSIONS
+from dvt.data.images import is_regular_file, open_image
 from dvt.errors import DvtError
 
 def image_paths(items: Sequence[str]) -> list[Path]:
@@ -31,8 +32,8 @@ def image_paths(items: Sequence[str]) -> list[Path]:
         path = Path(item)
         if path.is_dir():
             found += sorted(Path(root) / f for root, _, files in os.walk(path) for f in files
-                            if f.lower().endswith(EXTENSIONS))
-        elif path.is_file():
+                            if f.lower().endswith(EXTENSIONS) and is_regular_file(Path(root) / f))
+        elif path.exists() and not path.is_dir():
             found.append(path)
         else:
             raise DvtError(f"{item}: no such file or folder")
@@ -47,6 +48,11 @@ def _thresholds(config: Config, run: str, *, budget: int | None, target_gmacs: f
     from dvt import thresholds
 
     if num_exits == 1:
+        if budget is not None or target_gmacs is not None:
+            # issue #31: they used to be accepted and ignored (exit status 0)
+            flag = f"--budget {budget}" if budget is not None else f"--target-gmacs {target_gmacs:g}"
+            raise DvtError(f"{flag}: run {run!r} has one exit, which every image takes; budgets choose "
+                           "among the exits of a DVT cascade")
         return np.array([thresholds.EVERYBODY_EXITS]), {"rule": "one exit"}
     if target_gmacs is not None:
         from dvt.budget import read_run_logits
@@ -70,7 +76,6 @@ def _thresholds(config: Config, run: str, *, budget: int | None, target_gmacs: f
 def run(config: Config, *, run: str, images: Sequence[str], budget: int | None = None,
         target_gmacs: float | None = None, as_json: bool = False) -> list[dict[str, Any]]:
     import torch
-    from PIL import Image
 
     from dvt.collect import trained_checkpoint
     from dvt.data.loading import eval_transform
@@ -94,11 +99,7 @@ def run(config: Config, *, run: str, images: Sequence[str], budget: int | None =
     transform, mode = eval_transform(config, manifest)
     batch = []
     for path in paths:
-        try:
-            with Image.open(path) as img:
-                batch.append(transform(img.convert(mode)))
-        except (OSError, ValueError) as err:
-            raise DvtError(f"{path}: unreadable image ({err})") from None
+        batch.append(transform(open_image(path, mode)))
     model = model_for_run(config, run)
     load_weights(model, ckpt, strict=True)
     model.eval()

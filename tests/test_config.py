@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from dvt.cli import main
-from dvt.config import Config, from_dict, load_config, to_dict
+from dvt.config import Config, from_dict, load_config, read_params, to_dict
 from dvt.errors import ConfigError
 from dvt.progress import progress
 from tests.conftest import REPO
@@ -141,9 +141,24 @@ def test_seeds_are_checked_and_narrowed_one_at_a_time():
     assert one.seed == 1 and one.run_dir("a") == Path("runs/a/seed1") and one.flops_path("a") == Path("runs/a/flops.json")
     with pytest.raises(ConfigError, match=r"seed 2 is not in seeds \[3, 1\]"):
         config.with_seed(2)
-    for bad, message in (([], "name at least one seed"), ([1, 1], "each seed once"), ([-1], "seeds are >= 0")):
+    # issue #31: 2**32 passed the check (and updated dvc.lock) before crashing inside numpy
+    for bad, message in (([], "name at least one seed"), ([1, 1], "each seed once"),
+                         ([-1], r"seeds are from 0 to 4294967295"), ([42, 2**32], r"seeds = \[42, 4294967296\]")):
         with pytest.raises(ConfigError, match=message):
             from_dict({"seeds": bad})
+    assert from_dict({"seeds": [2**32 - 1]}).seed == 2**32 - 1
+
+
+def test_an_empty_params_file_is_refused_not_run_with_every_default(tmp_path):
+    """Issue #31: an emptied params.yaml ran every default and replaced the fetched dataset."""
+    for text in ("", "# nothing but a comment\n", "---\n"):
+        path = tmp_path / "params.yaml"
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=r"params.yaml is empty; start from the shipped params.yaml"):
+            read_params(path)
+    # and every command says so in one line, exit status 2, having written nothing
+    assert main(["fetch", "--params", str(path)]) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
     with pytest.raises(ConfigError, match=r"train.seed is now seeds \(a top-level list"):
         from_dict({"train": {"seed": 42}})
 

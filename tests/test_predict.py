@@ -84,6 +84,9 @@ def test_a_target_cost_and_the_table(finished, capsys):
     (["--run", "dvt", "--budget", "2", "--target-gmacs", "0.1", "IMAGES"], "not both"),
     (["--run", "nope", "IMAGES"], "unknown run 'nope'"),
     (["--run", "dvt", "NOTES"], "unreadable image"),
+    # issue #31: accepted and ignored on a one-exit run
+    (["--run", "single", "--budget", "1000", "IMAGES"], "--budget 1000: run 'single' has one exit"),
+    (["--run", "single", "--target-gmacs", "5", "IMAGES"], "--target-gmacs 5: run 'single' has one exit"),
 ])
 def test_bad_input_is_one_line(finished, capsys, tmp_path, args, message):
     params, folder = finished

@@ -12,8 +12,8 @@ import os
 import random
 from pathlib import Path
 
-from PIL import Image
 
+from dvt.data.images import is_regular_file, open_image
 from dvt.errors import DvtError
 from dvt.progress import progress
 
@@ -35,12 +35,21 @@ def _class_folders(split_dir: Path) -> list[str]:
 
 def _images(class_dir: Path) -> list[str]:
     """Image paths under one class folder, relative to it, sorted; sub-folders are walked, as torchvision's
-    ImageFolder does (following links), except hidden ones."""
+    ImageFolder does (following links), except hidden ones. Only regular files count (a FIFO named
+    x.png would hang the loader), and a link back up the tree is refused (os.walk would follow
+    `up -> ..` until the path is too long, indexing the tree again under every prefix)."""
     found = []
+    walked: set[tuple[int, int]] = set()
     for here, dirs, files in os.walk(class_dir, followlinks=True):
+        info = os.stat(here)
+        if (info.st_dev, info.st_ino) in walked:
+            raise DvtError(f"{here}: a link loop in the image tree (it leads back to a folder already walked); "
+                           "remove the link")
+        walked.add((info.st_dev, info.st_ino))
         dirs[:] = [d for d in dirs if _visible(d)]
         rel = Path(here).relative_to(class_dir)
-        found += [(rel / f).as_posix() for f in files if _visible(f) and f.lower().endswith(EXTENSIONS)]
+        found += [(rel / f).as_posix() for f in files
+                  if _visible(f) and f.lower().endswith(EXTENSIONS) and is_regular_file(Path(here) / f)]
     return sorted(found)
 
 
@@ -119,9 +128,5 @@ def scan(root: str | Path, *, imagenet: bool = False, check_images: int = 500,
     rng = random.Random(seed)
     for items in found.values():
         for rel, _ in rng.sample(items, min(check_images, len(items))):
-            try:
-                with Image.open(root / rel) as img:
-                    img.convert("RGB").load()
-            except (OSError, ValueError) as err:
-                raise DvtError(f"{root / rel}: unreadable image ({err})") from None
+            open_image(root / rel)
     return classes, found

@@ -26,6 +26,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from dvt.config import Config
+from dvt.data.images import open_image
 from dvt.data.info import DatasetInfo, dataset_info
 from dvt.data.manifest import read_manifest, verify_split
 from dvt.errors import DvtError
@@ -119,11 +120,9 @@ class IndexedImages(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         path, label = self.items[i]
         try:
-            with Image.open(self.root / path) as img:
-                img = img.convert("RGB")
-        except (OSError, ValueError) as err:  # fetch opens only a sample of a large tree's images
-            raise DvtError(f"{self.root / path}: unreadable image ({err}); replace or remove it and run dvt fetch "
-                           "again") from None
+            img = open_image(self.root / path)
+        except DvtError as err:  # fetch opens only a sample of a large tree's images
+            raise DvtError(f"{err}; replace or remove it and run dvt fetch again") from None
         return self.transform(img), label
 
     @property
