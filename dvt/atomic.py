@@ -10,13 +10,17 @@ them is finished or undone the next time the folder is written.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 import shutil
 import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+from dvt.errors import DvtError
 
 _HOST = socket.gethostname().replace("-", "_").replace(".", "_") or "host"
 _ASIDE = "old"  # the random part of an old folder moved aside during a swap
@@ -72,40 +76,69 @@ def sweep(path: str | os.PathLike) -> None:
             _remove(p)
 
 
+# Write failures that are the machine's, not the program's: said in one line naming the output.
+_FULL_OR_READ_ONLY = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+
+
+@contextlib.contextmanager
+def _said_in_one_line(path: Path) -> Iterator[None]:
+    """A full disk, a quota, a file-size limit or a read-only file system while writing `path` becomes
+    one DvtError naming it. torch.save reports a failed write only as "[enforce fail at
+    inline_container.cc...]", so that RuntimeError counts too, and numpy's without an errno."""
+    try:
+        yield
+    except OSError as err:
+        # numpy's tofile says a short write without an errno: "282240 requested and 3968 written"
+        short = err.errno is None and re.fullmatch(r"\d+ requested and \d+ written", str(err))
+        if err.errno not in _FULL_OR_READ_ONLY and not short:
+            raise
+        reason = err.strerror or f"a short write: {err}"
+        raise DvtError(f"{path}: cannot be written ({reason}); free some space or make the folder writable, "
+                       "then run again (the previous file, if any, is unchanged)") from None
+    except RuntimeError as err:
+        if "inline_container" not in str(err):
+            raise
+        raise DvtError(f"{path}: cannot be written (torch could not write the file: is the disk full or the "
+                       "file larger than allowed?); free some space, then run again (the previous file, if "
+                       "any, is unchanged)") from None
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, *, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sweep(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_prefix(path), suffix=suffix + ".tmp")
-    os.close(fd)
-    tmp = Path(tmp)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file ordinary permissions
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with _said_in_one_line(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sweep(path)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_prefix(path), suffix=suffix + ".tmp")
+        os.close(fd)
+        tmp = Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file ordinary permissions
+        try:
+            yield tmp
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary folder beside `path`; it replaces `path` only if the block succeeds."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sweep(path)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=_prefix(path), suffix=".tmp"))
-    os.chmod(tmp, 0o777 & ~_umask())
-    try:
-        yield tmp
-        aside = path.parent / f"{_prefix(path)}{_ASIDE}.tmp"
-        if path.exists():
-            os.replace(path, aside)  # 1: the old folder steps aside (a kill here is undone by sweep)
-        os.replace(tmp, path)  # 2: the new one takes its place
-        _remove(aside)  # 3: (a kill before this leaves only a dead temp, which sweep deletes)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with _said_in_one_line(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sweep(path)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=_prefix(path), suffix=".tmp"))
+        os.chmod(tmp, 0o777 & ~_umask())
+        try:
+            yield tmp
+            aside = path.parent / f"{_prefix(path)}{_ASIDE}.tmp"
+            if path.exists():
+                os.replace(path, aside)  # 1: the old folder steps aside (a kill here is undone by sweep)
+            os.replace(tmp, path)  # 2: the new one takes its place
+            _remove(aside)  # 3: (a kill before this leaves only a dead temp, which sweep deletes)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

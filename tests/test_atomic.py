@@ -78,3 +78,43 @@ def test_a_failed_write_leaves_the_old_file_and_no_temp(tmp_path):
         tmp.write_text("half")
         raise RuntimeError("boom")
     assert out.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["x.json"]
+
+
+# A file-size limit (RLIMIT_FSIZE, with SIGXFSZ ignored) fails writes with EFBIG as a full disk fails
+# them with ENOSPC, without filling this machine's disk; as root a read-only folder cannot be staged.
+LIMITED = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+from dvt.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_full_disk_is_one_line_naming_the_output_and_leaves_the_old_one(tmp_path):
+    """Issue #31, item 4: raw OSErrors and torch's inline_container.cc message before."""
+    import torch
+
+    from dvt import checkpoint
+
+    old = tmp_path / "checkpoint.pt"
+    checkpoint.save(old, {"model": {"w": torch.zeros(4)}})
+    before = old.read_bytes()
+    code = ("import resource, signal, torch\nsignal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))\nfrom dvt import checkpoint\n"
+            "from dvt.errors import DvtError\ntry:\n"
+            f"    checkpoint.save({str(old)!r}, {{'model': {{'w': torch.zeros(100000)}}}})\n"
+            "except DvtError as err:\n    print(err)\n")
+    said = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert said.stdout.startswith(f"{old}: cannot be written (torch could not write the file"), said.stdout + said.stderr
+    assert old.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+
+    params = tmp_path / "params.yaml"
+    params.write_text(f"data:\n  dataset: synthetic\n  root: {tmp_path / 'data'}\n  calibration_size: 40\n"
+                      "  synthetic: {train_size: 400, test_size: 100}\n")
+    out = subprocess.run([sys.executable, "-c", LIMITED, "fetch", "--params", str(params)], capture_output=True,
+                         text=True, cwd=tmp_path)
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1, out.stderr
+    assert lines[0].startswith(f"dvt fetch: error: {tmp_path / 'data'}") and "cannot be written" in lines[0]
+    assert not list(tmp_path.glob("data/**/*.tmp"))
