@@ -422,7 +422,8 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
         return {str(k): _convert(item, v, f"{key}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         if value is None:
-            value = {}
+            # issue #31: `policies:` left empty silently meant every default
+            raise ConfigError(f"{key} is empty (null): give its keys, or leave the section out for its defaults")
         if not isinstance(value, dict):
             raise bad
         return _build(tp, value, key)

@@ -36,7 +36,7 @@ def schema_of(tp: Any) -> dict[str, Any]:
     if dataclasses.is_dataclass(tp):
         hints = typing.get_type_hints(tp)
         props = {f.name: schema_of(hints[f.name]) for f in dataclasses.fields(tp)}
-        return {"type": ["object", "null"], "properties": props, "additionalProperties": False}
+        return {"type": "object", "properties": props, "additionalProperties": False}
     simple = {bool: {"type": "boolean"}, int: {"type": "integer"}, str: {"type": "string"}, float: _NUMBER}
     if tp in simple:
         return dict(simple[tp])

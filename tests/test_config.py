@@ -194,3 +194,11 @@ def test_a_run_name_is_a_word_that_folders_stages_and_commands_all_take(tmp_path
     else:
         with pytest.raises(ConfigError, match=rf"^runs = {re.escape(repr(run))} is not allowed: a run's name is "):
             make_config(tmp_path, **settings)
+
+
+@pytest.mark.parametrize("params, key", [({"policies": None}, "policies"), ({"train": None}, "train"),
+                                         ({"runs": {"dvt": None}}, "runs.dvt")])
+def test_an_empty_section_is_refused_not_read_as_every_default(params, key):
+    """Issue #31: `policies:` with nothing under it meant the defaults."""
+    with pytest.raises(ConfigError, match=rf"^{re.escape(key)} is empty \(null\): give its keys"):
+        from_dict(params)
