@@ -19,7 +19,7 @@ repro: $(STAMP) fashion-mnist
 # the scheduler, so they run beside the rest; both must pass.
 test: $(STAMP) slurm
 	@$(BIN)/python -m pytest -q -m slurm -p no:cacheprovider > .pytest-slurm.log 2>&1 & slurm=$$!; \
-	$(BIN)/python -m pytest -q -m "not slurm"; rest=$$?; \
+	$(BIN)/python -m pytest -q -m "not slurm" --durations=15; rest=$$?; \
 	wait $$slurm; cluster=$$?; \
 	echo "== the SLURM tests (pytest -m slurm) =="; cat .pytest-slurm.log; rm -f .pytest-slurm.log; \
 	[ $$rest = 0 ] && [ $$cluster = 0 ]
