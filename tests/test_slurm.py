@@ -93,6 +93,11 @@ def megabytes(size: str) -> int:
     return round(float(size[:-1]) * scale)
 
 
+def gpus(job: dict[str, str]) -> int:
+    """The GPUs SLURM allocated to a job (sacct's AllocTRES, e.g. "billing=8,cpu=8,gres/gpu=1,...")."""
+    return int(dict(t.split("=", 1) for t in job["AllocTRES"].split(",") if "=" in t).get("gres/gpu", 0))
+
+
 def submitted(result: subprocess.CompletedProcess) -> int:
     return (result.stdout + result.stderr).count("has been submitted with SLURM jobid")
 
@@ -144,8 +149,7 @@ def test_sacct_lists_one_job_per_cluster_rule_with_the_profiles_resources(on_slu
     for job in jobs:
         rule = job["Comment"].removeprefix("rule_").split("_wildcards_")[0]
         partition, cpus, mem, limit, gpus = wanted[rule]
-        got = (job["Partition"], int(job["AllocCPUS"]), megabytes(job["ReqMem"]), job["Timelimit"],
-               int(dict(t.split("=") for t in job["AllocTRES"].split(",")).get("gres/gpu", 0)))
+        got = (job["Partition"], int(job["AllocCPUS"]), megabytes(job["ReqMem"]), job["Timelimit"], gpus(job))
         assert got == (partition, cpus, mem, limit, gpus), (rule, job)
 
 
@@ -214,7 +218,13 @@ def test_a_cancelled_two_gpu_training_job_resumes_to_the_uninterrupted_weights(s
     while not resume.exists() and job.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
     assert resume.exists(), job.communicate()[0]
+    since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 600))
     subprocess.run(["scancel", "--name", run_id(root)], check=True)
+    # --set-resources train:gpu=2 changed the GPUs (and so the processes and CPUs per GPU) and kept the
+    # rest of resources.yaml: partition, memory, time limit
+    (train,) = [j for j in sacct(since) if j["JobName"] == run_id(root) and "rule_train" in j["Comment"]]
+    assert (train["Partition"], int(train["AllocCPUS"]), megabytes(train["ReqMem"]), train["Timelimit"], gpus(train)) \
+        == ("gpu", 16, 64000, "3-00:00:00", 2)
     first = job.communicate()[0]
     assert job.returncode == 1 and "CANCELLED" in first, first
     assert not (root / target).exists()
