@@ -148,9 +148,8 @@ def test_sacct_lists_one_job_per_cluster_rule_with_the_profiles_resources(on_slu
     }
     for job in jobs:
         rule = job["Comment"].removeprefix("rule_").split("_wildcards_")[0]
-        partition, cpus, mem, limit, gpus = wanted[rule]
         got = (job["Partition"], int(job["AllocCPUS"]), megabytes(job["ReqMem"]), job["Timelimit"], gpus(job))
-        assert got == (partition, cpus, mem, limit, gpus), (rule, job)
+        assert got == wanted[rule], (rule, job)
 
 
 # The default profile (workflow/profiles/default, which Snakemake reads when no other is named) with
