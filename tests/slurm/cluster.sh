@@ -6,9 +6,10 @@
 #   sinfo; sbatch ...; sacct ...
 #   tests/slurm/cluster.sh stop /tmp/slurm
 #
-# The node declares the resources of a GPU node like the one workflow/profiles/slurm asks for (16 CPUs,
-# 128 GB, 2 GPUs; `config_overrides` lets a smaller machine stand in, and a GPU is only a count), in two
-# partitions, `cpu` (the default) and `gpu`, and one account, `dvt`, that every local user belongs to.
+# The node declares the resources of a GPU node like the one workflow/profiles/slurm/resources.yaml asks
+# for (16 CPUs, 128 GB, 2 GPUs; `config_overrides` lets a smaller machine stand in, and the GPUs are
+# stand-in device files, so a job given one runs on the CPU), in two partitions, `cpu` (the default,
+# 1 day) and `gpu` (3 days), and one account, `dvt`, that every local user belongs to.
 # Ports are not SLURM's defaults (6817-6819). /etc/slurm/slurm.conf becomes a link to DIR/slurm.conf,
 # as on a real cluster (the SLURM executor's job step drops SLURM_CONF before its `srun`); a
 # slurm.conf of a real installation there is never replaced: then this script refuses to start.
