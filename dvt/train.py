@@ -137,6 +137,32 @@ def _rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+def _sync_batchnorm(model: nn.Module, dist: Distributed, *, device: torch.device, run: str) -> nn.Module:
+    """A CNN baseline's BatchNorm normalises by its batch: over the global batch only when synced, which
+    torch does on GPUs only."""
+    if dist.world == 1 or not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return model
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if dist.main:
+        print(f"dvt train: {run}: note: on the CPU each of the {dist.world} processes normalises BatchNorm "
+              "by its own slice of the batch (torch syncs BatchNorm on GPUs only)")
+    return model
+
+
+def _train_loader(train_set, dist: Distributed, *, batch_size: int, num_workers: int,
+                  generator: torch.Generator) -> torch.utils.data.DataLoader:
+    """The shuffled training batches of this process: all of them for one process, else this rank's
+    slice of each of the same global batches (dvt.data.shards)."""
+    if dist.world == 1:
+        return make_loader(train_set, batch_size=batch_size, shuffle=True, generator=generator,
+                           num_workers=num_workers, drop_last=True)
+    shards = ShardedBatches(train_set, batch_size=batch_size, generator=generator, rank=dist.rank,
+                            world=dist.world)
+    return make_loader(train_set, batch_sampler=shards, generator=generator, num_workers=num_workers,
+                       worker_init_fn=functools.partial(seed_worker_of_rank, dist.rank))
+
+
 def _train(config: Config, *, run: str, restart: bool) -> dict:
     rc = config.run(run)
     tc = config.train
@@ -214,26 +240,12 @@ def _train(config: Config, *, run: str, restart: bool) -> dict:
     model.to(device)
     if dist.rank > 0:  # after the model: every rank builds the same one (DDP would broadcast rank 0's anyway)
         seed_rank(config.seed, dist.rank)
-    if dist.world > 1 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-        # A CNN baseline's BatchNorm normalises by its batch: over the global batch only when synced,
-        # which torch does on GPUs only.
-        if device.type == "cuda":
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        elif dist.main:
-            print(f"dvt train: {run}: note: on the CPU each of the {dist.world} processes normalises BatchNorm "
-                  "by its own slice of the batch (torch syncs BatchNorm on GPUs only)")
+    model = _sync_batchnorm(model, dist, device=device, run=run)
     # The order of the data (and the loader workers' seeds) is drawn from this generator alone, the same
     # on every rank: one process's global batches whatever the process count.
     data_gen = torch.Generator().manual_seed(config.seed)
-    if dist.world == 1:
-        loader = make_loader(train_set, batch_size=tc.batch_size, shuffle=True, generator=data_gen,
-                             num_workers=config.data.num_workers, drop_last=True)
-    else:
-        shards = ShardedBatches(train_set, batch_size=tc.batch_size, generator=data_gen, rank=dist.rank,
-                                world=dist.world)
-        loader = make_loader(train_set, batch_sampler=shards, generator=data_gen,
-                             num_workers=config.data.num_workers,
-                             worker_init_fn=functools.partial(seed_worker_of_rank, dist.rank))
+    loader = _train_loader(train_set, dist, batch_size=tc.batch_size, num_workers=config.data.num_workers,
+                           generator=data_gen)
     steps = len(loader)
 
     from timm.data import Mixup
