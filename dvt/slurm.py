@@ -21,6 +21,7 @@ from __future__ import annotations
 import difflib
 import getpass
 import subprocess
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -203,8 +204,6 @@ def check_cluster(requests: list[Request], *, where: str) -> None:
 def check_before_submitting(workflow) -> None:
     """Snakemake's `onstart` (workflow/rules/cluster.smk): under the SLURM executor, check every job
     that will be submitted; a refusal is one line on stderr and exit status 2, before any submission."""
-    import sys
-
     plugin = workflow.executor_plugin
     if plugin is None or plugin.name != "slurm":
         return
