@@ -30,8 +30,9 @@ CHECKED = "params.ok"
 def check(config: Config, *, pipeline: bool = False) -> None:
     """ConfigError naming the key for the first value some stage would refuse. `pipeline`: for a whole
     pipeline (the `check` stage, Snakemake's load), which also needs runs to report on."""
+    from dvt.backbones import get_spec
     from dvt.data.info import dataset_info
-    from dvt.models.registry import check_grids, get_spec
+    from dvt.grids import check_grids
 
     if pipeline and not config.runs:
         raise ConfigError("runs: params.yaml names no runs; add at least one (e.g. `tokens_7x7: {grids: [7]}`)")
@@ -63,13 +64,6 @@ def _check_weights(config: Config, run: str) -> None:
     """Each weights file a run names exists, is readable and fits the run's model the way train will
     load it: init loosely (fine-tuning keeps fresh heads), checkpoint exactly, timm's pretrained files
     through timm. The model is built on the meta device: shapes only, no memory, no copying."""
-    import warnings
-
-    import torch
-
-    from dvt.models.registry import model_for_run
-    from dvt.weights import fitting_state
-
     rc = config.run(run)
     for key, paths in (("init", [rc.init]), ("checkpoint", [rc.checkpoint]), ("pretrained", rc.pretrained)):
         for path in paths:
@@ -83,6 +77,13 @@ def _check_weights(config: Config, run: str) -> None:
                               "before training the run again; copy it elsewhere first (e.g. checkpoints/)")
     if not (rc.init or rc.checkpoint or any(rc.pretrained)):
         return
+    import warnings  # (torch only here: a params file without weights files is checked in 0.1 s)
+
+    import torch
+
+    from dvt.models.registry import model_for_run
+    from dvt.weights import fitting_state
+
     with warnings.catch_warnings(), torch.device("meta"):
         # Copying a real tensor into a meta one is a no-op that torch warns about: here it is the point.
         warnings.filterwarnings("ignore", message=".*meta parameter.*")

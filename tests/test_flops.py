@@ -50,7 +50,7 @@ def test_single_exit_matches_paper(backbone, grid, gmacs, mparams):
 
 
 def test_our_4x4_t2t_tokenizer_costs_what_the_paper_reports_for_table_1():
-    """The official code has no 4x4 first split; ours (dvt/models/tokenizer.py) lands inside the paper's
+    """The official code has no 4x4 first split; ours (T2T_FIRST_SPLIT, dvt/grids.py) lands inside the paper's
     rounded 0.21 GFLOPs (Table 1, spec §7.1), i.e. within 0.205..0.215."""
     assert cost("t2t_vit_12", (4,)).stage_gmacs[0] == pytest.approx(0.21, abs=0.005)
 

@@ -11,9 +11,8 @@ import torch
 import dvt.models.attention as attention_module
 from dvt.config import Config, DataConfig, ModelConfig, RunConfig, SyntheticConfig
 from dvt.errors import DvtError
-from dvt.models import (Cascade, ReuseState, check_reuse, create_model, list_models, model_for_run,
-                        valid_grids)
-from dvt.models.tokenizer import patch_geometry
+from dvt.grids import patch_geometry
+from dvt.models import Cascade, ReuseState, check_reuse, create_model, list_models, model_for_run, valid_grids
 
 SMALL = ("vit_micro", "vit_mini", "vit_tiny")
 
@@ -64,7 +63,8 @@ def test_patch_geometry_reproduces_deit_and_documented_grids():
 
 
 def test_soft_split_tokenizer_geometry_and_training():
-    from dvt.models.tokenizer import SoftSplitEmbed, soft_split_geometry
+    from dvt.grids import soft_split_geometry
+    from dvt.models.tokenizer import SoftSplitEmbed
 
     assert valid_grids("soft_split", 56) == [1, 2, 3, 4, 5, 6, 7, 14, 28]
     assert valid_grids("soft_split", 28) == [1, 2, 3, 5, 7, 14]
@@ -285,9 +285,9 @@ def test_reference_cnn_is_a_one_exit_cascade_from_timm():
 
     import timm
 
+    from dvt.backbones import CONVNETS
     from dvt.config import Baseline
     from dvt.flops import count_cascade
-    from dvt.models.convnet import CONVNETS
 
     assert set(CONVNETS) == set(typing.get_args(Baseline))  # params.yaml accepts exactly these
     model = create_model("resnet18_w16", grids=(1,), img_size=56, in_chans=1, num_classes=10).eval()

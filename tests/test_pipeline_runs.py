@@ -45,7 +45,8 @@ def tiny_params() -> dict:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     for section, values in TINY_CHANGES.items():
         params[section].update(values)
-    params["runs"] = {"single": {"grids": [4]}, "dvt": {"grids": [2, 4]}, "cnn": {"baseline": "resnet18_w16"}}
+    params["runs"] = {"single": {"grids": [4]}, "dvt": {"grids": [2, 4], "relation_reuse": True},
+                      "cnn": {"baseline": "resnet18_w16"}}
     return params
 
 
@@ -340,12 +341,14 @@ def test_experiments_carry_their_numbers(finished, tmp_path):
     assert not [p for p in tracked if p.startswith(("runs/", "reports/")) and not p.endswith("metrics.json")
                 and not p.startswith("reports/templates/") and p != "runs/params.ok"]
     sh(root, *GIT, "commit", "-qm", "baseline")
-    sh(root, dvc, "exp", "run", "-S", "train.lr=0.0042", "-n", "lr-test")
+    # The reuse ablation as an experiment: it retrains the DVT run alone, and the report follows.
+    ran = sh(root, dvc, "exp", "run", "-S", "runs.dvt.relation_reuse=false", "-n", "no-relation-reuse").stdout
+    assert "Running stage 'train@dvt-42'" in ran and "Running stage 'train@single-42'" not in ran
 
     shown = json.loads(sh(root, dvc, "exp", "show", "--json").stdout)
     baseline = next(e for e in shown if e["rev"] != "workspace")
     rows = {"baseline": baseline, **{r["name"]: r for x in baseline["experiments"] for r in x["revs"]}}
-    assert set(rows) == {"baseline", "lr-test"}
+    assert set(rows) == {"baseline", "no-relation-reuse"}
     numbers = {name: metrics_of(row) for name, row in rows.items()}
     for name, found in numbers.items():
         keys = {k for k in found if k.startswith("reports/metrics.json.")}
@@ -356,21 +359,21 @@ def test_experiments_carry_their_numbers(finished, tmp_path):
         assert {"runs/dvt/seed42/live/metrics.json.calibration.top1_exit2",
                 "runs/dvt/seed42/live/metrics.json.train.loss_exit1"} <= set(found), name
         assert all(isinstance(v, (int, float)) for v in found.values()), (name, found)
-    assert numbers["lr-test"] != numbers["baseline"]  # another learning rate, other numbers, all recorded
+    assert numbers["no-relation-reuse"] != numbers["baseline"]  # another model, other numbers, all recorded
 
-    diff = json.loads(sh(root, dvc, "exp", "diff", "HEAD", "lr-test", "--json").stdout)
-    assert diff["params"]["params.yaml"]["train.lr"] == {"old": 0.002, "new": 0.0042, "diff": pytest.approx(0.0022)}
-    assert diff["metrics"]["reports/metrics.json"]  # the headline changed with the learning rate
+    diff = json.loads(sh(root, dvc, "exp", "diff", "HEAD", "no-relation-reuse", "--json").stdout)
+    assert diff["params"]["params.yaml"]["runs.dvt.relation_reuse"] == {"old": True, "new": False}
+    assert diff["metrics"]["reports/metrics.json"]["top1.dvt"]  # DVT's headline changed with the model
     # `dvc plots diff`: both revisions' lines on each chart (read from DVC's cache), one per run and revision
-    plots = json.loads(sh(root, dvc, "plots", "diff", "HEAD", "lr-test", "--json").stdout)["data"]
+    plots = json.loads(sh(root, dvc, "plots", "diff", "HEAD", "no-relation-reuse", "--json").stdout)["data"]
     plotted = {}  # chart -> rev -> its rows, as CSV text rows
     for chart, runs in (("accuracy_vs_gmacs", {"single", "dvt", "cnn"}), ("calibration_top1", {"single", "cnn"})):
         rows = plots[f"reports/plots/{chart}.csv"][0]["content"]["data"]["values"]
-        assert {(r["rev"], r["series"]) for r in rows} >= {(rev, run) for rev in ("HEAD", "lr-test") for run in runs}
-        plotted[chart] = {rev: sorted((r["series"], r["top1"]) for r in rows if r["rev"] == rev)
-                          for rev in ("HEAD", "lr-test")}
+        revs = ("HEAD", "no-relation-reuse")
+        assert {(r["rev"], r["series"]) for r in rows} >= {(rev, run) for rev in revs for run in runs}
+        plotted[chart] = {rev: sorted((r["series"], r["top1"]) for r in rows if r["rev"] == rev) for rev in revs}
         # (`dvc exp run` leaves the experiment's outputs in the workspace)
-        assert plotted[chart]["lr-test"] == csv_rows(root / "reports" / "plots" / f"{chart}.csv")
+        assert plotted[chart]["no-relation-reuse"] == csv_rows(root / "reports" / "plots" / f"{chart}.csv")
 
     # Back to the baseline (git and DVC's cache), then the experiment applied over it.
     sh(root, *GIT, "checkout", "--", ".")
@@ -378,14 +381,14 @@ def test_experiments_carry_their_numbers(finished, tmp_path):
     assert json.loads(sh(root, dvc, "status", "--json").stdout) == {}
     for chart, by_rev in plotted.items():  # and HEAD's lines were the baseline's own files
         assert by_rev["HEAD"] == csv_rows(root / "reports" / "plots" / f"{chart}.csv")
-    sh(root, dvc, "exp", "apply", "lr-test")
+    sh(root, dvc, "exp", "apply", "no-relation-reuse")
     assert json.loads(sh(root, dvc, "status", "--json").stdout) == {}
     assert "Running stage" not in sh(root, dvc, "repro", "--dry").stdout
     applied = json.loads((root / "reports" / "metrics.json").read_text())
     for chart, by_rev in plotted.items():
-        assert by_rev["lr-test"] == csv_rows(root / "reports" / "plots" / f"{chart}.csv")
-    assert plotted["accuracy_vs_gmacs"]["HEAD"] != plotted["accuracy_vs_gmacs"]["lr-test"]
-    assert applied["top1"]["dvt"] == numbers["lr-test"]["reports/metrics.json.top1.dvt"]
+        assert by_rev["no-relation-reuse"] == csv_rows(root / "reports" / "plots" / f"{chart}.csv")
+    assert plotted["accuracy_vs_gmacs"]["HEAD"] != plotted["accuracy_vs_gmacs"]["no-relation-reuse"]
+    assert applied["top1"]["dvt"] == numbers["no-relation-reuse"]["reports/metrics.json.top1.dvt"]
     metrics_diff = json.loads(sh(root, dvc, "metrics", "diff", "HEAD", "--json").stdout)
     assert metrics_diff["reports/metrics.json"]["top1.dvt"]["new"] == applied["top1"]["dvt"]
 

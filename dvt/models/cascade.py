@@ -22,8 +22,8 @@ from typing import Sequence
 
 from torch import Tensor, nn
 
-from dvt.models.backbone import BackboneSpec
-from dvt.models.convnet import CNN_GRID, ConvNetExit, ConvNetSpec
+from dvt.backbones import BackboneSpec, ConvNetSpec
+from dvt.models.convnet import CNN_GRID, ConvNetExit
 from dvt.models.stage import Stage
 
 

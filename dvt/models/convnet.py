@@ -7,31 +7,11 @@ vector, so its exit is recorded with grid 1.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
-
 from torch import Tensor, nn
 
+from dvt.backbones import ConvNetSpec
 from dvt.config import CNN_GRID
 from dvt.models.stage import StageOutput
-
-
-@dataclass(frozen=True)
-class ConvNetSpec:
-    name: str  # ours, as params.yaml names it (runs.<run>.baseline)
-    timm_name: str
-    kwargs: dict[str, Any] = field(default_factory=dict)
-
-
-CONVNETS: dict[str, ConvNetSpec] = {
-    spec.name: spec
-    for spec in (
-        # ResNet-18 at a quarter of its width (16-32-64-128 channels, 0.7 M parameters): on the 56 px
-        # cluttered canvas it costs about what the 7x7 vit_micro_ss does per image in training.
-        ConvNetSpec("resnet18_w16", "resnet18", {"channels": (16, 32, 64, 128)}),
-        ConvNetSpec("resnet18", "resnet18"),
-    )
-}
 
 
 class ConvNetExit(nn.Module):

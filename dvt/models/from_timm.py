@@ -27,10 +27,10 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from dvt.backbones import BackboneSpec
 from dvt.errors import DvtError
-from dvt.models.backbone import BackboneSpec
+from dvt.grids import patch_geometry
 from dvt.models.cascade import Cascade
-from dvt.models.tokenizer import patch_geometry
 
 
 def _timm_vit(name: str, *, grid: int, img_size: int, num_classes: int | None, in_chans: int,

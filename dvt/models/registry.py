@@ -10,41 +10,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Sequence
 
+from dvt.backbones import get_spec
 from dvt.errors import DvtError
-from dvt.models.backbone import BACKBONES, BackboneSpec
+from dvt.grids import check_grids
 from dvt.models.cascade import Cascade
-from dvt.models.convnet import CNN_GRID, CONVNETS, ConvNetSpec
-from dvt.models.tokenizer import check_grid
 
 if TYPE_CHECKING:
     from dvt.config import Config
-
-
-def list_models() -> list[str]:
-    return list(BACKBONES)
-
-
-def get_spec(backbone: str) -> BackboneSpec | ConvNetSpec:
-    if backbone in CONVNETS:
-        return CONVNETS[backbone]
-    if backbone not in BACKBONES:
-        raise DvtError(f"unknown backbone {backbone!r}; valid backbones: {', '.join(BACKBONES)} (reference CNNs: "
-                       f"{', '.join(CONVNETS)})")
-    return BACKBONES[backbone]
-
-
-def check_grids(backbone: str, grids: Sequence[int], img_size: int) -> None:
-    """DvtError unless `grids` is non-empty, strictly growing and every grid is makeable."""
-    spec = get_spec(backbone)
-    grids = list(grids)
-    if isinstance(spec, ConvNetSpec):
-        if grids != [CNN_GRID]:
-            raise DvtError(f"{backbone} is a CNN with one exit on the whole image (grid {CNN_GRID}), not grids {grids}")
-        return
-    if not grids or any(b <= a for a, b in zip(grids, grids[1:])):
-        raise DvtError(f"grids {grids} must be a non-empty list growing strictly from exit to exit")
-    for g in grids:
-        check_grid(backbone=backbone, tokenizer=spec.tokenizer, img_size=img_size, grid=g)
 
 
 def check_reuse(grids: Sequence[int], feature_reuse: bool, relation_reuse: bool, strict: bool = True) -> None:

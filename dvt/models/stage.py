@@ -15,7 +15,7 @@ import torch
 from timm.layers import trunc_normal_
 from torch import Tensor, nn
 
-from dvt.models.backbone import BackboneSpec
+from dvt.backbones import BackboneSpec
 from dvt.models.block import Block
 from dvt.models.reuse import FeatureReuse, RelationReuse, can_run_together, feature_reuse_together
 from dvt.models.tokenizer import PatchEmbed, SoftSplitEmbed, T2TModule, sinusoid_table

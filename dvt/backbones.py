@@ -1,4 +1,8 @@
-"""Backbone specifications: the shape of one exit, shared by every exit of a cascade (spec §1.3).
+"""Every model this project builds, by name, as plain data: ViT backbones (the shape of one exit, shared
+by every exit of a cascade, spec §1.3) and the reference CNNs.
+
+Torch-free on purpose: the config check and the Snakefile read these names when a workflow loads, and
+importing torch (with timm) there cost every `snakemake` call about 3 s. dvt.models builds the modules.
 
 Numbers for the T2T-ViT family follow the T2T-ViT paper (their published parameters and GMACs are
 checked in tests/test_flops.py against spec §6); DeiT-S follows DeiT. The `vit_*` backbones are ours:
@@ -7,14 +11,16 @@ small patch-embedding ViTs that train on a CPU on 28x28 / 32x32 images.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from dvt.errors import DvtError
 
 
 @dataclass(frozen=True)
 class BackboneSpec:
     name: str
-    # T2T module with Token-Performers, two conv soft splits (tokenizer.py), or one strided conv
+    # T2T module with Token-Performers, two conv soft splits (dvt/models/tokenizer.py), or one strided conv
     tokenizer: Literal["t2t", "soft_split", "patch"]
     embed_dim: int
     depth: int
@@ -62,9 +68,40 @@ BACKBONES: dict[str, BackboneSpec] = {
         _vit("vit_micro", 64, 4, 4, 2.0, 32, 16),
         _vit("vit_mini", 128, 6, 4, 2.0, 64, 24),
         _vit("vit_tiny", 192, 12, 3, 4.0, 128, 48),
-        # vit_micro with two overlapping soft splits instead of one linear patch (tokenizer.py): the
+        # vit_micro with two overlapping soft splits instead of one linear patch (dvt/models/tokenizer.py): the
         # default on cluttered Fashion-MNIST, where it reaches 48.9 / 64.4 % at 3x3 / 7x7 after 100k
         # images against 32.6 % (3x3, 48 px) with plain patches.
         _vit("vit_micro_ss", 64, 4, 4, 2.0, 32, 16, tokenizer="soft_split", token_dim=32),
     )
 }
+
+
+@dataclass(frozen=True)
+class ConvNetSpec:
+    name: str  # ours, as params.yaml names it (runs.<run>.baseline)
+    timm_name: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+CONVNETS: dict[str, ConvNetSpec] = {
+    spec.name: spec
+    for spec in (
+        # ResNet-18 at a quarter of its width (16-32-64-128 channels, 0.7 M parameters): on the 56 px
+        # cluttered canvas it costs about what the 7x7 vit_micro_ss does per image in training.
+        ConvNetSpec("resnet18_w16", "resnet18", {"channels": (16, 32, 64, 128)}),
+        ConvNetSpec("resnet18", "resnet18"),
+    )
+}
+
+
+def list_models() -> list[str]:
+    return list(BACKBONES)
+
+
+def get_spec(backbone: str) -> BackboneSpec | ConvNetSpec:
+    if backbone in CONVNETS:
+        return CONVNETS[backbone]
+    if backbone not in BACKBONES:
+        raise DvtError(f"unknown backbone {backbone!r}; valid backbones: {', '.join(BACKBONES)} (reference CNNs: "
+                       f"{', '.join(CONVNETS)})")
+    return BACKBONES[backbone]
