@@ -111,8 +111,8 @@ class ModelConfig:
         _require(0.0 <= self.drop_rate < 1.0, "model.drop_rate", self.drop_rate, "must be in [0, 1)")
 
 
-# The reference CNNs a run may name as `baseline` (dvt/backbones.py lists them, dvt/models/convnet.py builds them; a test keeps the
-# two lists equal). Named here so that params are checked without importing torch.
+# The reference CNNs a run may name as `baseline` (dvt/backbones.py lists them, dvt/models/convnet.py
+# builds them; a test keeps the two lists equal).
 Baseline = Literal["resnet18_w16", "resnet18"]
 # A CNN's head sees one pooled vector: its single exit is recorded with this grid.
 CNN_GRID = 1
