@@ -155,7 +155,8 @@ def test_the_mindspore_release_config_builds_its_four_cascades_and_trains_one_st
     check(config)
     kernels = {}
     for name, rc in config.runs.items():
-        model = model_for_run(config, name)
+        with torch.device("meta"):  # the structure only: six DeiT-S initialisations cost seconds each
+            model = model_for_run(config, name)
         assert model.grids == rc.grids and model.spec.name == "timm:deit_small_patch16_224"
         kernels[name] = [e.patch_embed.proj.kernel_size[0] for e in model.exits]
         if len(rc.grids) == 2:
