@@ -72,6 +72,11 @@ BACKBONES: dict[str, BackboneSpec] = {
         # default on cluttered Fashion-MNIST, where it reaches 48.9 / 64.4 % at 3x3 / 7x7 after 100k
         # images against 32.6 % (3x3, 48 px) with plain patches.
         _vit("vit_micro_ss", 64, 4, 4, 2.0, 32, 16, tokenizer="soft_split", token_dim=32),
+        # vit_micro_ss at other depths: the family of one-exit models at full tokens that Fig. 6 sets DVT
+        # against (the paper's T2T-ViT-7/10/12/14/19; configs/fig6.yaml). At 7x7 on 56 px they cost about
+        # 0.6, 0.8, 1.5 and 1.9 times vit_micro_ss (4 blocks).
+        *(_vit(f"vit_micro_ss_d{depth}", 64, depth, 4, 2.0, 32, 16, tokenizer="soft_split", token_dim=32)
+          for depth in (2, 3, 6, 8)),
     )
 }
 

@@ -45,7 +45,8 @@ def check(config: Config, *, pipeline: bool = False) -> None:
             try:
                 get_spec(backbone)
             except DvtError as err:
-                raise ConfigError(f"model.backbone: {err}") from None
+                key = f"runs.{name}.backbone" if rc.backbone else "model.backbone"
+                raise ConfigError(f"{key}: {err}") from None
             try:
                 check_grids(backbone, rc.exit_grids, size)
             except DvtError as err:

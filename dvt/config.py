@@ -126,6 +126,9 @@ class RunConfig:
     grids: tuple[int, ...] = ()
     feature_reuse: bool = True
     relation_reuse: bool = True
+    # This run's own backbone instead of model.backbone: one-exit models of other depths and widths, the
+    # family DVT is compared with in the paper's Fig. 6 (configs/fig6.yaml).
+    backbone: str | None = None
     # Start from this checkpoint (ours or an official *.pth.tar) and fine-tune it.
     init: str | None = None
     # Use this checkpoint as it is and skip training (e.g. the released official DVT weights).
@@ -153,6 +156,8 @@ class RunConfig:
                  f"one timm model per grid ({len(self.grids)})")
         _require(not self.timm or self.baseline is None, "runs.*.timm", list(self.timm),
                  "a baseline CNN has no ViT exits; leave timm out")
+        _require(self.backbone is None or not (self.baseline or self.timm), "runs.*.backbone", self.backbone,
+                 "a run's model is its backbone, its baseline CNN or its timm exits: name one")
         _require(not self.pretrained or len(self.pretrained) == len(self.timm), "runs.*.pretrained",
                  list(self.pretrained), "one file (or null) per timm model of runs.*.timm")
 
@@ -355,11 +360,12 @@ class Config:
         return Path(self.runs_dir) / run / "flops.json"
 
     def backbone_of(self, run: str) -> str:
-        """The model a run trains: its baseline CNN, its exits' timm ViT ("timm:<name>"), else model.backbone."""
+        """The model a run trains: its baseline CNN, its exits' timm ViT ("timm:<name>"), its own backbone,
+        else model.backbone."""
         rc = self.run(run)
         if rc.timm:
             return f"timm:{rc.timm[-1]}"
-        return rc.baseline or self.model.backbone
+        return rc.baseline or rc.backbone or self.model.backbone
 
     def run(self, name: str) -> RunConfig:
         if name not in self.runs:

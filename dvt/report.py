@@ -92,6 +92,10 @@ class Report:
         return [v for v in found if v is not None]
 
     @cached_property
+    def family(self) -> compare.VsFamily | None:
+        return compare.vs_family(self.dvt, self.roles.family) if self.dvt else None
+
+    @cached_property
     def ablation(self) -> compare.Ablation | None:
         return compare.compare_reuse(self.roles)
 
@@ -114,6 +118,8 @@ class Report:
                 findings.exits_rise(self.dvt, roles.singles),
                 findings.matched_accuracy(self.costs, self.dvt, findings.CascadeShape.of_paper(self.ref)),
                 findings.matched_cost(self.costs, findings.paper_first_exit_gap(self.ref)),
+                findings.above_the_family(self.family),
+                findings.cheaper_than_the_family(self.family),
                 findings.reuse_matters(roles),
                 findings.easy_images_are_larger(per_seed, num_exits=self.dvt.num_exits if self.dvt else 0,
                                                 budget=budget),
@@ -160,7 +166,7 @@ class Report:
         return {
             "comparisons": lambda: compare.comparisons(dataset=self.config.data.dataset, seeds=len(self.config.seeds),
                                                        roles=self.roles, costs=self.costs, speeds=self.speeds,
-                                                       ablation=self.ablation),
+                                                       ablation=self.ablation, family=self.family),
             "metrics": lambda: findings.headline(list(self.runs.values()), self.verdicts, self.policies),
             "policies_json": lambda: {"dataset": self.config.data.dataset,
                                       **(self.policies.to_dict() if self.policies else {"run": None})},
@@ -176,7 +182,7 @@ class Report:
         title = f"{pages.DATASET_NAMES[self.config.data.dataset]}, {self.config.model.backbone}"
         drawn = figures.accuracy_vs_gmacs(folder, cascades=cascades, singles=self.roles.singles,
                                           baselines=self.roles.baselines, paper_curves=self.paper_curves,
-                                          paper_table1=self.paper_table1, title=title)
+                                          paper_table1=self.paper_table1, title=title, family=self.family)
         drawn += figures.training_curves(folder, list(self.runs.values()))
         drawn += figures.exit_fractions(folder, cascades, q_step=self.config.eval.q_step)
         if self.policies is not None:

@@ -24,6 +24,10 @@ from tests.test_fetch import write_fashion
 @pytest.mark.parametrize("sections, message", [
     ({"model": {"backbone": "vit_micro_sss"}, "runs": {"a": {"grids": [3]}}},
      "model.backbone: unknown backbone 'vit_micro_sss'; valid backbones: "),
+    ({"runs": {"a": {"grids": [7]}, "b": {"grids": [7], "backbone": "vit_micro_ss_d9"}}},
+     "runs.b.backbone: unknown backbone 'vit_micro_ss_d9'; valid backbones: "),
+    ({"runs": {"b": {"grids": [8], "backbone": "vit_micro_ss_d2"}}},
+     "runs.b.grids: grid 8 cannot be made from 56x56 images by backbone 'vit_micro_ss_d2'; valid grids at this size: "),
     ({"model": {"backbone": "vit_micro_ss"}, "runs": {"a": {"grids": [3, 8]}}},
      "runs.a.grids: grid 8 cannot be made from 56x56 images by backbone 'vit_micro_ss'; valid grids at this size: "),
     ({"runs": {"a": {"grids": [3], "init": "nowhere/checkpoint.pt"}}},

@@ -101,6 +101,7 @@ def test_progress_bars_are_sparse_in_logs(monkeypatch, terminal):
     ({"baseline": "resnet18_w16", "grids": [3]}, "runs.cnn.grids = [3] is not allowed: a baseline CNN"),
     ({"baseline": "vgg"}, "runs.cnn.baseline = 'vgg' is not one of 'resnet18_w16' | 'resnet18'"),
     ({}, "runs.cnn.grids = [] is not allowed: at least one grid"),
+    ({"baseline": "resnet18", "backbone": "vit_micro"}, "runs.cnn.backbone = 'vit_micro' is not allowed: a run's model"),
 ])
 def test_baseline_runs_are_checked(run, message):
     with pytest.raises(ConfigError) as err:
@@ -108,6 +109,12 @@ def test_baseline_runs_are_checked(run, message):
     assert message in str(err.value)
     ok = from_dict({"runs": {"cnn": {"baseline": "resnet18_w16"}}, "model": {"backbone": "vit_micro"}})
     assert ok.run("cnn").exit_grids == (1,) and ok.backbone_of("cnn") == "resnet18_w16"
+
+
+def test_a_run_can_name_its_own_backbone():
+    config = from_dict({"model": {"backbone": "vit_micro_ss"},
+                        "runs": {"a": {"grids": [7]}, "b": {"grids": [7], "backbone": "vit_micro_ss_d2"}}})
+    assert (config.backbone_of("a"), config.backbone_of("b")) == ("vit_micro_ss", "vit_micro_ss_d2")
 
 
 def test_full_config_is_the_default_plus_the_single_reuse_cascades():

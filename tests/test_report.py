@@ -676,6 +676,70 @@ def test_findings_are_computed_from_the_stage_outputs(rendered):
         assert f"| `{f['name']}` | {verdict} |" in text
 
 
+# Fig. 6's family: one-exit models of other widths and depths on DVT's last grid (8x8), beside the
+# default-like set's own tokens_8x8; vit_tiny costs most and is less accurate than vit_mini: off the front.
+FAMILY = {"mini_8x8": ({"grids": [8], "backbone": "vit_mini"}, [84]),
+          "tiny_8x8": ({"grids": [8], "backbone": "vit_tiny"}, [83])}
+
+
+def test_the_family_front_of_fig6_is_computed_from_the_family_runs(runs, rendered, tmp_path):
+    config, default = rendered
+    found = {f["name"]: f for f in json.loads(page(config, "findings.json"))["findings"]}
+    # The default-like set has no other depth: both family findings cannot tell, and say why.
+    for name in ("dvt_is_above_the_family_front", "dvt_is_cheaper_than_the_family"):
+        assert found[name]["holds"] is None and found[name]["numbers"] == {}
+    assert "family" not in default and "family_cost_share" not in json.loads(page(config, "metrics.json"))["dvt"]
+
+    base = yaml.safe_load(runs.read_text())
+    shutil.copytree(base["runs_dir"], tmp_path / "runs")
+    params = params_beside(runs, tmp_path, runs_dir=str(tmp_path / "runs"), report__gallery_size=0,
+                           runs={**RUNS, **{name: spec for name, (spec, _) in FAMILY.items()}})
+    config = load_config(params)
+    labels = {s: np.load(Path(config.data.root) / "synthetic" / f"{s}_labels.npy") for s in ("calibration", "test")}
+    for i, (name, (_, accuracy)) in enumerate(FAMILY.items()):
+        train(config, run=name)
+        flops(config, run=name)
+        write_logits(config, name, labels, 10, accuracy, seed=10 + i)
+        budget(config, run=name)
+    comparisons = report(config)["comparisons"]
+
+    # Independently: the members (gmacs, top-1) from their own stage outputs, the front by hand.
+    points = {r: (stage_outputs(config, r)["eval"]["gmacs"]["exit1"], stage_outputs(config, r)["eval"]["top1"]["exit1"])
+              for r in ("tokens_8x8", *FAMILY)}
+    members = sorted(points.items(), key=lambda kv: kv[1])
+    front = [m for k, m in enumerate(members) if all(m[1][1] > other[1][1] for other in members[:k])]
+    assert [r for r, _ in front] == ["tokens_8x8", "mini_8x8"]  # vit_tiny costs more for less
+    family = comparisons["family"]
+    assert {r: (m["gmacs"], m["top1"], m["on_front"]) for r, m in family["members"].items()} == \
+        {r: (*points[r], r in dict(front)) for r in points}
+    dvt = curve(stage_outputs(config, "dvt"))
+    line = [p for _, p in front]
+    lo, hi = max(min(x for x, _ in dvt), line[0][0]), min(max(x for x, _ in dvt), line[-1][0])
+    assert family["gmacs_range"] == [pytest.approx(lo), pytest.approx(hi)]
+    xs = [lo + (hi - lo) * i / 4000 for i in range(4001)]
+    above = sum(value_at(dvt, x) > value_at(line, x) for x in xs) / len(xs)
+    assert family["share_above_front"] == pytest.approx(above, abs=0.002)
+    gap = [value_at(dvt, x) - value_at(line, x) for x in xs]
+    assert family["mean_gap"] == pytest.approx(sum(gap) / len(gap), abs=0.01)
+    # The most accurate member DVT reaches (its best: exit 3, 86 %) is vit_mini at 84 %.
+    need = cost_for(dvt, points["mini_8x8"][1])
+    assert family["matched"] == "mini_8x8" and family["cost_share"] == pytest.approx(need / points["mini_8x8"][0])
+
+    found = {f["name"]: f for f in json.loads(page(config, "findings.json"))["findings"]}
+    above_front, cheaper = found["dvt_is_above_the_family_front"], found["dvt_is_cheaper_than_the_family"]
+    assert above_front["numbers"]["share_above_front"] == round(family["share_above_front"], 3)
+    assert above_front["holds"] == (family["share_above_front"] >= 0.5 and family["mean_gap"] > 0)
+    assert cheaper["numbers"]["cost_share"] == round(family["cost_share"], 3)
+    assert cheaper["holds"] == (family["cost_share"] <= 0.6)
+    # The grid-family findings still compare Table 1's models of DVT's own backbone.
+    assert found["dvt_is_cheaper_at_equal_accuracy"]["numbers"]["finest"] == "tokens_8x8"
+    assert set(comparisons["matched_gmacs"]) == {"tokens_2x2", "tokens_4x4", "tokens_8x8"}
+    headline = json.loads(page(config, "metrics.json"))["dvt"]
+    assert headline["family_cost_share"] == cheaper["numbers"]["cost_share"]
+    svg = (Path(config.report.dir) / "figures" / "accuracy_vs_gmacs.svg").read_text()
+    assert ">one-exit family (Fig. 6) and its front</text>" in svg and ">mini_8x8</text>" in svg
+
+
 def test_cascade_shape_reads_a_curve_at_a_margin():
     # A straight budget curve from exit 1 (1 GMAC, 60 %) to exit 3 (3 GMACs, 70 %); the finest one-exit
     # model (2 GMACs) at 68 % sits 20 % of the climb below DVT's last exit.

@@ -4,6 +4,9 @@
   the GMACs DVT needs for its top-1, and their ratio. Read off DVT's budgeted curve (budget.csv plus
   its two limits) by linear interpolation; outside the curve's range the answer is None (no
   extrapolation).
+* Against a family (Fig. 6): DVT's curve against the accuracy-cost front of one-exit models of other
+  depths on its last grid, over the costs both reach, and at the top-1 of the family's most accurate
+  member DVT reaches.
 * Matched throughput (Table 2): the same on measured speed: DVT's curve is its timed early-exit budgets
   (speed.json, accuracy from budget.csv) plus the static first exit and whole cascade (everyone leaves
   at exit 1 / at the last exit), read in seconds per image.
@@ -20,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from dvt.reporting.inputs import RunFiles
-from dvt.thresholds import accuracy_at_gmacs, gmacs_for_accuracy
+from dvt.thresholds import accuracy_at_gmacs, gmacs_for_accuracy, mean_accuracy
 
 # (key, words, feature reuse, relation reuse); the first is the paper's DVT.
 REUSE_SETTINGS = (
@@ -50,22 +53,32 @@ class Roles:
     dvt: RunFiles | None
     ablation: dict[str, RunFiles | None]  # REUSE_SETTINGS key -> run, None when params.yaml has none
     baselines: tuple[RunFiles, ...] = ()
+    # Fig. 6's comparison: the one-exit ViTs on DVT's last grid, of its backbone and of others (other
+    # depths or widths, runs.<run>.backbone); empty unless at least one has another backbone.
+    family: tuple[RunFiles, ...] = ()
 
 
 def assign_roles(runs: dict[str, RunFiles]) -> Roles:
-    """From params.yaml alone: no file is read."""
-    singles = tuple(sorted((r for r in runs.values() if not r.is_cascade and not r.is_baseline),
-                           key=lambda r: r.grids[0]))
+    """From params.yaml alone: no file is read. The singles (Table 1's grid family) are the one-exit ViTs
+    of DVT's backbone (model.backbone without a cascade)."""
     cascades = [r for r in runs.values() if r.is_cascade]
     both = [r for r in cascades if r.spec.feature_reuse and r.spec.relation_reuse]
     dvt = (both or cascades or [None])[0]
+    one_exit = [r for r in runs.values() if not r.is_cascade and not r.is_baseline]
+    backbone = dvt.backbone if dvt is not None else next((r.config.model.backbone for r in one_exit), None)
+    singles = tuple(sorted((r for r in one_exit if r.backbone == backbone), key=lambda r: r.grids[0]))
+    family: tuple[RunFiles, ...] = ()
+    if dvt is not None:
+        family = tuple(r for r in one_exit if r.grids[0] == dvt.grids[-1])
+        if all(r.backbone == dvt.backbone for r in family):
+            family = ()
     ablation: dict[str, RunFiles | None] = {}
     for key, _, feature, relation in REUSE_SETTINGS:
         same = [r for r in cascades if dvt is not None and r.grids == dvt.grids
                 and (r.spec.feature_reuse, r.spec.relation_reuse) == (feature, relation)]
         ablation[key] = same[0] if same else None
     baselines = tuple(r for r in runs.values() if r.is_baseline)
-    return Roles(singles=singles, dvt=dvt, ablation=ablation, baselines=baselines)
+    return Roles(singles=singles, dvt=dvt, ablation=ablation, baselines=baselines, family=family)
 
 
 @dataclass(frozen=True)
@@ -92,6 +105,63 @@ def vs_cost(dvt: RunFiles, single: RunFiles) -> VsCost:
     return VsCost(run=single.name, grid=single.grids[0], gmacs=gmacs, top1=top1,
                   dvt_top1_at_gmacs=_num(accuracy_at_gmacs(g, a, gmacs)), dvt_gmacs_at_top1=need,
                   speedup=_ratio(gmacs, need))
+
+
+@dataclass(frozen=True)
+class Member:
+    run: str
+    backbone: str
+    gmacs: float
+    top1: float
+
+
+@dataclass(frozen=True)
+class VsFamily:
+    """DVT's budgeted curve against the accuracy-cost front of a family of one-exit models (Fig. 6).
+
+    The front joins, cheapest first, the members that beat every cheaper member (linear between them,
+    as the paper draws the T2T-ViT family); a member some cheaper one beats is off it. DVT is compared
+    with it over the costs both reach, [lo, hi], and at the accuracy of the most accurate member DVT's
+    curve reaches (`matched`).
+    """
+
+    members: tuple[Member, ...]  # cheapest first
+    front: tuple[Member, ...]
+    lo: float | None
+    hi: float | None
+    share_above: float | None  # of [lo, hi] where DVT's curve is above the front
+    mean_gap: float | None  # DVT minus the front, averaged over [lo, hi] (points)
+    matched: Member | None
+    dvt_gmacs_at_matched_top1: float | None
+
+    @property
+    def cost_share(self) -> float | None:
+        return None if self.matched is None else _ratio(self.dvt_gmacs_at_matched_top1, self.matched.gmacs)
+
+
+def vs_family(dvt: RunFiles, family: tuple[RunFiles, ...], points: int = 1024) -> VsFamily | None:
+    """None without a family (Roles.family)."""
+    if not family:
+        return None
+    members = tuple(sorted((Member(r.name, r.backbone, r.gmacs[0], r.top1[0]) for r in family),
+                           key=lambda m: (m.gmacs, -m.top1)))
+    front = []
+    for m in members:
+        if not front or m.top1 > front[-1].top1:
+            front.append(m)
+    g, a = dvt.curve()
+    fg, fa = np.array([m.gmacs for m in front]), np.array([m.top1 for m in front])
+    lo, hi = max(float(g.min()), float(fg[0])), min(float(g.max()), float(fg[-1]))
+    share = gap = None
+    if lo <= hi:
+        costs = np.linspace(lo, hi, points)
+        share = float(np.mean(accuracy_at_gmacs(g, a, costs) > accuracy_at_gmacs(fg, fa, costs)))
+        gap = _num(mean_accuracy(g, a, lo, hi) - mean_accuracy(fg, fa, lo, hi))
+    reachable = [m for m in members if m.top1 <= float(a.max())]
+    matched = max(reachable, key=lambda m: m.top1) if reachable else None
+    need = None if matched is None else _num(gmacs_for_accuracy(g, a, matched.top1))
+    return VsFamily(members=members, front=tuple(front), lo=lo if lo <= hi else None, hi=hi if lo <= hi else None,
+                    share_above=share, mean_gap=gap, matched=matched, dvt_gmacs_at_matched_top1=need)
 
 
 @dataclass(frozen=True)
@@ -219,7 +289,7 @@ def compare_reuse(roles: Roles) -> Ablation | None:
 
 
 def comparisons(*, dataset: str, seeds: int, roles: Roles, costs: list[VsCost], speeds: list[VsSpeed],
-                ablation: Ablation | None) -> dict[str, Any]:
+                ablation: Ablation | None, family: VsFamily | None = None) -> dict[str, Any]:
     """reports/comparisons.json: every comparison of Tables 2-3 and the ablation (means over `seeds` seeds)."""
     out: dict[str, Any] = {"dataset": dataset, "dvt_run": roles.dvt.name if roles.dvt else None, "seeds": seeds}
     out["matched_gmacs"] = {c.run: {"gmacs": c.gmacs, "top1": c.top1, "dvt_top1_at_gmacs": c.dvt_top1_at_gmacs,
@@ -230,6 +300,13 @@ def comparisons(*, dataset: str, seeds: int, roles: Roles, costs: list[VsCost], 
                                          "dvt_img_per_s_at_top1": s.dvt_img_per_s_at_top1, "speedup": s.speedup,
                                          "ideal_speedup": s.ideal_speedup, "efficiency": s.efficiency}
                                  for s in speeds}
+    if family is not None:
+        out["family"] = {
+            "members": {m.run: {"backbone": m.backbone, "gmacs": m.gmacs, "top1": m.top1,
+                                "on_front": m in family.front} for m in family.members},
+            "gmacs_range": [family.lo, family.hi], "share_above_front": family.share_above,
+            "mean_gap": family.mean_gap, "matched": family.matched.run if family.matched else None,
+            "dvt_gmacs_at_matched_top1": family.dvt_gmacs_at_matched_top1, "cost_share": family.cost_share}
     if ablation is not None:
         names = [k for k, _ in ABLATION_COSTS]
         out["ablation"] = {

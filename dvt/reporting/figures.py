@@ -17,6 +17,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from dvt.reporting.compare import VsFamily
 from dvt.reporting.exit_policies import PolicyComparison
 from dvt.reporting.inputs import RunFiles
 from dvt.reporting.reference import Curve, Table1
@@ -55,9 +56,10 @@ def _colors() -> Iterator[str]:
 
 def accuracy_vs_gmacs(folder: Path, *, cascades: Sequence[RunFiles], singles: Sequence[RunFiles],
                       paper_curves: Sequence[Curve], paper_table1: Table1 | None, title: str,
-                      baselines: Sequence[RunFiles] = ()) -> list[str]:
-    """DVT budgeted curves (lines) against the one-exit runs (points) and the reference CNNs (triangles);
-    the paper's when they apply."""
+                      baselines: Sequence[RunFiles] = (), family: VsFamily | None = None) -> list[str]:
+    """DVT budgeted curves (lines) against the one-exit runs (points), the reference CNNs (triangles) and
+    a family of other depths with its front (Fig. 6: diamonds on a dotted line); the paper's when they
+    apply."""
     fig = new_figure(figsize=(6.4, 4.4))
     with matplotlib.rc_context(STYLE):
         ax = fig.add_subplot()
@@ -76,6 +78,12 @@ def accuracy_vs_gmacs(folder: Path, *, cascades: Sequence[RunFiles], singles: Se
             ax.plot([], [], "s", color="black", label="one-exit runs (token grid)")
         for run in baselines:
             ax.plot(run.gmacs[0], run.top1[0], "^", color="dimgray", ms=7, label=f"{run.name} (reference CNN)")
+        if family is not None:
+            ax.plot([m.gmacs for m in family.front], [m.top1 for m in family.front], ":", color="black", lw=1.2)
+            ax.plot([m.gmacs for m in family.members], [m.top1 for m in family.members], "D", color="black",
+                    mfc="white", ms=5, label="one-exit family (Fig. 6) and its front")
+            for m in family.members:
+                ax.annotate(m.run, (m.gmacs, m.top1), textcoords="offset points", xytext=(5, 4), fontsize=7)
         if cascades:
             ax.plot([], [], "o", color="gray", mfc="white", ms=4, label="each exit alone")
         for curve in paper_curves:

@@ -138,6 +138,7 @@ SINGLES = [r.name for r in _roles.singles]
 BASELINES = [r.name for r in _roles.baselines]
 DVT_RUN = [_roles.dvt.name] if _roles.dvt else []
 ABLATION = [r.name for r in _roles.ablation.values() if r is not None]
+FAMILY = [r.name for r in _roles.family]
 
 
 def files_of(runs: list[str], *names: str) -> list[str]:
@@ -146,9 +147,10 @@ def files_of(runs: list[str], *names: str) -> list[str]:
             for run in runs for name in names for seed in SEEDS]
 
 
-# The findings read what Tables 1-3 and the ablation read, and DVT's logits (where images exit).
+# The findings read what Tables 1-3 and the ablation read, DVT's logits (where images exit) and the
+# family of depths (Fig. 6).
 _FINDINGS_INPUTS = (files_of(DVT_RUN + SINGLES, "eval.json", "budget.csv", "speed.json")
-                    + files_of(BASELINES, "eval.json")
+                    + files_of(BASELINES + FAMILY, "eval.json")
                     + files_of(ABLATION, "eval.json", "budget.csv") + files_of(DVT_RUN, "logits.parquet"))
 
 # part -> (output under report.dir, the run files it reads, its section in `snakemake --report`)
@@ -162,7 +164,7 @@ REPORT_PARTS = {
     "findings": ("findings.md", _FINDINGS_INPUTS, "Findings"),
     "findings_json": ("findings.json", _FINDINGS_INPUTS, "Findings"),
     "comparisons": ("comparisons.json", files_of(DVT_RUN + SINGLES, "eval.json", "budget.csv", "speed.json")
-                    + files_of(ABLATION, "eval.json", "budget.csv"), "Data"),
+                    + files_of(ABLATION, "eval.json", "budget.csv") + files_of(FAMILY, "eval.json"), "Data"),
     "policies": ("policies.md", files_of(DVT_RUN, "policies.json"), "Tables"),
     "policies_json": ("policies.json", files_of(DVT_RUN, "policies.json"), "Data"),
     # One CSV per chart of DVC's top-level plots (every run in it) and the page they are drawn in.
