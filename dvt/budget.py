@@ -64,7 +64,7 @@ def read_run_logits(config: Config, run: str, *, keep_logits: bool = False
     """(logits path, threshold split, test split, cumulative GMACs (K,)), checked against this run;
     keep_logits: the splits keep their (n, K, C) logits (the exit policies read them)."""
     path = config.run_dir(run) / "logits.parquet"
-    sha = checkpoint.sha256(_checkpoint_path(config, run))
+    sha = checkpoint.verified_sha256(_checkpoint_path(config, run))
     check_matches(read_metadata(path), config_dict=checkpoint.run_fingerprint(config, run), checkpoint_sha256=sha,
                   path=path)
     split = config.eval.threshold_split

@@ -17,6 +17,7 @@ So a typo stops both engines before any job deletes or rewrites a file (issue #1
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from dvt.atomic import write_text
@@ -160,9 +161,26 @@ def _check_randaugment(spec: str, size: int) -> None:
                           "rand-m9-mstd0.5-inc1 (or null)") from None
 
 
-def run(config: Config) -> None:
+def run(config: Config, *, verify: bool = False) -> None:
     check(config, pipeline=True)
     out = Path(config.runs_dir) / CHECKED
     if not out.is_file() or out.read_text() != "ok\n":
         write_text(out, "ok\n")
     print(f"dvt check: {len(config.runs)} runs x {len(config.seeds)} seeds: every setting is valid")
+    if verify:
+        _verify(config)
+
+
+def _verify(config: Config) -> None:
+    """Every trained checkpoint against train's record, every DVC output against dvc.lock (dvt.verify)."""
+    from dvt import verify
+
+    weights, bad_weights = verify.checkpoints(config)
+    files, bad_files = verify.dvc_outputs(Path.cwd())
+    damaged = bad_weights + bad_files
+    for d in damaged:
+        print(f"dvt check --verify: damaged: {d}", file=sys.stderr)
+    if damaged:
+        raise DvtError(f"--verify: {len(damaged)} damaged (above) of {weights} checkpoints and {files} DVC output files")
+    print(f"dvt check --verify: {weights} checkpoints match train's records and {files} DVC output files "
+          "match dvc.lock")

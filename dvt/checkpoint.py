@@ -4,10 +4,16 @@ A checkpoint is a dict with `model` (state_dict), `config` (the settings that sh
 `epoch` (finished epochs), `optimizer`, `scheduler`, `ema`, `rng` (python, numpy, torch and the data
 order generator), `log` (per-epoch rows so far), `git_commit` and `format`. Written atomically.
 Trained by several processes, it also has `rng_per_rank`: every process's `rng`, in rank order.
+
+`dvt train` records the finished file's sha256 in train.json beside it (RECORD, "checkpoint_sha256")
+before the file appears, and every stage that reads the weights checks them against that record
+(`verified_sha256`): DVC re-hashes nothing it restores from its cache, so a damaged cache object would
+otherwise be loaded, collected and pushed as if it were the trained model.
 """
 
 from __future__ import annotations
 
+import json
 import random
 import subprocess
 from pathlib import Path
@@ -24,8 +30,9 @@ if TYPE_CHECKING:
     import torch
 
 FORMAT = "dvt-checkpoint-v1"
-__all__ = ["FORMAT", "run_fingerprint", "describe_difference", "save", "load", "read_file", "sha256",
-           "rng_state", "set_rng_state", "git_commit"]
+RECORD = "train.json"
+__all__ = ["FORMAT", "RECORD", "run_fingerprint", "describe_difference", "save", "save_recorded", "load", "read_file",
+           "sha256", "recorded_sha256", "verified_sha256", "rng_state", "set_rng_state", "git_commit"]
 
 
 def run_fingerprint(config: Config, run: str) -> dict[str, Any]:
@@ -84,12 +91,50 @@ def set_rng_state(state: dict[str, Any], data_generator: torch.Generator | None 
 
 
 def save(path: str | Path, payload: dict[str, Any]) -> None:
+    _save(path, payload)
+
+
+def save_recorded(path: str | Path, payload: dict[str, Any], summary: dict[str, Any]) -> None:
+    """Save a finished checkpoint and write `summary` with its sha256 into RECORD beside it, the record
+    first: the checkpoint appears only when its record is there."""
+    from dvt.atomic import write_json
+
+    _save(path, payload, then=lambda tmp: write_json(Path(path).parent / RECORD,
+                                                     {**summary, "checkpoint_sha256": sha256(tmp)}))
+
+
+def _save(path: str | Path, payload: dict[str, Any], then=None) -> None:
     import torch
 
     # Saved through a file object: given a path, torch names the archive inside after the file, and the
     # temporary file's random name would make every save of the same state a different file (hash).
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        torch.save({"format": FORMAT, "git_commit": git_commit(), **payload}, handle)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            torch.save({"format": FORMAT, "git_commit": git_commit(), **payload}, handle)
+        if then is not None:
+            then(tmp)
+
+
+def recorded_sha256(path: Path) -> str | None:
+    """The sha256 train recorded for the checkpoint at `path`; None without a record (a checkpoint
+    from elsewhere, or from a train before the record existed)."""
+    try:
+        record = json.loads((Path(path).parent / RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    found = record.get("checkpoint_sha256") if isinstance(record, dict) else None
+    return found if isinstance(found, str) else None
+
+
+def verified_sha256(path: str | Path) -> str:
+    """The sha256 of the checkpoint at `path`, after checking it against train's record: a damaged file
+    is one DvtError line that says how to restore it, so nothing is computed from damaged weights."""
+    path = Path(path)
+    actual, expected = sha256(path), recorded_sha256(path)
+    if expected is not None and actual != expected:
+        raise DvtError(f"{path} is damaged: its sha256 {actual[:12]}... is not the {expected[:12]}... train recorded "
+                       f"in {path.parent / RECORD}; restore it (`dvt check --verify` says how) or train it again")
+    return actual
 
 
 def read_file(path: Path, *, hint: str = "") -> Any:

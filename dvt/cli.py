@@ -65,6 +65,10 @@ def _parser() -> argparse.ArgumentParser:
                            help="train in N processes (DDP through torchrun; gloo on the CPU, one GPU each "
                                 "with GPUs) on the same global batches, train.batch_size split evenly "
                                 "(default: 1, or WORLD_SIZE under a torchrun started by hand)")
+        if name == "check":
+            p.add_argument("--verify", action="store_true",
+                           help="also hash every trained checkpoint against train's record (train.json) and every "
+                                "DVC output against dvc.lock: what DVC restored is what was written")
         if name == "report":
             p.add_argument("--part", default=None,
                            help="render only this part: table1, table2, table3, ablation, findings, findings_json, "

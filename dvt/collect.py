@@ -56,6 +56,7 @@ def trained_checkpoint(config: Config, run: str) -> Path:
     path = config.run_dir(run) / "checkpoint.pt"
     if not path.is_file():
         raise DvtError(f"{path} not found: train it first with `{config.command('train', run)}`")
+    checkpoint.verified_sha256(path)
     state = checkpoint.load(path)
     diff = checkpoint.describe_difference(state.get("config", {}), checkpoint.run_fingerprint(config, run))
     if diff:

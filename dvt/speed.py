@@ -236,7 +236,7 @@ def run(config: Config, *, run: str) -> dict[str, Any]:
     logits = folder / "logits.parquet"
     meta = read_metadata(logits)
     check_matches(meta, config_dict=checkpoint.run_fingerprint(config, run),
-                  checkpoint_sha256=checkpoint.sha256(ckpt), path=logits)
+                  checkpoint_sha256=checkpoint.verified_sha256(ckpt), path=logits)
     F = np.asarray(meta["cumulative_gmacs"], dtype=np.float64)  # (K,)
     model = model_for_run(config, run)
     K = model.num_exits

@@ -116,10 +116,11 @@ def _import_checkpoint(config: Config, run: str, files: dict[str, Path]) -> None
     top1 = top1_per_exit(model, cal, batch_size=config.eval.batch_size, device=device, amp=config.train.amp) \
         if len(cal) else [float("nan")] * rc.num_exits
     row = {"epoch": 0, **{f"top1_exit{i + 1}": t for i, t in enumerate(top1)}, "seconds": 0.0, "images_per_s": 0.0}
-    checkpoint.save(files["checkpoint"], {"model": model.state_dict(), "config": checkpoint.run_fingerprint(config, run),
-                                          "epoch": config.train.epochs, "log": [row], "imported_from": source})
     _write_log(files, [row])
-    write_json(files["summary"], _summary(config, run, [row], {"imported_from": source}))
+    checkpoint.save_recorded(files["checkpoint"], {"model": model.state_dict(), "epoch": config.train.epochs,
+                                                   "config": checkpoint.run_fingerprint(config, run), "log": [row],
+                                                   "imported_from": source},
+                             _summary(config, run, [row], {"imported_from": source}))
     print(f"dvt train: {run}: imported {rc.checkpoint}; calibration top-1 per exit "
           + " / ".join(f"{t:.2f}" for t in top1))
 
@@ -189,6 +190,8 @@ def _train(config: Config, *, run: str, restart: bool) -> dict:
         if state is not None or not files[kind].is_file():
             continue
         try:
+            if kind == "checkpoint":  # a damaged finished file is not "already trained"
+                checkpoint.verified_sha256(files[kind])
             state = checkpoint.load(files[kind])
         except DvtError as err:
             if not restart:
@@ -210,8 +213,8 @@ def _train(config: Config, *, run: str, restart: bool) -> dict:
             csv_missing, live_missing = not files["log"].is_file(), not (files["live"] / "metrics.json").is_file()
             if dist.main and (csv_missing or live_missing):
                 _write_log(files, _timed(state["log"], []), csv=csv_missing, dvclive=live_missing)
-            if dist.main and not files["summary"].is_file():
-                write_json(files["summary"], summary)
+            if dist.main and not files["summary"].is_file():  # (recording the file as it is now)
+                write_json(files["summary"], {**summary, "checkpoint_sha256": checkpoint.sha256(files["checkpoint"])})
             if dist.main:  # left by a kill between writing checkpoint.pt and deleting it
                 files["resume"].unlink(missing_ok=True)
             epochs = f"{state['epoch']} epoch{'s' if state['epoch'] != 1 else ''}"
@@ -370,11 +373,11 @@ def _train(config: Config, *, run: str, restart: bool) -> dict:
     summary = _summary(config, run, log, extra)
     if dist.main:
         _write_log(files, log)
-        write_json(files["summary"], summary)
-        # Last, so that checkpoint.pt appears only when all is written. It keeps no wall-clock times:
-        # later stages depend on its hash, and retraining bit for bit must leave that hash alone.
-        checkpoint.save(files["checkpoint"], {k: v for k, v in state.items()
-                                              if k not in ("timings", "format", "git_commit")})
+        # Last, so that checkpoint.pt appears only when all is written, with train.json recording its
+        # sha256. It keeps no wall-clock times: later stages depend on its hash, and retraining bit for
+        # bit must leave that hash alone.
+        checkpoint.save_recorded(files["checkpoint"], {k: v for k, v in state.items()
+                                                       if k not in ("timings", "format", "git_commit")}, summary)
         files["resume"].unlink()
     return summary
 

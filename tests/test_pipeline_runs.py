@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -410,3 +411,45 @@ def test_a_pushed_pipeline_pulls_into_a_fresh_clone_where_nothing_reruns(finishe
     assert tree_hashes(clone) == tree_hashes(root)
     assert json.loads(sh(clone, dvc, "status", "--json").stdout) == {}
     assert "Running stage" not in sh(clone, dvc, "repro").stdout
+
+
+def test_check_verify_finds_what_dvc_restored_from_a_damaged_cache(finished, tmp_path):
+    """Issue #31, item 1: DVC re-hashes nothing it restores, so a damaged cache object is checked out and
+    reported up to date; `dvt check --verify` names it and says what restores it, and after that advice
+    everything verifies again."""
+    from tests.test_integrity import flip_a_weight_bit
+
+    root = copy_of(finished, "dvc", tmp_path)
+    dvc, dvt = str(BIN / "dvc"), str(BIN / "dvt")
+    ckpt = "runs/dvt/seed42/checkpoint.pt"
+    oid = next(o["md5"] for s in yaml.safe_load((root / "dvc.lock").read_text())["stages"].values()
+               for o in s.get("outs", []) if o["path"] == ckpt)
+    cached = root / ".dvc" / "cache" / "files" / "md5" / oid[:2] / oid[2:]
+    good = (root / ckpt).read_bytes()
+    assert cached.read_bytes() == good and not cached.samefile(root / ckpt)  # DVC copies out of its cache
+
+    def verify() -> subprocess.CompletedProcess:
+        return subprocess.run([dvt, "check", "--verify"], cwd=root, capture_output=True, text=True, env=engine_env())
+
+    # Bit rot: one bit changes, the file's times do not (DVC would re-hash an object whose mtime changed).
+    times = cached.stat()
+    cached.chmod(0o644)  # (DVC keeps its objects read-only)
+    flip_a_weight_bit(cached)
+    os.utime(cached, ns=(times.st_atime_ns, times.st_mtime_ns))
+    (root / ckpt).unlink()
+    sh(root, dvc, "checkout")  # exit 0: the damaged bytes are restored without a word
+    assert (root / ckpt).read_bytes() != good
+    out = verify()
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert f"damaged: {ckpt}: not the checkpoint train recorded" in out.stderr
+    assert f"damaged: {ckpt}: differs from dvc.lock and DVC's cache copy {cached} is damaged too" in out.stderr
+
+    (root / ckpt).write_bytes(good)  # what `dvc pull` from an intact remote gives back
+    out = verify()
+    assert out.returncode == 2 and out.stderr.count("damaged: ") == 1, out.stderr
+    assert (f"damaged: {cached}: DVC's cache copy of {ckpt} is damaged (the workspace file is intact): delete it and "
+            f"`dvc commit -f {ckpt}`") in out.stderr
+    cached.unlink()
+    sh(root, dvc, "commit", "-f", ckpt)
+    assert verify().returncode == 0 and cached.read_bytes() == good
+    assert json.loads(sh(root, dvc, "status", "--json").stdout) == {}

@@ -1,0 +1,91 @@
+"""Issue #31, item 1: a damaged checkpoint is never used as if it were the trained one.
+
+`dvt train` records the checkpoint's sha256 in train.json; every stage that reads the weights
+(collect, budget, policies, speed, predict, and train's own "already trained") checks the file
+against it and refuses a damaged one in one line, writing nothing. `dvt check --verify` hashes every
+checkpoint against that record and every DVC output against dvc.lock (tests/test_pipeline_runs.py
+runs it on a DVC-built pipeline whose cache object was damaged).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dvt.budget import run as budget
+from dvt.cli import main
+from dvt.config import load_config
+from dvt.flops import run as flops
+from tests.test_collect import build_pipeline
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    params = build_pipeline(tmp_path_factory.mktemp("integrity"))
+    config = load_config(params)
+    budget(config, run="dvt")
+    flops(config, run="dvt")
+    return params
+
+
+def flip_a_weight_bit(path: Path) -> None:
+    """One bit of the largest tensor's bytes: torch still loads the file (it checks no CRC), with one
+    weight changed."""
+    with zipfile.ZipFile(path) as archive:
+        entry = max((i for i in archive.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    data = bytearray(path.read_bytes())
+    start = entry.header_offset + 30 + len(entry.filename.encode()) + len(entry.extra)
+    data[start + entry.file_size // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def hashes(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_train_records_the_sha256_of_the_checkpoint_it_wrote(finished):
+    config = load_config(finished)
+    for run in ("dvt", "single"):
+        folder = config.run_dir(run)
+        recorded = json.loads((folder / "train.json").read_text())["checkpoint_sha256"]
+        assert recorded == hashlib.sha256((folder / "checkpoint.pt").read_bytes()).hexdigest()
+
+
+def test_a_damaged_checkpoint_is_refused_by_every_stage_that_reads_it(finished, tmp_path, capsys):
+    import torch
+
+    config = load_config(finished)
+    ckpt = config.run_dir("dvt") / "checkpoint.pt"
+    good = ckpt.read_bytes()
+    image = tmp_path / "one.png"
+    Image.fromarray(np.zeros((16, 16), dtype=np.uint8)).save(image)
+    try:
+        flip_a_weight_bit(ckpt)
+        torch.load(ckpt, map_location="cpu", weights_only=False)  # loads: nothing else would notice
+        before = hashes(Path(config.runs_dir))
+        for argv in (["collect", "--run", "dvt"], ["budget", "--run", "dvt"], ["policies", "--run", "dvt"],
+                     ["speed", "--run", "dvt"], ["train", "--run", "dvt"], ["predict", "--run", "dvt", str(image)]):
+            capsys.readouterr()
+            assert main([argv[0], "--params", str(finished), *argv[1:]]) == 2, argv
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and err[0].startswith(f"dvt {argv[0]}: error: {ckpt} is damaged: its sha256 "), err
+            assert f"train recorded in {ckpt.parent / 'train.json'}" in err[0]
+            assert hashes(Path(config.runs_dir)) == before, argv
+        # `dvt check --verify` names it, says what to do, and exits 2.
+        capsys.readouterr()
+        assert main(["check", "--params", str(finished), "--verify"]) == 2
+        err = capsys.readouterr().err
+        assert f"damaged: {ckpt}: not the checkpoint train recorded" in err and "--restart" in err
+        assert "1 damaged (above) of 2 checkpoints" in err
+    finally:
+        ckpt.write_bytes(good)
+    capsys.readouterr()
+    assert main(["check", "--params", str(finished), "--verify"]) == 0
+    assert "2 checkpoints match train's records" in capsys.readouterr().out
