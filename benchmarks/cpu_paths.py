@@ -34,8 +34,9 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
+from dvt.inference import early_exit_predict
 from dvt.models import attention, create_model, native, reuse
-from dvt.speed import early_exit_predict, keep_freed_memory
+from dvt.speed import keep_freed_memory
 from dvt.thresholds import budget_fractions, fit_thresholds
 
 HERE = Path(__file__).parent
@@ -95,7 +96,7 @@ def measure(label: str, *, budget: int, warmup: int, repeats: int, batch: int | 
     x = torch.randn(batch, chans, side, side, generator=torch.Generator().manual_seed(1))
     conf = paper_speed.exit_confidences(model, x, amp=False)
     T = fit_thresholds(conf, budget_fractions(len(grids), num_budgets=budget, q_step=paper_speed.Q_STEP)[-1:])[0]
-    _, exits = early_exit_predict(model, x, T)
+    _, exits, _ = early_exit_predict(model, x, T)
 
     def variant(name: str) -> Callable[[], object]:
         def fn() -> None:

@@ -25,6 +25,7 @@ from dvt.data.folder import EXTENSIONS
 from dvt.data.images import is_regular_file, open_image
 from dvt.errors import DvtError
 
+
 def image_paths(items: Sequence[str]) -> list[Path]:
     """Files as given, folders expanded to the images under them (sorted); DvtError if none."""
     found: list[Path] = []
@@ -80,9 +81,8 @@ def run(config: Config, *, run: str, images: Sequence[str], budget: int | None =
     from dvt.collect import trained_checkpoint
     from dvt.data.loading import eval_transform
     from dvt.data.manifest import read_manifest
-    from dvt.logits import max_softmax
+    from dvt.inference import early_exit_predict
     from dvt.models import model_for_run
-    from dvt.thresholds import assign_exits
     from dvt.weights import load_weights
 
     if budget is not None and target_gmacs is not None:
@@ -97,21 +97,22 @@ def run(config: Config, *, run: str, images: Sequence[str], budget: int | None =
     _, manifest = read_manifest(config.data)
     classes = manifest["classes"]
     transform, mode = eval_transform(config, manifest)
-    batch = []
-    for path in paths:
-        batch.append(transform(open_image(path, mode)))
     model = model_for_run(config, run)
     load_weights(model, ckpt, strict=True)
     model.eval()
+    # Real early exit, eval.batch_size images at a time, each read when its batch runs: memory stays
+    # bounded whatever the number of images, and an image that leaves at exit k runs no later exit.
+    size = config.eval.batch_size
+    rows = []
     with torch.inference_mode():
-        logits = [z.float().numpy() for z in model(torch.stack(batch))]  # K x (n, classes)
-    conf, pred = zip(*(max_softmax(z) for z in logits))  # K x (n,)
-    conf, pred = np.stack(conf, axis=1), np.stack(pred, axis=1)  # (n, K)
-    exits = assign_exits(conf, T[None, :])[0]  # (n,) 0-based
-    # "class_index" is the predicted class (logits.parquet's `pred`), "exit" counts from 1 (the parquet's from 0).
-    rows = [{"image": str(path), "class": classes[int(pred[i, k])], "class_index": int(pred[i, k]), "exit": int(k) + 1,
-             "grid": int(rc.exit_grids[k]), "confidence": float(conf[i, k]), "gmacs": float(F[k])}
-            for i, (path, k) in enumerate(zip(paths, exits))]
+        for start in range(0, len(paths), size):
+            chunk = paths[start:start + size]
+            pred, exits, conf = early_exit_predict(model, torch.stack([transform(open_image(p, mode)) for p in chunk]), T)
+            # "class_index" is the predicted class (logits.parquet's `pred`), "exit" counts from 1 (the
+            # parquet's from 0).
+            rows += [{"image": str(path), "class": classes[int(c)], "class_index": int(c), "exit": int(k) + 1,
+                      "grid": int(rc.exit_grids[k]), "confidence": float(v), "gmacs": float(F[k])}
+                     for path, c, k, v in zip(chunk, pred, exits, conf)]
     settings = {"run": run, "seed": config.seed, "thresholds": T.tolist(), **rule}
     if as_json:
         print(json.dumps({**settings, "predictions": rows}, indent=2))

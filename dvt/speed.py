@@ -38,7 +38,7 @@ import platform
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -51,8 +51,8 @@ from dvt.config import Config
 from dvt.data.loading import load_split, make_loader
 from dvt.errors import DvtError
 from dvt.flops import count_cascade
-from dvt.inference import autocast, pad_rows, pick_device
-from dvt.logits import check_matches, max_softmax, read_metadata
+from dvt.inference import autocast, early_exit_predict, pick_device
+from dvt.logits import check_matches, read_metadata
 from dvt.models import Cascade, model_for_run, native
 from dvt.models.registry import standalone_for_run
 from dvt.weights import load_weights
@@ -78,55 +78,6 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
-
-
-@torch.inference_mode()
-def early_exit_predict(model: Cascade, x: Tensor, thresholds: Sequence[float] | np.ndarray, *,
-                       amp: bool = False, pad: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Real early exit (§5): (pred (n,), 0-based exit (n,)) for images x (n, C, S, S).
-
-    A sample leaves at the first exit k with confidence >= thresholds[k]; the last exit takes the
-    rest. Exit k runs only on the rows still in, with their ReuseState rows. The confidence is
-    `dvt.logits.max_softmax` of the float32 logits and is compared in float64, exactly as the stored
-    confidences are compared by `dvt.thresholds.assign_exits`, so on the CPU this reproduces the
-    simulated early exit bit for bit.
-
-    pad=False runs fewer than MIN_ROWS rows as they are instead of padding them (dvt.inference.pad_rows):
-    a lone image then costs one row, not four (DVT-T2T-ViT-12 at batch 1 on this CPU: measured / ideal
-    0.79-0.84 instead of 0.21-0.23), but its logits may differ from a batch's in the last bits.
-    """
-    K = model.num_exits
-    T = np.asarray(thresholds, dtype=np.float64)
-    if T.shape != (K,) or np.isnan(T).any():
-        raise DvtError(f"early exit needs one threshold per exit ({K}), got {np.shape(thresholds)}")
-    # Not model.eval() on every call: it walks all ~300 modules, the largest non-tensor cost of a call
-    # in cProfile.
-    if model.training:
-        model.eval()
-    n = x.shape[0]
-    pred = np.empty(n, dtype=np.int64)
-    exit_index = np.empty(n, dtype=np.int64)
-    if n == 0:
-        return pred, exit_index
-    rows = np.arange(n)  # (m,) original index of each real row in the batch
-    padded = pad_rows if pad else (lambda index: index)
-    batch = padded(torch.arange(n))  # (m',) m' >= m: see dvt.inference.pad_rows
-    state = None
-    if len(batch) != n:
-        x = x[batch.to(x.device)]
-    for k in range(K):
-        with autocast(x.device, amp):
-            logits, state = model.forward_exit(k, x, state)
-        confidence, p = max_softmax(logits[:len(rows)].float().cpu().numpy())  # (m,), (m,)
-        leave = np.ones(len(rows), dtype=bool) if k == K - 1 else confidence.astype(np.float64) >= T[k]
-        pred[rows[leave]], exit_index[rows[leave]] = p[leave], k
-        if leave.all():
-            break
-        stay = np.flatnonzero(~leave)
-        rows = rows[stay]
-        batch = padded(torch.from_numpy(stay)).to(x.device)
-        x, state = x[batch], state.select(batch)
-    return pred, exit_index
 
 
 def exits_up_to(model: Cascade, x: Tensor, k: int, *, amp: bool = False) -> Callable[[], None]:
@@ -283,7 +234,7 @@ def run(config: Config, *, run: str) -> dict[str, Any]:
 
         dynamic: dict[str, Any] = {}
         for name, (p, T, row) in budgets.items():
-            _, exits = early_exit_predict(model, x, T, amp=amp)
+            _, exits, _ = early_exit_predict(model, x, T, amp=amp)
             shares = np.bincount(exits, minlength=K) / len(exits)
             g, t = float(shares @ F), seconds[name]
             dynamic[name] = {

@@ -66,6 +66,30 @@ def test_predictions_are_the_budgets_early_exit(finished, capsys, p):
         assert row["gmacs"] == pytest.approx(F[k])
 
 
+def test_predict_runs_real_early_exit_in_batches(finished, capsys, monkeypatch):
+    """Issue #32, item 1: eval.batch_size images at a time, and exit k runs only on the images still in
+    (a batch's last few rows are padded to dvt.inference.MIN_ROWS): an image that leaves at exit 1
+    never runs exit 2."""
+    from dvt.inference import MIN_ROWS
+    from dvt.models import Cascade
+
+    params, folder = finished
+    ran: list[tuple[int, int]] = []  # (exit, rows) of every call
+    forward_exit = Cascade.forward_exit
+    monkeypatch.setattr(Cascade, "forward_exit",
+                        lambda self, k, x, state: ran.append((k, len(x))) or forward_exit(self, k, x, state))
+    out = predict_json(capsys, params, "--run", "dvt", "--budget", "3", "--set", "eval.batch_size=4", str(folder))
+    exits = [r["exit"] - 1 for r in out["predictions"]]
+    assert len(set(exits)) > 1  # some leave early, some go on
+    wanted = []
+    for start in range(0, N, 4):  # batches of 4 and 2
+        for k in range(3):
+            still_in = sum(e >= k for e in exits[start:start + 4])
+            if still_in:
+                wanted.append((k, max(still_in, MIN_ROWS)))
+    assert ran == wanted
+
+
 def test_a_target_cost_and_the_table(finished, capsys):
     params, folder = finished
     out = predict_json(capsys, params, "--run", "dvt", "--target-gmacs", "0.002", str(folder / "img0.png"))

@@ -18,9 +18,10 @@ from dvt.collect import run as collect
 from dvt.config import Config, load_config
 from dvt.data import fetch
 from dvt.data.loading import load_split
+from dvt.inference import early_exit_predict
 from dvt.logits import read_logits
 from dvt.models import Cascade, model_for_run, native
-from dvt.speed import BATCH_SEED, early_exit_predict
+from dvt.speed import BATCH_SEED
 from dvt.speed import run as speed
 from dvt.thresholds import assign_exits
 from dvt.weights import load_weights
@@ -58,25 +59,27 @@ def split_images(config: Config, split: str) -> torch.Tensor:
     return dataset.__getitems__(list(range(len(dataset))))[0]  # (n, C, S, S), sample order
 
 
-def simulated(config: Config, run: str, split: str, T: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Early exit replayed from logits.parquet: (pred (n,), exit (n,))."""
+def simulated(config: Config, run: str, split: str, T: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Early exit replayed from logits.parquet: (pred (n,), exit (n,), confidence there (n,))."""
     stored = read_logits(config.run_dir(run) / "logits.parquet")[split]
     exits = assign_exits(stored.confidence, T)
-    return stored.pred[np.arange(len(exits)), exits], exits
+    rows = np.arange(len(exits))
+    return stored.pred[rows, exits], exits, stored.confidence[rows, exits]
 
 
 def assert_real_equals_simulated(config: Config, run: str, split: str, T: np.ndarray, *,
                                  chunks: tuple[int, ...] = ()) -> np.ndarray:
     model, x = loaded(config, run), split_images(config, split)
-    want_pred, want_exit = simulated(config, run, split, T)
-    pred, exit_index = early_exit_predict(model, x, T)
+    want_pred, want_exit, want_confidence = simulated(config, run, split, T)
+    pred, exit_index, confidence = early_exit_predict(model, x, T)
     np.testing.assert_array_equal(exit_index, want_exit)
     np.testing.assert_array_equal(pred, want_pred)
+    np.testing.assert_array_equal(confidence, want_confidence)
     # Any batching gives the same answer, a lone image included.
     for size in chunks:
         parts = [early_exit_predict(model, x[s:s + size], T) for s in range(0, len(x), size)]
-        np.testing.assert_array_equal(np.concatenate([p for p, _ in parts]), want_pred)
-        np.testing.assert_array_equal(np.concatenate([e for _, e in parts]), want_exit)
+        np.testing.assert_array_equal(np.concatenate([p for p, _, _ in parts]), want_pred)
+        np.testing.assert_array_equal(np.concatenate([e for _, e, _ in parts]), want_exit)
     return exit_index
 
 
