@@ -24,12 +24,9 @@ CLUTTERED_VERSION = 2
 Manifest = dict[str, Any]
 
 
-def sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
+def sha256(path: Path) -> str:
     with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def file_checksums(folder: Path) -> dict[str, str]:
