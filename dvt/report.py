@@ -153,7 +153,7 @@ class Report:
             "table2": lambda: pages.table2(ref, roles, self.speeds),
             "table3": lambda: pages.table3(ref, roles, self.costs),
             "ablation": lambda: pages.ablation(ref, setting, self.ablation),
-            "findings": lambda: {"findings": self.verdicts},
+            "findings": lambda: {"findings": self.verdicts, "family": self.family},
             "policies": lambda: {"comparison": self.policies, "words": exit_policies.WORDS},
             "index": lambda: pages.index(self.config, runs=self.runs, gallery=self.picks, git_commit=git_commit(),
                                          paper_overlay=bool(self.paper_curves or self.paper_table1),

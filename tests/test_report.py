@@ -738,6 +738,11 @@ def test_the_family_front_of_fig6_is_computed_from_the_family_runs(runs, rendere
     assert headline["family_cost_share"] == cheaper["numbers"]["cost_share"]
     svg = (Path(config.report.dir) / "figures" / "accuracy_vs_gmacs.svg").read_text()
     assert ">one-exit family (Fig. 6) and its front</text>" in svg and ">mini_8x8</text>" in svg
+    text = page(config, "findings.md")
+    assert "## Fig. 6's comparison: DVT against a family of depths" in text
+    rows = {r["run"]: r for r in tables(text)[1]}
+    assert {r: rows[r]["on the front"] for r in points} == {r: "yes" if r in dict(front) else "no" for r in points}
+    assert f"It reaches mini_8x8's top-1 ({fmt('pct', points['mini_8x8'][1])} %)" in text
 
 
 def test_cascade_shape_reads_a_curve_at_a_margin():
