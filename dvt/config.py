@@ -230,6 +230,9 @@ class TrainConfig:
         _require(self.threads >= 1, "train.threads", self.threads, "must be >= 1")
 
 
+MAX_Q = 10.0
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     # The paper's protocol: budgets p = 1..num_budgets, q = p * q_step, exit k gets a q^k share.
@@ -250,6 +253,10 @@ class EvalConfig:
     def __post_init__(self) -> None:
         _require(self.num_budgets >= 1, "eval.num_budgets", self.num_budgets, "must be >= 1")
         _require(self.q_step > 0, "eval.q_step", self.q_step, "must be > 0")
+        # Past q = 10 the first exit's q^0 share is under 1 % of a 3-exit cascade's and shrinks fast: the
+        # budgets collapse onto the later exits and repeat each other.
+        _require(self.num_budgets * self.q_step <= MAX_Q, "eval.q_step", self.q_step,
+                 f"num_budgets x q_step (the largest q) must be <= {MAX_Q:g}; the paper's 59 x 0.05 = 2.95")
         _require(self.batch_size >= 1, "eval.batch_size", self.batch_size, "must be >= 1")
         _require(self.threads >= 1, "eval.threads", self.threads, "must be >= 1")
 

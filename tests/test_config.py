@@ -170,6 +170,15 @@ def test_an_empty_params_file_is_refused_not_run_with_every_default(tmp_path):
         from_dict({"train": {"seed": 42}})
 
 
+def test_budgets_that_would_all_send_every_image_past_exit_1_are_refused():
+    """Issue #31: eval.q_step = 100 wrote 59 identical budgets into the git-tracked metrics."""
+    assert from_dict({"eval": {"num_budgets": 59, "q_step": 0.05}}).eval.q_step == 0.05
+    assert from_dict({"eval": {"num_budgets": 40, "q_step": 0.25}}).eval.q_step == 0.25
+    with pytest.raises(ConfigError, match=r"eval.q_step = 100.0 is not allowed: num_budgets x q_step \(the largest q\) "
+                                          r"must be <= 10; the paper's 59 x 0.05 = 2.95"):
+        from_dict({"eval": {"q_step": 100}})
+
+
 def test_warmup_may_be_a_fraction_of_an_epoch():
     assert from_dict({"train": {"epochs": 2, "warmup_epochs": 0.1}}).train.warmup_epochs == 0.1
     assert from_dict({"train": {"epochs": 2, "warmup_epochs": 1}}).train.warmup_epochs == 1.0
