@@ -12,10 +12,11 @@ normalisation; grey for 1-channel data). The exits are decided from every exit's
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -65,13 +66,26 @@ def _thresholds(config: Config, run: str, *, budget: int | None, target_gmacs: f
     path = config.run_dir(run) / "budget.csv"
     if not path.is_file():
         raise DvtError(f"{path} not found: run `{config.command('budget', run)}` first")
-    frame = pd.read_csv(path).set_index("budget")
+    columns = ["budget", "gmacs", *(f"threshold_{k}" for k in range(num_exits))]
+    with _damaged(path, config.command("budget", run)):
+        frame = pd.read_csv(path)
+        frame = frame[columns].astype(np.float64).set_index(frame["budget"].astype(int))
     p = budget if budget is not None else (config.eval.num_budgets + 1) // 2
     if p not in frame.index:
         raise DvtError(f"--budget {p}: {path} holds budgets {frame.index.min()}..{frame.index.max()}")
     row = frame.loc[p]
-    return (row[[f"threshold_{k}" for k in range(num_exits)]].to_numpy(np.float64),
+    return (row[columns[2:]].to_numpy(np.float64),
             {"rule": "budget", "budget": int(p), "expected_gmacs": float(row["gmacs"])})
+
+
+@contextlib.contextmanager
+def _damaged(path: Path, rerun: str) -> Iterator[None]:
+    """A stage output that does not parse as what its stage writes: one DvtError line naming it."""
+    try:
+        yield
+    except (ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError, pd.errors.ParserError) as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
+        raise DvtError(f"{path} is damaged ({reason}); rerun `{rerun}`") from None
 
 
 def run(config: Config, *, run: str, images: Sequence[str], budget: int | None = None,
@@ -93,7 +107,10 @@ def run(config: Config, *, run: str, images: Sequence[str], budget: int | None =
     T, rule = _thresholds(config, run, budget=budget, target_gmacs=target_gmacs, num_exits=rc.num_exits)
     if not config.flops_path(run).is_file():
         raise DvtError(f"{config.flops_path(run)} not found: run `{config.command('flops', run)}` first")
-    F = np.array([e["cumulative_gmacs"] for e in json.loads(config.flops_path(run).read_text())["exits"]])
+    with _damaged(config.flops_path(run), config.command("flops", run)):
+        F = np.array([float(e["cumulative_gmacs"]) for e in json.loads(config.flops_path(run).read_text())["exits"]])
+        if F.shape != (rc.num_exits,):
+            raise ValueError(f"{len(F)} exits, run {run} has {rc.num_exits}")
     _, manifest = read_manifest(config.data)
     classes = manifest["classes"]
     transform, mode = eval_transform(config, manifest)

@@ -102,6 +102,30 @@ def test_a_target_cost_and_the_table(finished, capsys):
     assert len(lines) == 2 + N and all(line.split()[2] == "1" for line in lines[2:])
 
 
+@pytest.mark.parametrize("name, damage, message", [
+    ("flops.json", b'{"exits": [{"grid": 2}]}', "flops.json is damaged ('cumulative_gmacs'); rerun `dvt flops --run dvt"),
+    ("flops.json", b"\x89PNG\r\n", "flops.json is damaged ("),
+    ("budget.csv", b"\xff\xfe\x00garbage", "budget.csv is damaged ("),
+    ("budget.csv", b"budget,gmacs\n1,0.1\n", "budget.csv is damaged (\"['threshold_0', 'threshold_1', 'threshold_2'] not in index\"); "
+                                               "rerun `dvt budget --run dvt"),
+])
+def test_a_damaged_stage_output_is_one_line(finished, capsys, name, damage, message):
+    """Issue #31: a damaged flops.json or budget.csv was a TypeError / UnicodeDecodeError traceback."""
+    params, folder = finished
+    config = load_config(params)
+    path = config.flops_path("dvt") if name == "flops.json" else config.run_dir("dvt") / name
+    good = path.read_bytes()
+    try:
+        path.write_bytes(damage)
+        capsys.readouterr()
+        assert main(["predict", "--params", str(params), "--run", "dvt", str(folder)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"{path.parent}/{message}" in err[0], err
+        assert path.read_bytes() == damage  # nothing written
+    finally:
+        path.write_bytes(good)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--run", "dvt", "missing.png"], "missing.png: no such file or folder"),
     (["--run", "dvt", "--budget", "99", "IMAGES"], "--budget 99"),
