@@ -94,13 +94,19 @@ def save(path: str | Path, payload: dict[str, Any]) -> None:
     _save(path, payload)
 
 
-def save_recorded(path: str | Path, payload: dict[str, Any], summary: dict[str, Any]) -> None:
+def save_recorded(path: str | Path, payload: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
     """Save a finished checkpoint and write `summary` with its sha256 into RECORD beside it, the record
-    first: the checkpoint appears only when its record is there."""
+    first: the checkpoint appears only when its record is there. Returns what RECORD holds."""
     from dvt.atomic import write_json
 
-    _save(path, payload, then=lambda tmp: write_json(Path(path).parent / RECORD,
-                                                     {**summary, "checkpoint_sha256": sha256(tmp)}))
+    recorded: dict[str, Any] = {}
+
+    def record(tmp: Path) -> None:
+        recorded.update(summary, checkpoint_sha256=sha256(tmp))
+        write_json(Path(path).parent / RECORD, recorded)
+
+    _save(path, payload, then=record)
+    return recorded
 
 
 def _save(path: str | Path, payload: dict[str, Any], then=None) -> None:

@@ -22,7 +22,16 @@ def exclusive(folder: str | os.PathLike, what: str) -> Iterator[None]:
     created = [p for p in (folder, *folder.parents) if not p.exists()]
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f".{what}.lock"
-    with open(path, "a") as handle:  # never written: its bytes (and DVC's view of the folder) stay as they are
+    try:
+        handle = open(path, "a")  # never written: its bytes (and DVC's view of the folder) stay as they are
+    except OSError as err:
+        if not path.is_file():
+            for p in created:
+                p.rmdir()
+            raise DvtError(f"{folder}: cannot create {path.name} ({err.strerror}); is the folder read-only?") from None
+        # A read-only folder: flock needs no write access, and a `dvt train` with nothing to do writes nothing.
+        handle = open(path, "rb")
+    with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

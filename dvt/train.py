@@ -207,14 +207,15 @@ def _train(config: Config, *, run: str, restart: bool) -> dict:
         if diff:
             state = None
         elif kind == "checkpoint":
-            summary = _summary(config, run, state["log"], extra)
+            summary = {**_summary(config, run, state["log"], extra),
+                       "checkpoint_sha256": checkpoint.sha256(files["checkpoint"])}
             # A finished run is left as it is; only a deleted log or summary is written again (without
             # timings, which the checkpoint does not keep).
             csv_missing, live_missing = not files["log"].is_file(), not (files["live"] / "metrics.json").is_file()
             if dist.main and (csv_missing or live_missing):
                 _write_log(files, _timed(state["log"], []), csv=csv_missing, dvclive=live_missing)
             if dist.main and not files["summary"].is_file():  # (recording the file as it is now)
-                write_json(files["summary"], {**summary, "checkpoint_sha256": checkpoint.sha256(files["checkpoint"])})
+                write_json(files["summary"], summary)
             if dist.main:  # left by a kill between writing checkpoint.pt and deleting it
                 files["resume"].unlink(missing_ok=True)
             epochs = f"{state['epoch']} epoch{'s' if state['epoch'] != 1 else ''}"
@@ -376,8 +377,9 @@ def _train(config: Config, *, run: str, restart: bool) -> dict:
         # Last, so that checkpoint.pt appears only when all is written, with train.json recording its
         # sha256. It keeps no wall-clock times: later stages depend on its hash, and retraining bit for
         # bit must leave that hash alone.
-        checkpoint.save_recorded(files["checkpoint"], {k: v for k, v in state.items()
-                                                       if k not in ("timings", "format", "git_commit")}, summary)
+        summary = checkpoint.save_recorded(files["checkpoint"], {k: v for k, v in state.items()
+                                                                 if k not in ("timings", "format", "git_commit")},
+                                           summary)
         files["resume"].unlink()
     return summary
 

@@ -110,6 +110,35 @@ def test_finished_run_is_a_noop(tmp_path, capsys):
     assert rebuilt.keys() == first.keys() and rebuilt["top1"] == first["top1"] and rebuilt["seconds_per_epoch"] is None
 
 
+def test_a_finished_run_on_a_read_only_folder_is_a_noop(tmp_path, capsys, monkeypatch):
+    """Issue #31: `dvt train` on a finished run opened its lock file for writing, an OSError traceback in
+    a read-only folder. (Root writes through file modes, so the read-only file system is simulated at
+    the one open that writes: appending to the lock file.)"""
+    import builtins
+    import errno
+
+    config = load_config(write_params(tmp_path, train__epochs=2, train__subset=64))
+    train(config, run="single")
+    folder = tmp_path / "runs" / "single" / "seed42"
+    before = _tree(folder, mtime=True)
+
+    def read_only(file, mode="r", *args, **kwargs):
+        if any(c in mode for c in "aw+x"):
+            raise OSError(errno.EROFS, "Read-only file system", str(file))
+        return builtins.open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr("dvt.lock.open", read_only, raising=False)
+    capsys.readouterr()
+    assert main(["train", "--params", str(tmp_path / "params.yaml"), "--run", "single"]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    assert _tree(folder, mtime=True) == before
+    # A run never trained has no lock file to read: one line, and nothing left behind.
+    assert main(["train", "--params", str(tmp_path / "params.yaml"), "--run", "dvt"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot create .train.lock (Read-only file system); is the folder read-only?" in err[0]
+    assert not (tmp_path / "runs" / "dvt").exists()
+
+
 @pytest.mark.parametrize("override, message", [
     ("train.batch_size=1000", "train.batch_size = 1000 is larger than the train split"),
     ("runs.single.grids=[5]", "grid"),
