@@ -37,10 +37,11 @@ def check(config: Config, *, pipeline: bool = False) -> None:
 
     if pipeline and not config.runs:
         raise ConfigError("runs: params.yaml names no runs; add at least one (e.g. `tokens_7x7: {grids: [7]}`)")
-    size = dataset_info(config.data).image_size
+    info = dataset_info(config.data)
+    size = info.image_size
     for name, rc in config.runs.items():
         if rc.timm:
-            _check_timm(name, rc.timm, rc.grids, size)
+            _check_timm(name, rc.timm, rc.grids, size, in_chans=info.channels, num_classes=info.num_classes)
         else:
             backbone = config.backbone_of(name)
             try:
@@ -137,16 +138,18 @@ def _check_source(config: Config) -> None:
                           "images); lower it")
 
 
-def _check_timm(run: str, names: tuple[str, ...], grids: tuple[int, ...], size: int) -> None:
-    """Each timm name exists and makes a plain ViT on its grid (built on the meta device: no memory, no
-    weights), and the exits agree in shape."""
+def _check_timm(run: str, names: tuple[str, ...], grids: tuple[int, ...], size: int, *, in_chans: int,
+                num_classes: int) -> None:
+    """Each timm name exists and makes a plain ViT on its grid with the dataset's channels and classes, as
+    train builds it (on the meta device: no memory, no weights), and the exits agree in shape."""
     import torch
 
     from dvt.models.from_timm import cascade_from_timm
 
     try:
         with torch.device("meta"):
-            cascade_from_timm(list(names), grids=grids, img_size=size, feature_reuse=False, relation_reuse=False)
+            cascade_from_timm(list(names), grids=grids, img_size=size, in_chans=in_chans, num_classes=num_classes,
+                              feature_reuse=False, relation_reuse=False)
     except DvtError as err:
         raise ConfigError(f"runs.{run}.timm: {err}") from None
 

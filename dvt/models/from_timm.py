@@ -79,7 +79,8 @@ def _spec_of(model: nn.Module) -> BackboneSpec:
         (any(not isinstance(getattr(b, n), nn.Identity) for b in model.blocks for n in ("ls1", "ls2")), "no layer scale"),
         (any(not isinstance(getattr(b.attn, n, nn.Identity()), nn.Identity) for b in model.blocks
              for n in ("q_norm", "k_norm", "norm")), "no q/k norm"),
-        (not isinstance(model.head, nn.Linear), "a linear head"),
+        (not isinstance(model.head, nn.Linear), "a linear head (its default weights have none: pass num_classes)"
+         if model.num_classes == 0 else "a linear head"),
     ) if bad]
     if unfit:
         raise DvtError(f"{name} is not a plain ViT a DVT exit can take: it needs " + ", ".join(unfit))
