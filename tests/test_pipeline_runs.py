@@ -186,6 +186,8 @@ def test_dvc_end_to_end(finished, tmp_path):
     # the report look changed (issue #15, item 13).
     (root / "runs" / "dvt" / "seed42" / ".logits.parquet.host-1-abc.tmp").write_bytes(b"partial")
     (root / "runs" / "single" / "seed42" / "resume.pt").write_bytes(b"state")
+    # Nor does the mark Snakemake leaves in a folder output it wrote (issue #31, item 6).
+    (root / "reports" / "figures" / ".snakemake_timestamp").write_bytes(b"")
     assert json.loads(sh(root, str(BIN / "dvc"), "status", "--json").stdout) == {}
 
     set_param(root, "speed", "repeats", 2)
