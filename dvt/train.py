@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from dvt import checkpoint, live
-from dvt.atomic import atomic_path, write_json
+from dvt.atomic import atomic_path, sweep, write_json
 from dvt.config import Config
 from dvt.data.loading import load_split, make_loader
 from dvt.data.shards import ShardedBatches, seed_rank, seed_worker_of_rank
@@ -218,6 +218,8 @@ def _train(config: Config, *, run: str, restart: bool) -> dict:
                 write_json(files["summary"], summary)
             if dist.main:  # left by a kill between writing checkpoint.pt and deleting it
                 files["resume"].unlink(missing_ok=True)
+                for path in files.values():  # and what killed writers of this run left
+                    sweep(path)
             epochs = f"{state['epoch']} epoch{'s' if state['epoch'] != 1 else ''}"
             if dist.main:
                 print(f"dvt train: {run}/seed{config.seed} is already trained ({epochs}); nothing to do")

@@ -460,6 +460,25 @@ def test_killed_fetch_leaves_no_manifest_and_rerun_completes(tmp_path):
     assert not list((tmp_path / "data").glob(".synthetic.*.tmp"))
 
 
+def test_an_up_to_date_fetch_still_sweeps_what_a_killed_one_left(tmp_path):
+    """Issue #31, item 5: after a kill, a no-op rerun left a half-written folder and the whole old
+    dataset moved aside until the next write."""
+    from dvt.atomic import _HOST
+
+    params = tmp_path / "params.yaml"
+    params.write_text(f"data:\n  dataset: synthetic\n  root: {tmp_path / 'data'}\n  calibration_size: 10\n"
+                      "  synthetic:\n    train_size: 60\n    test_size: 10\n")
+    assert main(["fetch", "--params", str(params)]) == 0
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)  # a writer that is gone
+    for tail in ("x1y2", "old"):
+        left = tmp_path / "data" / f".synthetic.{_HOST}-{pid}-{tail}.tmp"
+        left.mkdir()
+        (left / "train_images.npy").write_bytes(b"partial")
+    assert main(["fetch", "--params", str(params)]) == 0  # up to date: nothing to write
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["synthetic"]
+
+
 def test_loaders_give_normalised_batches(synthetic_config):
     import torch
 

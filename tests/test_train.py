@@ -86,6 +86,12 @@ def test_finished_run_is_a_noop(tmp_path, capsys):
                            *(f"live/plots/metrics/{name}.tsv" for name in ("train/lr", "train/loss", "train/loss_exit1",
                                                                           "calibration/top1_exit1"))}
     # Nothing is rewritten: a train.json without its ema and processes keys made DVC retrain (#15, 3).
+    # What a killed writer left is swept, though (issue #31, item 5).
+    from dvt.atomic import _HOST
+
+    pid = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                             text=True).stdout)
+    (folder / f".checkpoint.pt.{_HOST}-{pid}-k1ll.tmp").write_bytes(b"partial")
     again = train(config, run="single")
     assert "nothing to do" in capsys.readouterr().out
     assert _tree(folder, mtime=True) == before

@@ -18,7 +18,7 @@ from typing import Iterator
 
 import numpy as np
 
-from dvt.atomic import atomic_dir
+from dvt.atomic import atomic_dir, sweep
 from dvt.config import Config, DataConfig
 from dvt.data import cifar, cluttered, folder, idx
 from dvt.data.info import FOLDER_DATASETS
@@ -276,6 +276,9 @@ def run(config: Config) -> Manifest:
     data = config.data
     out = Path(data.root) / data.dataset
     fp = fingerprint(data)
+    # What a killed fetch left goes first, also when there is nothing to do: a half-written folder, or the
+    # old dataset moved aside (put back if the new one never arrived, so it may be current).
+    sweep(out)
     current = is_current(out, fp)
     if current is not None:
         print(f"dvt fetch: {out} is up to date ({_counts(current)})")
