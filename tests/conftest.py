@@ -42,5 +42,34 @@ def write_params_file(root: Path, base: dict, **changes) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def finished_pipeline(tmp_path_factory) -> Path:
+    """The tiny pipeline of tests/test_collect.py built once per session: fetched, the `dvt` and `single`
+    runs trained, collected, budgeted and counted. Modules take a copy (`copy_pipeline`), never this."""
+    from dvt.budget import run as budget
+    from dvt.config import load_config
+    from dvt.flops import run as flops
+    from tests.test_collect import build_pipeline
+
+    params = build_pipeline(tmp_path_factory.mktemp("pipeline"))
+    config = load_config(params)
+    for run in ("dvt", "single"):
+        budget(config, run=run)
+        flops(config, run=run)
+    return params
+
+
+def copy_pipeline(params: Path, root: Path) -> Path:
+    """A copy of a built pipeline's data and runs under root, with its params.yaml pointing at them."""
+    import shutil
+
+    import yaml
+
+    base = yaml.safe_load(params.read_text())
+    shutil.copytree(base["data"]["root"], root / "data")
+    shutil.copytree(base["runs_dir"], root / "runs")
+    return write_params_file(root, base)
+
+
 def random_images(rng: np.random.Generator, n: int, size: int, channels: int) -> np.ndarray:
     return rng.integers(0, 256, size=(n, size, size, channels), dtype=np.uint8)

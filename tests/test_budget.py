@@ -15,12 +15,12 @@ from dvt.budget import run as budget
 from dvt.cli import main
 from dvt.config import load_config
 from dvt.logits import read_logits
-from tests.test_collect import build_pipeline
+from tests.conftest import copy_pipeline
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory) -> Path:
-    return build_pipeline(tmp_path_factory.mktemp("budget"))
+def pipeline(finished_pipeline, tmp_path_factory) -> Path:
+    return copy_pipeline(finished_pipeline, tmp_path_factory.mktemp("budget"))
 
 
 def outputs(params: Path, run: str = "dvt") -> tuple[pd.DataFrame, dict]:

@@ -27,7 +27,7 @@ from dvt.logits import read_logits, read_metadata
 from dvt.models import model_for_run
 from dvt.train import run as train
 from dvt.weights import load_weights
-from tests.conftest import write_params_file
+from tests.conftest import copy_pipeline, write_params_file
 
 PARAMS = {
     "data": {"dataset": "synthetic", "calibration_size": 100,
@@ -66,8 +66,8 @@ def save_random_checkpoint(config: Config, run: str, *, seed: int = 0) -> Path:
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory) -> Path:
-    return build_pipeline(tmp_path_factory.mktemp("collect"))
+def pipeline(finished_pipeline, tmp_path_factory) -> Path:
+    return copy_pipeline(finished_pipeline, tmp_path_factory.mktemp("collect"))
 
 
 def test_long_format_readable_with_pandas_and_metadata_records_provenance(pipeline):

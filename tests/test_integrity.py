@@ -18,20 +18,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dvt.budget import run as budget
 from dvt.cli import main
 from dvt.config import load_config
-from dvt.flops import run as flops
-from tests.test_collect import build_pipeline
+from tests.conftest import copy_pipeline
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory) -> Path:
-    params = build_pipeline(tmp_path_factory.mktemp("integrity"))
-    config = load_config(params)
-    budget(config, run="dvt")
-    flops(config, run="dvt")
-    return params
+def finished(finished_pipeline, tmp_path_factory) -> Path:
+    return copy_pipeline(finished_pipeline, tmp_path_factory.mktemp("integrity"))
 
 
 def flip_a_weight_bit(path: Path) -> None:

@@ -16,7 +16,7 @@ from dvt.cli import main
 from dvt.policy_eval import run as policy_stage
 from dvt.config import load_config
 from dvt.logits import read_logits
-from tests.test_collect import build_pipeline
+from tests.conftest import copy_pipeline
 
 
 def random_logits(n: int = 24, K: int = 3, C: int = 5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -85,10 +85,8 @@ def test_the_gate_is_calibrated_on_its_calibration_split():
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
-    params = build_pipeline(tmp_path_factory.mktemp("policies"))
-    budget(load_config(params), run="dvt")
-    return params
+def pipeline(finished_pipeline, tmp_path_factory):
+    return copy_pipeline(finished_pipeline, tmp_path_factory.mktemp("policies"))
 
 
 def test_max_softmax_reproduces_budget_csv(pipeline):

@@ -10,25 +10,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dvt.budget import run as budget
 from dvt.cli import main
 from dvt.config import load_config
-from dvt.flops import run as flops
 from dvt.logits import read_logits
 from dvt.thresholds import assign_exits
-from tests.test_collect import build_pipeline
+from tests.conftest import copy_pipeline
 
 N = 6
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory) -> tuple[Path, Path]:
+def finished(finished_pipeline, tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("predict")
-    params = build_pipeline(root)
+    params = copy_pipeline(finished_pipeline, root)
     config = load_config(params)
-    for run in ("dvt", "single"):
-        budget(config, run=run)
-        flops(config, run=run)
     # the first test images as PNG files, in a folder with one of them in a sub-folder
     images = np.load(Path(config.data.root) / config.data.dataset / "test_images.npy")[:N]  # (N, H, W, C)
     folder = root / "images"

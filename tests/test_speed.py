@@ -12,7 +12,6 @@ import pandas as pd
 import pytest
 import torch
 
-from dvt.budget import run as budget
 from dvt.cli import main
 from dvt.collect import run as collect
 from dvt.config import Config, load_config
@@ -25,7 +24,8 @@ from dvt.speed import BATCH_SEED
 from dvt.speed import run as speed
 from dvt.thresholds import assign_exits
 from dvt.weights import load_weights
-from tests.test_collect import build_pipeline, save_random_checkpoint, write_params
+from tests.conftest import copy_pipeline
+from tests.test_collect import save_random_checkpoint, write_params
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -40,12 +40,8 @@ def one_thread() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory) -> Path:
-    params = build_pipeline(tmp_path_factory.mktemp("speed"))
-    config = load_config(params)
-    budget(config, run="dvt")
-    budget(config, run="single")
-    return params
+def pipeline(finished_pipeline, tmp_path_factory) -> Path:
+    return copy_pipeline(finished_pipeline, tmp_path_factory.mktemp("speed"))
 
 
 def loaded(config: Config, run: str) -> Cascade:
