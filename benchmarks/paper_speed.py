@@ -138,7 +138,7 @@ def time_cascade(backbone: str, *, batch: int, device: torch.device, amp: bool, 
             shares = target
             seconds = [float(shares @ np.array(ts)) for ts in zip(*(times[f"path{k + 1}"] for k in range(K)))]
         else:
-            _, exits = early_exit_predict(model, x, thresholds[name], amp=amp, pad=pad)
+            _, exits, _ = early_exit_predict(model, x, thresholds[name], amp=amp, pad=pad)
             shares = np.bincount(exits, minlength=K) / batch
             seconds = times[name]
         g = float(shares @ F)

@@ -28,7 +28,8 @@ def images(n: int = 6, size: int = 28, chans: int = 1, dtype=torch.float64) -> t
 
 def test_list_models():
     assert list_models() == ["t2t_vit_7", "t2t_vit_10", "t2t_vit_12", "t2t_vit_14", "t2t_vit_19", "t2t_vit_24",
-                             "deit_small", "vit_micro", "vit_mini", "vit_tiny", "vit_micro_ss"]
+                             "deit_small", "vit_micro", "vit_mini", "vit_tiny", "vit_micro_ss", "vit_micro_ss_d2",
+                             "vit_micro_ss_d3", "vit_micro_ss_d6", "vit_micro_ss_d8"]
 
 
 @pytest.mark.parametrize("name", SMALL)
@@ -44,8 +45,8 @@ def test_small_models_forward_backward(name, size, chans, grids):
 
 
 @pytest.mark.slow
-# vit_micro_ss makes other grids (test_soft_split_tokenizer_geometry_and_training).
-@pytest.mark.parametrize("name", [n for n in list_models() if n not in SMALL and n != "vit_micro_ss"])
+# vit_micro_ss (and its depths) makes other grids (test_soft_split_tokenizer_geometry_and_training).
+@pytest.mark.parametrize("name", [n for n in list_models() if n not in SMALL and not n.startswith("vit_micro_ss")])
 def test_imagenet_models_forward_backward(name):
     # Two exits keep it quick while still exercising both kinds of reuse at 224 px.
     model = create_model(name, grids=(7, 10), img_size=224, in_chans=3, num_classes=1000)
@@ -81,6 +82,10 @@ def test_soft_split_tokenizer_geometry_and_training():
     assert [tuple(o.shape) for o in outs] == [(2, 10)] * 3
     sum(o.square().mean() for o in outs).backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    # Fig. 6's family: the same ViT at other depths, one exit on the finest grid.
+    for depth in (2, 3, 6, 8):
+        deeper = create_model(f"vit_micro_ss_d{depth}", grids=(7,), img_size=56, in_chans=1, num_classes=10)
+        assert len(deeper.exits[0].blocks) == depth and deeper(torch.randn(2, 1, 56, 56))[0].shape == (2, 10)
 
 
 def test_unknown_backbone_lists_valid_ones():
