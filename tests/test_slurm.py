@@ -10,7 +10,7 @@ Checked on the tiny pipeline of test_pipeline_runs.py:
 * a training job given 2 GPUs trains in 2 torchrun processes, and when it is cancelled half-way the
   same command resumes it to the weights of an uninterrupted 2-process run.
 
-Run them alone with `pytest -m slurm` (5.0 min on 2 cores; `make test` runs them beside the rest).
+Run them alone with `pytest -m slurm` (5.4 min alone on 2 cores; `make test` runs them beside the rest).
 They need root and Debian's slurm-wlm, slurmdbd, munge and mariadb-server (`make test` installs them
 as root on Debian); elsewhere they are skipped with the reason.
 """
