@@ -52,7 +52,7 @@ def place_weights(source: Config, scratch: Config, run: str, mode: str) -> str:
     target.parent.mkdir(parents=True, exist_ok=True)
     if mode == "auto":
         try:
-            shutil.copyfile(trained_checkpoint(source, run), target)
+            shutil.copyfile(trained_checkpoint(source, run)[0], target)
             return "trained"
         except DvtError:
             pass  # not trained (or trained with other settings): time random weights instead

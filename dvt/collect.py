@@ -51,12 +51,13 @@ class SplitSource:
     seed: int | None  # reseed every generator first (augmented images), None for fixed transforms
 
 
-def trained_checkpoint(config: Config, run: str) -> Path:
-    """runs/R/seed<S>/checkpoint.pt, refusing a missing, half-trained or differently-configured one."""
+def trained_checkpoint(config: Config, run: str) -> tuple[Path, str]:
+    """runs/R/seed<S>/checkpoint.pt and its (verified) sha256, refusing a missing, damaged, half-trained
+    or differently-configured one."""
     path = config.run_dir(run) / "checkpoint.pt"
     if not path.is_file():
         raise DvtError(f"{path} not found: train it first with `{config.command('train', run)}`")
-    checkpoint.verified_sha256(path)
+    sha = checkpoint.verified_sha256(path)
     state = checkpoint.load(path)
     diff = checkpoint.describe_difference(state.get("config", {}), checkpoint.run_fingerprint(config, run))
     if diff:
@@ -65,7 +66,7 @@ def trained_checkpoint(config: Config, run: str) -> Path:
     if state.get("epoch", 0) < config.train.epochs:
         raise DvtError(f"{path} holds {state.get('epoch', 0)} of {config.train.epochs} epochs: finish it with "
                        f"`{config.command('train', run)}`")
-    return path
+    return path, sha
 
 
 def cumulative_gmacs(config: Config, run: str, model: Cascade) -> tuple[list[float], str]:
@@ -134,7 +135,7 @@ def _write_split(model: Cascade, source: SplitSource, out: LogitsWriter, *, conf
 
 def run(config: Config, *, run: str) -> dict:
     """Write runs/<run>/seed<S>/logits.parquet; returns the per-exit test top-1 (percent) and where it went."""
-    path = trained_checkpoint(config, run)
+    path, sha = trained_checkpoint(config, run)
     model = model_for_run(config, run)
     load_weights(model, path, strict=True)
     model.eval()
@@ -147,7 +148,7 @@ def run(config: Config, *, run: str) -> dict:
     top1: dict[str, list[float]] = {}
     with LogitsWriter(out_path, grids=model.grids, cumulative_gmacs=gmacs,
                       config=checkpoint.run_fingerprint(config, run),
-                      checkpoint_sha256=checkpoint.sha256(path)) as writer, \
+                      checkpoint_sha256=sha) as writer, \
             progress(total=sum(len(s.indices) for s in sources), desc=f"collect {run}", unit="img", leave=False) as bar:
         for source in sources:
             correct = _write_split(model, source, writer, config=config, device=device, bar=bar)

@@ -103,7 +103,7 @@ def run(config: Config, *, run: str, images: Sequence[str], budget: int | None =
         raise DvtError("give --budget or --target-gmacs, not both")
     paths = image_paths(images)
     rc = config.run(run)
-    ckpt = trained_checkpoint(config, run)
+    ckpt, _ = trained_checkpoint(config, run)
     T, rule = _thresholds(config, run, budget=budget, target_gmacs=target_gmacs, num_exits=rc.num_exits)
     if not config.flops_path(run).is_file():
         raise DvtError(f"{config.flops_path(run)} not found: run `{config.command('flops', run)}` first")

@@ -191,7 +191,7 @@ def _train(config: Config, *, run: str, restart: bool) -> dict:
             continue
         try:
             if kind == "checkpoint":  # a damaged finished file is not "already trained"
-                checkpoint.verified_sha256(files[kind])
+                sha = checkpoint.verified_sha256(files[kind])
             state = checkpoint.load(files[kind])
         except DvtError as err:
             if not restart:
@@ -207,8 +207,7 @@ def _train(config: Config, *, run: str, restart: bool) -> dict:
         if diff:
             state = None
         elif kind == "checkpoint":
-            summary = {**_summary(config, run, state["log"], extra),
-                       "checkpoint_sha256": checkpoint.sha256(files["checkpoint"])}
+            summary = {**_summary(config, run, state["log"], extra), "checkpoint_sha256": sha}
             # A finished run is left as it is; only a deleted log or summary is written again (without
             # timings, which the checkpoint does not keep).
             csv_missing, live_missing = not files["log"].is_file(), not (files["live"] / "metrics.json").is_file()

@@ -157,11 +157,13 @@ def vs_family(dvt: RunFiles, family: tuple[RunFiles, ...], points: int = 1024) -
         costs = np.linspace(lo, hi, points)
         share = float(np.mean(accuracy_at_gmacs(g, a, costs) > accuracy_at_gmacs(fg, fa, costs)))
         gap = _num(mean_accuracy(g, a, lo, hi) - mean_accuracy(fg, fa, lo, hi))
+    else:  # no cost both reach
+        lo = hi = None
     reachable = [m for m in members if m.top1 <= float(a.max())]
     matched = max(reachable, key=lambda m: m.top1) if reachable else None
     need = None if matched is None else _num(gmacs_for_accuracy(g, a, matched.top1))
-    return VsFamily(members=members, front=tuple(front), lo=lo if lo <= hi else None, hi=hi if lo <= hi else None,
-                    share_above=share, mean_gap=gap, matched=matched, dvt_gmacs_at_matched_top1=need)
+    return VsFamily(members=members, front=tuple(front), lo=lo, hi=hi, share_above=share, mean_gap=gap,
+                    matched=matched, dvt_gmacs_at_matched_top1=need)
 
 
 @dataclass(frozen=True)
