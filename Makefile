@@ -8,12 +8,28 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 LOCK := requirements.lock
 
-.PHONY: repro test install lock fashion-mnist slurm
+.PHONY: repro test install lock fashion-mnist slurm budget-study
 
 # The default pipeline end to end (fetch -> train -> ... -> reports/) with DVC; the stage commands
 # find `dvt` through PATH, so the venv's bin/ goes first.
 repro: $(STAMP) fashion-mnist
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
+
+# The training-budget study (configs/budget-*.yaml, one config per budget): each budget is a pipeline of
+# its own in studies/budget-<B>/ (its params.yaml a copy of the config, the data and the report
+# templates linked from here), run by Snakemake; then `dvt trend` sets them side by side in
+# results/budget/. A budget already finished is not rerun. Pick budgets with BUDGETS="1x 4x".
+BUDGETS ?= 0.5x 1x 2x 4x 8x
+CORES ?= 2
+budget-study: $(STAMP) fashion-mnist
+	@set -e; for b in $(BUDGETS); do \
+		d=studies/budget-$$b; mkdir -p $$d/reports data; \
+		cmp -s configs/budget-$$b.yaml $$d/params.yaml || cp configs/budget-$$b.yaml $$d/params.yaml; \
+		ln -sfn ../../data $$d/data; ln -sfn ../../../reports/templates $$d/reports/templates; \
+		echo "== budget $$b: $$d"; \
+		PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake -s workflow/Snakefile -d $$d --cores $(CORES); \
+	done
+	$(BIN)/dvt trend $(addprefix studies/budget-,$(BUDGETS)) --out results/budget
 
 # The SLURM tests (pytest -m slurm: a real one-node cluster, tests/slurm/cluster.sh) mostly wait for
 # the scheduler, so they run beside the rest; both must pass.

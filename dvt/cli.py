@@ -32,6 +32,9 @@ STAGES: dict[str, tuple[str, str, bool]] = {
     "predict": ("dvt.predict", "classify image files (or folders of them) with early exit: class, exit, "
                 "confidence and GMACs per image", True),
 }
+# Not a stage of one pipeline: compares several finished ones (the training-budget study).
+TREND_HELP = ("compare finished pipelines that differ in training budget: one table and figure of how DVT's "
+              "findings move with the images each model saw")
 # Stages that work on one trained seed of a run: they take --seed (default: every seed in params, in turn).
 PER_SEED = ("train", "collect", "budget", "policies", "speed")
 # Stages that build a model or write data: they run `dvt check` first (budget and report need no
@@ -86,6 +89,12 @@ def _parser() -> argparse.ArgumentParser:
                            help="also report thresholds for this average cost per image")
             p.add_argument("--target-accuracy", type=float, default=None,
                            help="also report the cheapest thresholds reaching this top-1 (percent)")
+    trend = sub.add_parser("trend", help=TREND_HELP, description=TREND_HELP)
+    trend.add_argument("folders", nargs="+", metavar="FOLDER",
+                       help="finished pipelines (each with its params.yaml, runs/ and report), e.g. studies/budget-*")
+    trend.add_argument("--out", required=True, help="the folder to write (replaced as a whole)")
+    trend.add_argument("--templates", default="reports/templates",
+                       help="where trend.md.j2 is (default: reports/templates)")
     return parser
 
 
@@ -133,6 +142,11 @@ def _train_args(args: argparse.Namespace) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.stage == "trend":  # reads each folder's own params.yaml
+            from dvt import trend
+
+            trend.run(args.folders, out=args.out, templates=args.templates)
+            return 0
         from dvt.config import load_config
 
         config = load_config(args.params, args.overrides)

@@ -61,6 +61,8 @@ FILTERS: dict[str, Callable[..., str]] = {
     "ips": _fmt(".0f"),  # images per second
     "signed": _fmt("+.2f"),  # accuracy gains, points
     "millions": _fmt(".3f"),  # parameters, M
+    "num": _fmt(".3g"),  # a quantity of any kind (dvt trend's rows)
+    "slope": _fmt("+.3g"),  # its change per doubling
 }
 
 

@@ -1,0 +1,120 @@
+"""`dvt trend` (issue #30, item 2): one table and figure over finished pipelines that differ in training budget.
+
+Three tiny pipelines train for 1, 2 and 4 epochs of a 32-image subset, and their logits are designed so
+that DVT's last exit leads the finest one-exit model by 1, 2 and 3 points: the trend must find exactly
+those margins, 32 / 64 / 128 images per model, a slope of +1 point per doubling, and every other number
+as each pipeline's own findings.json gives it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dvt.budget import run as budget
+from dvt.cli import main
+from dvt.config import load_config
+from dvt.data import fetch
+from dvt.flops import run as flops
+from dvt.policy_eval import run as exit_policies
+from dvt.report import run as report
+from dvt.speed import run as speed
+from dvt.train import run as train
+from tests.conftest import write_params_file
+from tests.test_report import PARAMS, copy_templates, write_logits
+
+RUNS = {"tokens_2x2": {"grids": [2]}, "tokens_8x8": {"grids": [8]}, "dvt": {"grids": [2, 4, 8]},
+        "dvt_no_reuse": {"grids": [2, 4, 8], "feature_reuse": False, "relation_reuse": False}}
+EPOCHS = (1, 2, 4)
+SUBSET = 32  # images per epoch
+
+
+def accuracy(margin: int) -> dict[str, list[float]]:
+    """Designed top-1 (%) per exit: DVT's last exit `margin` points above the 8x8 model."""
+    return {"tokens_2x2": [55], "tokens_8x8": [80], "dvt": [58, 74, 80 + margin], "dvt_no_reuse": [55, 70, 79]}
+
+
+def build(root: Path, *, epochs: int, margin: int, data: Path) -> Path:
+    """A finished pipeline in root (params.yaml, runs/, reports/), everything relative to root as in a study."""
+    root.mkdir()
+    params = write_params_file(root, PARAMS, runs=RUNS, train__epochs=epochs, train__subset=SUBSET,
+                               data__root=str(data), runs_dir="runs", report__dir="reports")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)  # runs/ and reports/ are relative to the pipeline's folder
+        config = load_config(params)
+        fetch.run(config)
+        labels = {s: np.load(data / "synthetic" / f"{s}_labels.npy") for s in ("calibration", "test")}
+        for i, (name, acc) in enumerate(accuracy(margin).items()):
+            train(config, run=name)
+            flops(config, run=name)
+            write_logits(config, name, labels, 10, acc, seed=i)
+            budget(config, run=name)
+            if name in ("dvt", "tokens_8x8"):
+                speed(config, run=name)
+            if name == "dvt":
+                exit_policies(config, run=name)
+        copy_templates(config)
+        report(config)
+    return root
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> list[Path]:
+    base = tmp_path_factory.mktemp("trend")
+    return [build(base / f"budget-{e}x", epochs=e, margin=m, data=base / "data")
+            for e, m in zip(EPOCHS, (1, 2, 3))]
+
+
+def findings(folder: Path) -> dict[str, dict]:
+    return {f["name"]: f for f in json.loads((folder / "reports" / "findings.json").read_text())["findings"]}
+
+
+def test_trend_reads_each_pipeline_and_the_slope_per_doubling(study, tmp_path, capsys):
+    out = tmp_path / "trend"
+    # given out of order: the table goes by images seen
+    assert main(["trend", *map(str, reversed(study)), "--out", str(out), "--templates",
+                 str(study[0] / "reports" / "templates")]) == 0
+    data = json.loads((out / "trend.json").read_text())
+    points = data["points"]
+    assert [p["folder"] for p in points] == [f.name for f in study]
+    assert [p["images_per_model"] for p in points] == [e * SUBSET for e in EPOCHS]
+    assert [p["quantities"]["margin"] for p in points] == [1.0, 2.0, 3.0]
+    assert [list(p["margin_per_seed"].values()) for p in points] == [[1.0], [2.0], [3.0]]
+    assert data["per_doubling"]["margin"] == pytest.approx(1.0)
+    for p, folder in zip(points, study):
+        f = findings(folder)
+        assert p["quantities"]["cost_share"] == f["dvt_is_cheaper_at_equal_accuracy"]["numbers"]["cost_share"]
+        gain = f["reuse_makes_later_exits_better"]["numbers"]
+        assert p["quantities"]["reuse_gain_last_exit"] == gain["gain"] == 80 + p["quantities"]["margin"] - 79
+        assert p["quantities"]["measured_speedup"] == json.loads(
+            (folder / "reports" / "metrics.json").read_text())["dvt"]["measured_speedup"]
+        assert p["findings"] == {name: x["holds"] for name, x in f.items()}
+        seconds = sum(float(line.split(",")[-2]) for run in RUNS
+                      for line in (folder / "runs" / run / "seed42" / "train_log.csv").read_text().splitlines()[1:]
+                      if not line.startswith("0,"))
+        assert p["train_seconds"] == pytest.approx(seconds, abs=0.1)
+    page = (out / "trend.md").read_text()
+    assert "| images seen per model | 32 | 64 | 128 | |" in page
+    assert "| DVT's last exit minus the finest one-exit model (points) | 1 | 2 | 3 | +1 |" in page
+    assert {p.name for p in out.iterdir()} == {"trend.json", "trend.md", "trend.png", "trend.svg"}
+    assert "3 pipelines" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("case", ["one folder", "no report", "not a folder"])
+def test_a_bad_study_is_one_line_and_leaves_the_old_trend(study, tmp_path, capsys, case):
+    out = tmp_path / "trend"
+    out.mkdir()
+    (out / "trend.md").write_text("the old page\n")
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    (unfinished / "params.yaml").write_text((study[0] / "params.yaml").read_text())
+    folders = {"one folder": [study[0]], "no report": [study[0], unfinished],
+               "not a folder": [study[0], tmp_path / "nowhere"]}[case]
+    capsys.readouterr()
+    assert main(["trend", *map(str, folders), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dvt trend: error: ") and err.count("\n") == 1, err
+    assert {p.name: p.read_text() for p in out.iterdir()} == {"trend.md": "the old page\n"}
