@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import random
 import subprocess
+import sys
+from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -109,6 +111,28 @@ def save_recorded(path: str | Path, payload: dict[str, Any], summary: dict[str, 
     return recorded
 
 
+def canonical(obj: Any) -> Any:
+    """`obj` with fresh containers and interned strings, so that pickle writes the same bytes for the same
+    content whatever the objects' history.
+
+    Pickle writes an object seen before as a reference to it, so the bytes depend on which equal strings,
+    tuples, lists and dicts happen to be one object: a run resumed from resume.pt holds the loaded copies
+    where an uninterrupted run holds the constructors' (a 3-epoch tiny run: a different checkpoint.pt after
+    each of 2 resumes, the same tensors). Here every equal string is one object and no container is
+    shared; tensors are left as they are (their storages are written once each, by content key).
+    """
+    if isinstance(obj, str):
+        return sys.intern(str(obj))
+    if type(obj) in (dict, OrderedDict):
+        out = type(obj)((canonical(k), canonical(v)) for k, v in obj.items())
+        if getattr(obj, "__dict__", None):  # a state_dict's _metadata (module versions), pickled with it
+            out.__dict__.update(canonical(vars(obj)))
+        return out
+    if type(obj) in (list, tuple):
+        return type(obj)(canonical(v) for v in obj)
+    return obj
+
+
 def _save(path: str | Path, payload: dict[str, Any], then=None) -> None:
     import torch
 
@@ -116,7 +140,7 @@ def _save(path: str | Path, payload: dict[str, Any], then=None) -> None:
     # temporary file's random name would make every save of the same state a different file (hash).
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as handle:
-            torch.save({"format": FORMAT, "git_commit": git_commit(), **payload}, handle)
+            torch.save(canonical({"format": FORMAT, "git_commit": git_commit(), **payload}), handle)
         if then is not None:
             then(tmp)
 

@@ -83,3 +83,35 @@ def test_a_damaged_checkpoint_is_refused_by_every_stage_that_reads_it(finished, 
     capsys.readouterr()
     assert main(["check", "--params", str(finished), "--verify"]) == 0
     assert "2 checkpoints match train's records" in capsys.readouterr().out
+
+
+def test_the_same_checkpoint_content_is_the_same_bytes_whatever_its_objects_history(tmp_path):
+    """A resumed run holds loaded copies where an uninterrupted one holds shared objects; pickle would write
+    the two differently (issue #31, 3 of 7 resumes). checkpoint.save writes the content, not the history."""
+    import torch
+    from torch import nn
+
+    from dvt import checkpoint
+
+    model = nn.Sequential(nn.Linear(3, 2), nn.LayerNorm(2))
+    betas = (0.9, 0.999)
+    shared = {"model": model.state_dict(), "groups": [{"lr": 0.1, "betas": betas}, {"lr": 0.1, "betas": betas}],
+              "log": [{"epoch": 1, "loss_exit1": 2.0}, {"epoch": 2, "loss_exit1": 1.5}]}
+    buffer = tmp_path / "a.pt"
+    torch.save(shared, buffer)
+    loaded = torch.load(buffer, weights_only=False)  # equal content, other objects and sharing
+    loaded["groups"][1]["betas"] = tuple(list(loaded["groups"][1]["betas"]))  # a new, unshared tuple
+    loaded["log"][1] = {"".join(list(k)): v for k, v in loaded["log"][1].items()}  # new, unshared keys
+    raw = [tmp_path / "raw1.pt", tmp_path / "raw2.pt"]
+    for obj, path in zip((shared, loaded), raw):
+        with open(path, "wb") as handle:
+            torch.save(obj, handle)
+    assert raw[0].read_bytes() != raw[1].read_bytes()  # what plain torch.save does
+    ours = [tmp_path / "ours1.pt", tmp_path / "ours2.pt"]
+    for obj, path in zip((shared, loaded), ours):
+        checkpoint.save(path, obj)
+    assert ours[0].read_bytes() == ours[1].read_bytes()
+    back = checkpoint.load(ours[0])
+    assert back["model"]._metadata == model.state_dict()._metadata  # module versions kept
+    assert all(torch.equal(back["model"][k], v) for k, v in model.state_dict().items())
+    assert back["groups"] == shared["groups"] and back["log"] == shared["log"]

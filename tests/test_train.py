@@ -189,6 +189,9 @@ def test_kill_9_mid_training_then_resume_matches_uninterrupted(tmp_path):
     assert not ckpt.exists()
     a, b = final_state(reference), final_state(killed)
     assert_same_weights(a["model"], b["model"])
+    # and the same bytes (issue #31): dvc.lock and the logits' checkpoint sha do not change after a resume
+    assert (killed / "runs" / "dvt" / "seed42" / "checkpoint.pt").read_bytes() == \
+        (reference / "runs" / "dvt" / "seed42" / "checkpoint.pt").read_bytes()
     assert [(r["loss"], r["top1_exit2"]) for r in a["log"]] == [(r["loss"], r["top1_exit2"]) for r in b["log"]]
     # the resumed run's DVCLive history holds every epoch once, as the uninterrupted run's does
     live = [_tree(root / "runs" / "dvt" / "seed42" / "live") for root in (reference, killed)]
