@@ -121,6 +121,24 @@ def assert_typos_stop_before_any_job(root: Path, engine: list[str]) -> None:
         assert tree_hashes(root, ("data", "runs", "reports")) == before
         (root / "params.yaml").write_text(good)
     (root / "junk.pt").unlink()
+    # Issue #31, item 3: settings that used to run (an empty file replaced the fetched data with the
+    # defaults'; q_step 100 rewrote the tracked metrics; a seed past 2**32 crashed inside numpy).
+    metrics = (root / "reports" / "metrics.json").read_bytes()
+    base = yaml.safe_load(good)
+    # (DVC parses dvc.yaml's ${runs} before any stage, so an empty file stops it with its own line)
+    empty = "Could not find 'runs'" if "dvc" in engine[0] else "is empty; start from the shipped params.yaml"
+    for text, message in (("", empty),
+                          (yaml.safe_dump({**base, "seeds": [2**32]}), "seeds = [4294967296] is not allowed"),
+                          (yaml.safe_dump({**base, "policies": None}), "policies is empty (null)"),
+                          (yaml.safe_dump({**base, "eval": {**base.get("eval", {}), "q_step": 100}}),
+                           "eval.q_step = 100.0 is not allowed")):
+        (root / "params.yaml").write_text(text)
+        out = subprocess.run(engine, cwd=root, capture_output=True, text=True, env=engine_env())
+        said = [line for line in (out.stdout + out.stderr).splitlines() if message in line]
+        assert out.returncode != 0 and len(said) == 1, out.stdout + out.stderr
+        assert tree_hashes(root, ("data", "runs", "reports")) == before
+        assert (root / "reports" / "metrics.json").read_bytes() == metrics
+    (root / "params.yaml").write_text(good)
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> dict[str, Path]:
