@@ -34,7 +34,9 @@ import random
 import statistics
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -164,12 +166,32 @@ def _train_loader(train_set, dist: Distributed, *, batch_size: int, num_workers:
                        worker_init_fn=functools.partial(seed_worker_of_rank, dist.rank))
 
 
+# Steps between host synchronisations: the progress bar's loss and speed, and the check that every exit's
+# loss is finite. Between them the losses are summed on the device, so a GPU is never stalled per step.
+LOG_EVERY = 20
+
+
+@dataclass
+class Trainer:
+    """What one seed of a run trains with, built once (and restored on resume)."""
+
+    model: nn.Module
+    train_model: nn.Module  # the model, wrapped in DDP under several processes
+    optimizer: torch.optim.Optimizer
+    scheduler: Any  # timm's CosineLRScheduler, stepped per update
+    ema: Any | None  # timm's ModelEmaV3
+    scaler: torch.amp.GradScaler
+    mixup: Any | None  # timm's Mixup (mixup / cutmix)
+    criterion: nn.Module
+    loader: torch.utils.data.DataLoader
+    data_gen: torch.Generator  # draws the data order (and the loader workers' seeds)
+    device: torch.device
+    dist: Distributed
+
+
 def _train(config: Config, *, run: str, restart: bool) -> dict:
-    rc = config.run(run)
-    tc = config.train
-    out = config.run_dir(run)
-    files = _outputs(out)
-    if rc.checkpoint:
+    files = _outputs(config.run_dir(run))
+    if config.run(run).checkpoint:
         if _rank() == 0:  # the others have nothing to do
             _import_checkpoint(config, run, files)
         return {}
@@ -178,20 +200,66 @@ def _train(config: Config, *, run: str, restart: bool) -> dict:
     if device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
         torch.cuda.set_device(device)
-    torch.set_num_threads(tc.threads)
+    torch.set_num_threads(config.train.threads)
 
-    # Resume or refuse before anything is built, so a mismatch costs nothing. With --restart a file of
-    # other settings is ignored, not deleted: it is overwritten only when the new run writes its own,
-    # so a setting refused below (or a kill) loses nothing.
+    extra = {"ema": config.train.ema_decay is not None, "processes": dist.world}
+    state, finished = _previous_state(config, run, files, dist=dist, restart=restart, extra=extra)
+    if finished is not None:
+        return finished
+    train_set, cal_set = _datasets(config, dist)
+    trainer = build_trainer(config, run, train_set, dist=dist, device=device)
+    rows: list[dict] = []  # per epoch, deterministic: what the checkpoint keeps
+    timings: list[dict] = []  # per epoch, wall-clock: only in resume.pt and the log
+    start_epoch = 0
+    if state is not None:
+        rows, timings, start_epoch = resume(trainer, state, seed=config.seed)
+        if dist.main:
+            print(f"dvt train: {run}/seed{config.seed}: resuming after epoch {start_epoch} of {config.train.epochs}")
+
+    grids = config.run(run).exit_grids
+    for epoch in range(start_epoch, config.train.epochs):
+        tic = time.perf_counter()
+        try:
+            loss_sums, seen = train_one_epoch(trainer, epoch=epoch, config=config, run=run)
+        except NonFiniteLoss as bad:
+            k = bad.exit
+            raise DvtError(f"the loss of exit {k + 1} (grid {grids[k]}x{grids[k]}) became {bad.value} at epoch "
+                           f"{epoch + 1}, step {bad.step}; the last good state (epoch {epoch}) is kept in "
+                           f"{files['resume']}. Lower train.lr or set train.clip_grad") from None
+        seconds = time.perf_counter() - tic
+        top1 = evaluate(trainer, cal_set, config=config, num_exits=len(grids))
+        steps = len(trainer.loader)
+        row = {"epoch": epoch + 1, "lr": trainer.optimizer.param_groups[0]["lr"],
+               **{f"loss_exit{k + 1}": float(loss_sums[k] / steps) for k in range(len(grids))},
+               "loss": float(loss_sums.sum() / steps),
+               **{f"top1_exit{k + 1}": t for k, t in enumerate(top1)}}
+        rows.append(row)
+        timings.append({"seconds": seconds, "images_per_s": seen / seconds})
+        state = save_epoch(trainer, files, rows=rows, timings=timings,
+                           fingerprint=checkpoint.run_fingerprint(config, run))
+        if dist.main:
+            print(f"dvt train: {run}/seed{config.seed} epoch {epoch + 1}/{config.train.epochs}: loss "
+                  f"{row['loss']:.4f}, calibration top-1 " + " / ".join(f"{t:.2f}" for t in top1)
+                  + f" ({seconds:.1f} s, {seen / seconds:.0f} img/s)")
+        dist.barrier()  # the others wait while rank 0 evaluates and writes
+    return _finish(config, run, files, state=state, log=_timed(rows, timings), extra=extra, dist=dist)
+
+
+def _previous_state(config: Config, run: str, files: dict[str, Path], *, dist: Distributed, restart: bool,
+                    extra: dict) -> tuple[dict | None, dict | None]:
+    """(resume.pt's state to go on from, or None; train.json's summary if the run is already trained).
+
+    Resume or refuse before anything is built, so a mismatch costs nothing. With --restart a file of
+    other settings is ignored, not deleted: it is overwritten only when the new run writes its own, so a
+    setting refused later (or a kill) loses nothing.
+    """
     fingerprint = checkpoint.run_fingerprint(config, run)
-    extra = {"ema": tc.ema_decay is not None, "processes": dist.world}
-    state = None
     for kind in ("checkpoint", "resume"):
-        if state is not None or not files[kind].is_file():
+        if not files[kind].is_file():
             continue
         try:
-            if kind == "checkpoint":  # a damaged finished file is not "already trained"
-                sha = checkpoint.verified_sha256(files[kind])
+            # a damaged finished file is not "already trained"
+            sha = checkpoint.verified_sha256(files[kind]) if kind == "checkpoint" else None
             state = checkpoint.load(files[kind])
         except DvtError as err:
             if not restart:
@@ -205,25 +273,35 @@ def _train(config: Config, *, run: str, restart: bool) -> dict:
             raise DvtError(f"{files[kind]} was trained with other settings ({diff}); delete it, "
                            "rename the run, or pass --restart")
         if diff:
-            state = None
-        elif kind == "checkpoint":
-            summary = {**_summary(config, run, state["log"], extra), "checkpoint_sha256": sha}
-            # A finished run is left as it is; only a deleted log or summary is written again (without
-            # timings, which the checkpoint does not keep).
-            csv_missing, live_missing = not files["log"].is_file(), not (files["live"] / "metrics.json").is_file()
-            if dist.main and (csv_missing or live_missing):
-                _write_log(files, _timed(state["log"], []), csv=csv_missing, dvclive=live_missing)
-            if dist.main and not files["summary"].is_file():  # (recording the file as it is now)
-                write_json(files["summary"], summary)
-            if dist.main:  # left by a kill between writing checkpoint.pt and deleting it
-                files["resume"].unlink(missing_ok=True)
-                for path in files.values():  # and what killed writers of this run left
-                    sweep(path)
-            epochs = f"{state['epoch']} epoch{'s' if state['epoch'] != 1 else ''}"
-            if dist.main:
-                print(f"dvt train: {run}/seed{config.seed} is already trained ({epochs}); nothing to do")
-            return summary
+            continue
+        if kind == "resume":
+            return state, None
+        return None, _already_trained(config, run, files, state=state, sha=sha, dist=dist, extra=extra)
+    return None, None
 
+
+def _already_trained(config: Config, run: str, files: dict[str, Path], *, state: dict, sha: str | None,
+                     dist: Distributed, extra: dict) -> dict:
+    """A finished run is left as it is; only a deleted log or summary is written again (without timings,
+    which the checkpoint does not keep). Nothing is written when nothing is missing (a read-only folder)."""
+    summary = {**_summary(config, run, state["log"], extra), "checkpoint_sha256": sha}
+    if dist.main:
+        csv_missing, live_missing = not files["log"].is_file(), not (files["live"] / "metrics.json").is_file()
+        if csv_missing or live_missing:
+            _write_log(files, _timed(state["log"], []), csv=csv_missing, dvclive=live_missing)
+        if not files["summary"].is_file():  # (recording the file as it is now)
+            write_json(files["summary"], summary)
+        files["resume"].unlink(missing_ok=True)  # left by a kill between writing checkpoint.pt and deleting it
+        for path in files.values():  # and what killed writers of this run left
+            sweep(path)
+        epochs = f"{state['epoch']} epoch{'s' if state['epoch'] != 1 else ''}"
+        print(f"dvt train: {run}/seed{config.seed} is already trained ({epochs}); nothing to do")
+    return summary
+
+
+def _datasets(config: Config, dist: Distributed) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset]:
+    """(train split, or its train.subset; calibration split)."""
+    tc = config.train
     train_set = load_split(config, "train")
     cal_set = load_split(config, "calibration")
     if tc.subset is not None and tc.subset < len(train_set):
@@ -233,7 +311,20 @@ def _train(config: Config, *, run: str, restart: bool) -> dict:
         raise DvtError(f"train.batch_size = {tc.batch_size} is larger than the train split ({len(train_set)} "
                        "images); lower it")
     check_split(tc.batch_size, dist.world)
+    return train_set, cal_set
 
+
+def build_trainer(config: Config, run: str, train_set: torch.utils.data.Dataset, *, dist: Distributed,
+                  device: torch.device) -> Trainer:
+    """The model, optimiser, scheduler, EMA, mixup, loss and loader of one seed of `run`, in a fixed order of
+    random draws: the same seed builds the same trainer, bit for bit."""
+    from timm.data import Mixup
+    from timm.loss import SoftTargetCrossEntropy
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import CosineLRScheduler
+    from timm.utils import ModelEmaV3
+
+    rc, tc = config.run(run), config.train
     # Every generator the run draws from (numpy: timm's mixup/cutmix; python: RandAugment), and so also
     # their states in checkpoint.pt: retraining gives the same bytes, and later stages stay up to date.
     random.seed(config.seed)
@@ -252,13 +343,6 @@ def _train(config: Config, *, run: str, restart: bool) -> dict:
     loader = _train_loader(train_set, dist, batch_size=tc.batch_size, num_workers=config.data.num_workers,
                            generator=data_gen)
     steps = len(loader)
-
-    from timm.data import Mixup
-    from timm.loss import SoftTargetCrossEntropy
-    from timm.optim import create_optimizer_v2
-    from timm.scheduler import CosineLRScheduler
-    from timm.utils import ModelEmaV3
-
     optimizer = create_optimizer_v2(
         param_groups(model, weight_decay=tc.weight_decay, backbone_lr_scale=tc.backbone_lr_scale if rc.init else 1.0),
         opt=tc.optimizer, lr=tc.lr, momentum=tc.momentum,
@@ -269,11 +353,10 @@ def _train(config: Config, *, run: str, restart: bool) -> dict:
                                   warmup_t=round(tc.warmup_epochs * steps), warmup_lr_init=tc.warmup_lr,
                                   t_in_epochs=False)
     ema = ModelEmaV3(model, decay=tc.ema_decay) if tc.ema_decay else None
-    num_classes = model.num_classes
     mixup = None
     if tc.mixup > 0 or tc.cutmix > 0:
         mixup = Mixup(mixup_alpha=tc.mixup, cutmix_alpha=tc.cutmix, label_smoothing=tc.label_smoothing,
-                      num_classes=num_classes)
+                      num_classes=model.num_classes)
         criterion: nn.Module = SoftTargetCrossEntropy()
     else:
         criterion = nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing)
@@ -285,102 +368,132 @@ def _train(config: Config, *, run: str, restart: bool) -> dict:
         # in the size-1 dimension, the same memory: DDP's copy into its bucket is right but warns.
         warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
         train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return Trainer(model=model, train_model=train_model, optimizer=optimizer, scheduler=scheduler, ema=ema,
+                   scaler=scaler, mixup=mixup, criterion=criterion, loader=loader, data_gen=data_gen, device=device,
+                   dist=dist)
 
-    rows: list[dict] = []  # per epoch, deterministic: what the checkpoint keeps
-    timings: list[dict] = []  # per epoch, wall-clock: only in resume.pt and the log
-    start_epoch = 0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if ema is not None:
-            ema.module.load_state_dict(state["ema"])
-        if scaler.is_enabled() and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        rows, timings, start_epoch = list(state["log"]), list(state.get("timings", [])), state["epoch"]
-        _restore_rng(state, data_gen, dist, seed=config.seed, epoch=start_epoch)
-        if dist.main:
-            print(f"dvt train: {run}/seed{config.seed}: resuming after epoch {start_epoch} of {tc.epochs}")
 
+def resume(trainer: Trainer, state: dict, *, seed: int) -> tuple[list[dict], list[dict], int]:
+    """Restore resume.pt's state into `trainer`; returns (log rows, timings, epochs done)."""
+    trainer.model.load_state_dict(state["model"])
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    trainer.scheduler.load_state_dict(state["scheduler"])
+    if trainer.ema is not None:
+        trainer.ema.module.load_state_dict(state["ema"])
+    if trainer.scaler.is_enabled() and state.get("scaler"):
+        trainer.scaler.load_state_dict(state["scaler"])
+    _restore_rng(state, trainer.data_gen, trainer.dist, seed=seed, epoch=state["epoch"])
+    return list(state["log"]), list(state.get("timings", [])), state["epoch"]
+
+
+class NonFiniteLoss(Exception):
+    """An exit's loss became NaN or infinite (exit index from 0, its summed value, the step that saw it)."""
+
+    def __init__(self, exit: int, value: float, step: int) -> None:
+        super().__init__(exit, value, step)
+        self.exit, self.value, self.step = exit, value, step
+
+
+def train_one_epoch(trainer: Trainer, *, epoch: int, config: Config, run: str) -> tuple[torch.Tensor, int]:
+    """One pass over the loader; returns ((K,) float64 sums over the steps of each exit's global-batch mean
+    loss, on the CPU; images seen over all processes). NonFiniteLoss stops it at the next check."""
     from dvt.progress import progress
 
-    grids = rc.exit_grids
-    for epoch in range(start_epoch, tc.epochs):
-        train_model.train()
-        loss_sums = torch.zeros(len(grids), dtype=torch.float64)
-        seen, tic = 0, time.perf_counter()
-        bar = progress(loader, desc=f"{run} epoch {epoch + 1}/{tc.epochs}", unit="batch", leave=False,
-                       disable=not dist.main, mininterval=1.0)
-        for step, (x, y) in enumerate(bar):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            target = y
-            if mixup is not None:
-                x, target = mixup(x, y)
-            with autocast(device, tc.amp):
-                outputs = train_model(x)
-            losses = torch.stack([criterion(o.float(), target) for o in outputs])  # (K,) means over this slice
-            # (K,) means over the global batch: what is logged, and checked on every rank alike, so that all
-            # stop together (one stopping alone would break the others' gradient sum).
-            global_losses = dist.mean(losses)
-            for k, loss_k in enumerate(global_losses):
-                if not torch.isfinite(loss_k):
-                    raise DvtError(f"the loss of exit {k + 1} (grid {grids[k]}x{grids[k]}) became {loss_k.item()} "
-                                   f"at epoch {epoch + 1}, step {step + 1}; the last good state "
-                                   f"(epoch {start_epoch if not rows else rows[-1]['epoch']}) is kept in {files['resume']}. "
-                                   "Lower train.lr or set train.clip_grad")
-            loss = losses.sum()
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if tc.clip_grad is not None:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), tc.clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
-            if ema is not None:
-                ema.update(model)
-            scheduler.step_update(epoch * steps + step + 1)
-            loss_sums += global_losses.detach().double().cpu()
-            seen += len(x) * dist.world
-            if dist.main and step % 20 == 0:
-                bar.set_postfix(loss=f"{global_losses.sum().item():.3f}",
-                                img_s=f"{seen / (time.perf_counter() - tic):.0f}")
-        seconds = time.perf_counter() - tic
+    t, tc, dist = trainer, config.train, trainer.dist
+    steps = len(t.loader)
+    t.train_model.train()
+    loss_sums: torch.Tensor | None = None  # (K,) float64 on the device
+    first_bad = torch.zeros(config.run(run).num_exits, dtype=torch.long, device=t.device)
+    bad_value = torch.zeros_like(first_bad, dtype=torch.float64)
+    seen, tic = 0, time.perf_counter()
+    bar = progress(t.loader, desc=f"{run} epoch {epoch + 1}/{tc.epochs}", unit="batch", leave=False, disable=not dist.main,
+                   mininterval=1.0)
+    for step, (x, y) in enumerate(bar):
+        x, y = x.to(t.device, non_blocking=True), y.to(t.device, non_blocking=True)
+        target = y
+        if t.mixup is not None:
+            x, target = t.mixup(x, y)
+        with autocast(t.device, tc.amp):
+            outputs = t.train_model(x)
+        losses = torch.stack([t.criterion(o.float(), target) for o in outputs])  # (K,) means over this slice
+        # (K,) means over the global batch: what is logged, and checked on every rank alike, so that all
+        # stop together (one stopping alone would break the others' gradient sum).
+        global_losses = dist.mean(losses).detach().double()
+        loss_sums = global_losses if loss_sums is None else loss_sums + global_losses
+        # The step at which each exit's loss first went NaN or infinite (0: not yet), kept on the device.
+        went_bad = ~torch.isfinite(global_losses) & (first_bad == 0)
+        first_bad = torch.where(went_bad, step + 1, first_bad)
+        bad_value = torch.where(went_bad, global_losses, bad_value)
+        if step % LOG_EVERY == 0 or step == steps - 1:  # the host syncs: once per interval
+            _check_finite(first_bad, bad_value)
+        t.optimizer.zero_grad(set_to_none=True)
+        t.scaler.scale(losses.sum()).backward()
+        if tc.clip_grad is not None:
+            t.scaler.unscale_(t.optimizer)
+            nn.utils.clip_grad_norm_(t.model.parameters(), tc.clip_grad)
+        t.scaler.step(t.optimizer)
+        t.scaler.update()
+        if t.ema is not None:
+            t.ema.update(t.model)
+        t.scheduler.step_update(epoch * steps + step + 1)
+        seen += len(x) * dist.world
+        if dist.main and step % LOG_EVERY == 0:
+            bar.set_postfix(loss=f"{global_losses.sum().item():.3f}",
+                            img_s=f"{seen / (time.perf_counter() - tic):.0f}")
+    assert loss_sums is not None  # (a loader has at least one batch: batch_size <= the split)
+    return loss_sums.cpu(), seen
 
-        eval_model = ema.module if ema is not None else model
-        top1 = top1_per_exit(eval_model, cal_set, batch_size=config.eval.batch_size, device=device, amp=tc.amp) \
-            if len(cal_set) and dist.main else [float("nan")] * len(grids)
-        row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
-               **{f"loss_exit{k + 1}": float(loss_sums[k] / steps) for k in range(len(grids))},
-               "loss": float(loss_sums.sum() / steps),
-               **{f"top1_exit{k + 1}": t for k, t in enumerate(top1)}}
-        rows.append(row)
-        timings.append({"seconds": seconds, "images_per_s": seen / seconds})
-        # Taken after rank 0's evaluation, which draws its loader's seed from torch's generator.
-        rng = dist.gather(checkpoint.rng_state(data_gen))
-        state = {"model": model.state_dict(), "ema": ema.module.state_dict() if ema is not None else None,
-                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-                 "rng": rng[0] if rng else None, "config": fingerprint, "epoch": epoch + 1, "log": rows}
-        if dist.world > 1:
-            state["rng_per_rank"] = rng
-        if dist.main:
-            checkpoint.save(files["resume"], {**state, "timings": timings})
-            _write_log(files, _timed(rows, timings))
-            print(f"dvt train: {run}/seed{config.seed} epoch {epoch + 1}/{tc.epochs}: loss {row['loss']:.4f}, "
-                  "calibration top-1 "
-                  + " / ".join(f"{t:.2f}" for t in top1) + f" ({seconds:.1f} s, {seen / seconds:.0f} img/s)")
-        dist.barrier()  # the others wait while rank 0 evaluates and writes
 
-    log = _timed(rows, timings)
+def _check_finite(first_bad: torch.Tensor, bad_value: torch.Tensor) -> None:
+    """NonFiniteLoss for the exit whose loss went bad first (the lowest exit at the same step)."""
+    steps = first_bad.tolist()
+    bad = [(s, k) for k, s in enumerate(steps) if s > 0]
+    if bad:
+        step, k = min(bad)
+        raise NonFiniteLoss(k, bad_value[k].item(), step)
+
+
+def evaluate(trainer: Trainer, cal_set: torch.utils.data.Dataset, *, config: Config, num_exits: int) -> list[float]:
+    """Calibration top-1 per exit (of the EMA weights where there are), on rank 0; NaN elsewhere or when the
+    calibration split is empty."""
+    if not len(cal_set) or not trainer.dist.main:
+        return [float("nan")] * num_exits
+    model = trainer.ema.module if trainer.ema is not None else trainer.model
+    return top1_per_exit(model, cal_set, batch_size=config.eval.batch_size, device=trainer.device,
+                         amp=config.train.amp)
+
+
+def save_epoch(trainer: Trainer, files: dict[str, Path], *, rows: list[dict], timings: list[dict],
+               fingerprint: dict) -> dict:
+    """resume.pt and the log after an epoch (rank 0 writes; every rank gives its random state); returns the
+    training state, which the last epoch's checkpoint.pt keeps."""
+    t = trainer
+    # Taken after rank 0's evaluation, which draws its loader's seed from torch's generator.
+    rng = t.dist.gather(checkpoint.rng_state(t.data_gen))
+    state = {"model": t.model.state_dict(), "ema": t.ema.module.state_dict() if t.ema is not None else None,
+             "optimizer": t.optimizer.state_dict(), "scheduler": t.scheduler.state_dict(),
+             "scaler": t.scaler.state_dict() if t.scaler.is_enabled() else None,
+             "rng": rng[0] if rng else None, "config": fingerprint, "epoch": rows[-1]["epoch"], "log": rows}
+    if t.dist.world > 1:
+        state["rng_per_rank"] = rng
+    if t.dist.main:
+        checkpoint.save(files["resume"], {**state, "timings": timings})
+        _write_log(files, _timed(rows, timings))
+    return state
+
+
+def _finish(config: Config, run: str, files: dict[str, Path], *, state: dict, log: list[dict], extra: dict,
+            dist: Distributed) -> dict:
+    """checkpoint.pt and train.json from the last epoch's state; resume.pt goes."""
     summary = _summary(config, run, log, extra)
     if dist.main:
         _write_log(files, log)
         # Last, so that checkpoint.pt appears only when all is written, with train.json recording its
         # sha256. It keeps no wall-clock times: later stages depend on its hash, and retraining bit for
         # bit must leave that hash alone.
-        summary = checkpoint.save_recorded(files["checkpoint"], {k: v for k, v in state.items()
-                                                                 if k not in ("timings", "format", "git_commit")},
-                                           summary)
+        # (a run killed after its last resume.pt comes here with that file's state, timings and all)
+        kept = {k: v for k, v in state.items() if k not in ("timings", "format", "git_commit")}
+        summary = checkpoint.save_recorded(files["checkpoint"], kept, summary)
         files["resume"].unlink()
     return summary
 

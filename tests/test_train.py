@@ -313,3 +313,30 @@ def test_a_second_trainer_of_the_same_run_refuses_while_the_first_holds_it(tmp_p
     # The lock of a killed trainer does not block the next one.
     assert main(["train", "--params", str(params), "--run", "single"]) == 0
     assert (folder / "checkpoint.pt").is_file()
+
+
+@pytest.mark.parametrize("stop_after", [1, 3])
+def test_a_run_stopped_after_any_epoch_resumes_to_the_same_checkpoint_bytes(tmp_path, monkeypatch, stop_after):
+    """Stopped right after an epoch's resume.pt (after the last one: before checkpoint.pt was written), the
+    rerun ends with the checkpoint of an uninterrupted run, byte for byte (issue #31, item 5)."""
+    reference, stopped = tmp_path / "reference", tmp_path / "stopped"
+    reference.mkdir(), stopped.mkdir()
+    train(load_config(write_params(reference)), run="dvt")
+    config = load_config(write_params(stopped))
+    real, saves = checkpoint.save, []
+
+    def save_then_stop(path, payload):
+        real(path, payload)
+        saves.append(path)
+        if len(saves) == stop_after:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint, "save", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, run="dvt")
+    monkeypatch.setattr(checkpoint, "save", real)
+    assert checkpoint.load(stopped / "runs" / "dvt" / "seed42" / "resume.pt")["epoch"] == stop_after
+    train(config, run="dvt")
+    assert (stopped / "runs" / "dvt" / "seed42" / "checkpoint.pt").read_bytes() == \
+        (reference / "runs" / "dvt" / "seed42" / "checkpoint.pt").read_bytes()
+    assert not (stopped / "runs" / "dvt" / "seed42" / "resume.pt").exists()
