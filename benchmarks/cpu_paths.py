@@ -36,7 +36,7 @@ import torch
 
 from dvt.inference import early_exit_predict
 from dvt.models import attention, create_model, native, reuse
-from dvt.speed import keep_freed_memory
+from dvt.timing import keep_freed_memory
 from dvt.thresholds import budget_fractions, fit_thresholds
 
 HERE = Path(__file__).parent

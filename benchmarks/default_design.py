@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dvt.config import ClutteredConfig  # noqa: E402
 from dvt.data import cluttered, idx  # noqa: E402
-from dvt.data.fetch import DEBIAN_FASHION_MNIST, FASHION_FILES  # noqa: E402
+from dvt.data.sources import DEBIAN_FASHION_MNIST, FASHION_FILES  # noqa: E402
 from dvt.data.loading import random_crop_flip  # noqa: E402
 from dvt.models import create_model  # noqa: E402
 

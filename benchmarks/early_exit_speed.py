@@ -5,7 +5,7 @@ needs the fetched dataset (`dvt fetch`). For each cascade run of params.yaml (or
 --runs) it runs the real pipeline stages collect -> budget -> speed in a scratch folder (never
 touching runs/) and times, on speed.batch_size test images with speed.threads threads:
 
-* real early exit (`dvt.speed.early_exit_predict`) at the middle budget p = (eval.num_budgets + 1) // 2
+* real early exit (`dvt.inference.early_exit_predict`) at the middle budget p = (eval.num_budgets + 1) // 2
   (p = 30, q = 1.5 for the paper's 59 budgets);
 * the last exit alone: a plain one-exit model on the last grid (the paper's Table 2 reference);
 * the whole cascade without early exit (exits 1..K on every image);
@@ -37,13 +37,13 @@ from typing import Any
 import torch
 
 from dvt import checkpoint
-from dvt.budget import run as budget
-from dvt.collect import run as collect
-from dvt.collect import trained_checkpoint
+from dvt.stages.budget import run as budget
+from dvt.stages.collect import run as collect
+from dvt.checkpoint import trained_checkpoint
 from dvt.config import Config, load_config
 from dvt.errors import DvtError
 from dvt.models import model_for_run
-from dvt.speed import run as speed
+from dvt.stages.speed import run as speed
 
 
 def place_weights(source: Config, scratch: Config, run: str, mode: str) -> str:

@@ -10,7 +10,7 @@ depend on them) and batch size, on one fixed batch of random images:
 
 * static: exits 1..k on every image (what an image leaving at exit k pays) and the standalone model,
   a plain one-exit model of the same backbone on the 14x14 grid (the paper's Table 2 reference);
-* dynamic: real early exit (`dvt.speed.early_exit_predict`) at the exit shares of the paper's
+* dynamic: real early exit (`dvt.inference.early_exit_predict`) at the exit shares of the paper's
   budgets p = 10 / 20 / 30 (q = p x 0.05: shares proportional to q^k). Thresholds are fitted on the
   timed batch's own confidences, so exactly those shares leave at each exit whatever the weights.
 
@@ -53,8 +53,8 @@ from dvt.flops import count_cascade
 from dvt.inference import autocast
 from dvt.logits import max_softmax
 from dvt.models import Cascade, create_model, native
-from dvt.speed import (device_name, early_exit_predict, exits_up_to, keep_freed_memory, stage_time_prediction,
-                       time_turns)
+from dvt.inference import early_exit_predict
+from dvt.timing import device_name, exits_up_to, keep_freed_memory, stage_time_prediction, time_turns
 from dvt.thresholds import budget_fractions, fit_thresholds
 
 CASCADES = {"t2t_vit_12": "DVT-T2T-ViT-12", "t2t_vit_14": "DVT-T2T-ViT-14", "deit_small": "DVT-DeiT-S"}
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-pad", dest="pad", action="store_false",
-                        help="run sub-batches of fewer than 4 rows as they are (dvt.speed.early_exit_predict pad=False)")
+                        help="run sub-batches of fewer than 4 rows as they are (dvt.inference.early_exit_predict pad=False)")
     parser.add_argument("--train", action="store_true", help="also the training throughput of DVT-T2T-ViT-12")
     parser.add_argument("--train-batch", type=int, default=64)
     parser.add_argument("--train-steps", type=int, default=10)

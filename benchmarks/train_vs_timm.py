@@ -1,6 +1,6 @@
 """Training throughput of our single-exit ViT against timm's VisionTransformer, through `dvt train`.
 
-Both models go through exactly the same loop (dvt.train.run: data, loss, AdamW, scheduler), on the
+Both models go through exactly the same loop (dvt.stages.train.run: data, loss, AdamW, scheduler), on the
 same synthetic 28x28 one-channel images, one thread; only the model differs. Prints images/s of
 each (median over epochs after the first) and the ratio ours / timm.
 
@@ -18,9 +18,9 @@ import timm
 import torch
 from torch import nn
 
-import dvt.train
+import dvt.stages.train
 from dvt.config import from_dict
-from dvt.data import fetch
+from dvt.stages import fetch
 from dvt.models import get_spec
 
 
@@ -54,7 +54,7 @@ def main() -> None:
             "runs_dir": f"{tmp}/runs"})
         fetch.run(config)
         patch = size // args.grid
-        real = dvt.train.model_for_run
+        real = dvt.stages.train.model_for_run
 
         def build(cfg, run):
             if run == "ours":
@@ -65,11 +65,11 @@ def main() -> None:
                 drop_path_rate=0.1)
             return TimmAsCascade(vit, 10)
 
-        dvt.train.model_for_run = build
+        dvt.stages.train.model_for_run = build
         torch.set_num_threads(1)
         speed = {}
         for run in ("timm", "ours"):
-            dvt.train.run(config, run=run)
+            dvt.stages.train.run(config, run=run)
             log = (Path(tmp) / "runs" / run / "train_log.csv").read_text().splitlines()
             col = log[0].split(",").index("images_per_s")
             speed[run] = statistics.median(float(r.split(",")[col]) for r in log[2:])

@@ -187,3 +187,26 @@ def load(path: str | Path) -> dict[str, Any]:
         raise DvtError(f"{path}: not a dvt checkpoint (format {ckpt.get('format') if isinstance(ckpt, dict) else '?'})")
     return ckpt
 
+
+def finished_path(config: Config, run: str) -> Path:
+    """runs/<run>/seed<S>/checkpoint.pt, which must exist (else one line: train it first)."""
+    path = config.run_dir(run) / "checkpoint.pt"
+    if not path.is_file():
+        raise DvtError(f"{path} not found: train it first with `{config.command('train', run)}`")
+    return path
+
+
+def trained_checkpoint(config: Config, run: str) -> tuple[Path, str]:
+    """runs/R/seed<S>/checkpoint.pt and its (verified) sha256, refusing a missing, damaged, half-trained
+    or differently-configured one."""
+    path = finished_path(config, run)
+    sha = verified_sha256(path)
+    state = load(path)
+    diff = describe_difference(state.get("config", {}), run_fingerprint(config, run))
+    if diff:
+        raise DvtError(f"{path} was trained with other settings ({diff}); "
+                       f"rerun `{config.command('train', run)} --restart`")
+    if state.get("epoch", 0) < config.train.epochs:
+        raise DvtError(f"{path} holds {state.get('epoch', 0)} of {config.train.epochs} epochs: finish it with "
+                       f"`{config.command('train', run)}`")
+    return path, sha

@@ -17,19 +17,19 @@ from dvt.errors import DvtError
 
 # stage name -> (module with run(), one-line help, takes --run)
 STAGES: dict[str, tuple[str, str, bool]] = {
-    "check": ("dvt.check", "refuse any setting a later stage would refuse (backbones, grids, augmentation, files)",
+    "check": ("dvt.stages.check", "refuse any setting a later stage would refuse (backbones, grids, augmentation, files)",
               False),
-    "fetch": ("dvt.data.fetch", "fetch or index the dataset named in params (data.*) into data/<dataset>/", False),
-    "train": ("dvt.train", "train one run (a single-token model or a DVT cascade) into runs/<run>/seed<S>/", True),
-    "collect": ("dvt.collect", "write every exit's logits on the calibration and test splits to Parquet", True),
-    "flops": ("dvt.flops", "count GMACs (fvcore convention) and parameters per exit", True),
-    "budget": ("dvt.budget", "fit early-exit thresholds for the paper's budgets and evaluate them", True),
-    "policies": ("dvt.policy_eval", "compare exit policies (entropy, margin, temperature, product of experts, caching, "
+    "fetch": ("dvt.stages.fetch", "fetch or index the dataset named in params (data.*) into data/<dataset>/", False),
+    "train": ("dvt.stages.train", "train one run (a single-token model or a DVT cascade) into runs/<run>/seed<S>/", True),
+    "collect": ("dvt.stages.collect", "write every exit's logits on the calibration and test splits to Parquet", True),
+    "flops": ("dvt.stages.flops", "count GMACs (fvcore convention) and parameters per exit", True),
+    "budget": ("dvt.stages.budget", "fit early-exit thresholds for the paper's budgets and evaluate them", True),
+    "policies": ("dvt.stages.policies", "compare exit policies (entropy, margin, temperature, product of experts, caching, "
                  "a learned gate, risk-controlled thresholds) with max softmax at the same budgets", True),
-    "speed": ("dvt.speed", "measure static and early-exit throughput", True),
-    "report": ("dvt.report", "render the tables and figures into reports/", False),
+    "speed": ("dvt.stages.speed", "measure static and early-exit throughput", True),
+    "report": ("dvt.stages.report", "render the tables and figures into reports/", False),
     # Not a pipeline stage: uses a finished run.
-    "predict": ("dvt.predict", "classify image files (or folders of them) with early exit: class, exit, "
+    "predict": ("dvt.stages.predict", "classify image files (or folders of them) with early exit: class, exit, "
                 "confidence and GMACs per image", True),
 }
 # Not a stage of one pipeline: compares several finished ones (the training-budget study).
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.stage == "trend":  # reads each folder's own params.yaml
-            from dvt import trend
+            from dvt.stages import trend
 
             trend.run(args.folders, out=args.out, templates=args.templates)
             return 0
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             config.run(kwargs["run"])  # unknown run names fail here, before any work
         processes = _processes(args.processes) if args.stage == "train" else 1
         if args.stage in CHECKED:
-            from dvt.check import check
+            from dvt.stages.check import check
 
             check(config)
         if processes > 1 and "WORLD_SIZE" not in os.environ:

@@ -1,4 +1,4 @@
-"""`dvt flops`: multiply-adds and parameters of every exit, counted by fvcore (spec §6).
+"""Multiply-adds and parameters of every exit of a cascade, counted by fvcore (the `dvt flops` stage writes them).
 
 Conventions are fvcore's, as in the paper: one multiply-add = one flop (so "GFLOPs" are GMACs),
 LayerNorm = 5 x numel, nearest upsampling = output numel, adaptive average pooling = input numel;
@@ -17,8 +17,8 @@ position table and performer random features are buffers, as the published count
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -29,12 +29,8 @@ with warnings.catch_warnings():
     from fvcore.nn import FlopCountAnalysis
     from fvcore.nn.jit_handles import get_shape
 
-from dvt.atomic import write_json
-from dvt.models import Cascade, ReuseState, model_for_run
+from dvt.models import Cascade, ReuseState
 from dvt.models.reuse import reference_reuse
-
-if TYPE_CHECKING:
-    from dvt.config import Config
 
 # Ops fvcore has no rule for that cost no multiply-adds by its conventions (element-wise, reductions
 # by addition, copies). Anything else unknown is an error.
@@ -161,28 +157,3 @@ def count_cascade(model: Cascade, img_size: int | None = None, in_chans: int | N
         return CascadeCost(exits=tuple(exits))
     finally:
         model.train(was_training)
-
-
-def run(config: Config, *, run: str) -> None:
-    """Write runs/<run>/flops.json for the model of `run` (no checkpoint needed: shapes only)."""
-    from dvt.data import dataset_info
-
-    info = dataset_info(config.data)
-    spec = config.run(run)
-    model = model_for_run(config, run)
-    cost = count_cascade(model)
-    out = config.flops_path(run)
-    write_json(out, {
-        "run": run,
-        "backbone": config.backbone_of(run),
-        "image_size": info.image_size,
-        "in_chans": info.channels,
-        "num_classes": info.num_classes,
-        "feature_reuse": spec.feature_reuse and model.num_exits > 1,
-        "relation_reuse": spec.relation_reuse and model.num_exits > 1,
-        "unit": "GMACs (fvcore: one multiply-add = one flop)",
-        "exits": [{"exit": k + 1, **asdict(e)} for k, e in enumerate(cost.exits)],
-        "total": {"gmacs": cost.total_gmacs, "params": cost.total_params},
-    })
-    per_exit = " / ".join(f"{g:.4g}" for g in cost.cumulative_gmacs)
-    print(f"dvt flops: {run}: cumulative GMACs {per_exit}, {cost.total_params / 1e6:.2f} M parameters -> {out}")

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from dvt import thresholds
-from dvt.budget import run as budget
+from dvt.stages.budget import run as budget
 from dvt.cli import main
 from dvt.config import load_config
 from dvt.logits import read_logits
@@ -133,13 +133,13 @@ def test_logits_from_another_config_are_refused(pipeline, capsys):
 def test_logits_with_another_exit_count_are_refused(pipeline, capsys, monkeypatch, command):
     """The fingerprint already ties the file to the run's grids; a file whose own exit count disagrees
     (edited by hand) is refused by both readers of it, before anything is written."""
-    import dvt.budget
+    import dvt.budgets
 
     def two_exits(*args, **kwargs):
         table = read_logits(*args, **kwargs)
         return dataclasses.replace(table, metadata={**table.metadata, "num_exits": 2})
 
-    monkeypatch.setattr(dvt.budget, "read_logits", two_exits)
+    monkeypatch.setattr(dvt.budgets, "read_logits", two_exits)
     folder = load_config(pipeline).run_dir("dvt")
     before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
     assert main([command, "--params", str(pipeline), "--run", "dvt"]) == 2

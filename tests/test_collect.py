@@ -18,14 +18,14 @@ import torch
 
 from dvt import checkpoint
 from dvt.cli import main
-from dvt.collect import run as collect
+from dvt.stages.collect import run as collect
 from dvt.config import Config, load_config
-from dvt.data import fetch
+from dvt.stages import fetch
 from dvt.data.loading import load_split
 from dvt.flops import count_cascade
 from dvt.logits import read_logits, read_metadata
 from dvt.models import model_for_run
-from dvt.train import run as train
+from dvt.stages.train import run as train
 from dvt.weights import load_weights
 from tests.conftest import copy_pipeline, write_params_file
 
@@ -152,7 +152,7 @@ def test_official_checkpoint_is_collected_and_budgeted_without_training(tmp_path
     """Build item 5 on a small scale: weights in the official DVT file layout (7 -> 10 -> 14 exits,
     official key names, a `model_state_dict` in a .pth.tar) go through `dvt train` (imported, not
     trained), `dvt collect` and `dvt budget`; the stored logits are the source model's own."""
-    from dvt.budget import run as budget
+    from dvt.stages.budget import run as budget
     from dvt.models import create_model, to_official_state_dict
 
     torch.manual_seed(5)

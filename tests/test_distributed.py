@@ -24,13 +24,14 @@ from torch.utils.data import Dataset
 from dvt import checkpoint
 from dvt.cli import main
 from dvt.config import load_config
-from dvt.data import fetch, loading
+from dvt.data import loading
+from dvt.stages import fetch
 from dvt.data.loading import make_loader
 from dvt.data.shards import ShardedBatches
 from dvt.errors import DvtError
 from dvt.lock import exclusive
 from dvt.models import model_for_run
-from dvt.train import run as train
+from dvt.stages.train import run as train
 from tests.conftest import write_params_file
 
 PARAMS = {

@@ -16,8 +16,9 @@ import torch
 from PIL import Image
 
 from dvt.cli import main
-from dvt.data import cifar, fetch, idx
-from dvt.data.fetch import FASHION_FILES, calibration_split
+from dvt.data import cifar, idx
+from dvt.stages import fetch
+from dvt.data.sources import FASHION_FILES, calibration_split
 from dvt.data.loading import load_split, load_splits, make_loader
 from dvt.errors import DvtError
 from tests.conftest import make_config, random_images
@@ -363,7 +364,7 @@ def test_a_train_class_without_images_is_refused_and_the_check_sees_it_before_fe
     """An empty train class folder (a class no model can learn) was indexed silently; a tree whose val/
     classes differ from train/, or a calibration split as large as train/, is now refused by the check
     that runs before any engine job, not only by fetch."""
-    from dvt.check import check
+    from dvt.stages.check import check
     from dvt.errors import ConfigError
 
     root = tmp_path / "mine"
@@ -436,13 +437,13 @@ def test_cli_unknown_dataset_writes_nothing(tmp_path):
 KILL_MIDWAY = """
 import os, signal, sys
 from dvt.cli import main
-from dvt.data import fetch
-real = fetch._write_arrays
+from dvt.stages import fetch
+real = fetch.write_arrays
 def write_then_die(tmp, content):
     arrays, objects = content
     real(tmp, ({"train": arrays["train"]}, objects))  # one split on disk, then SIGKILL: no cleanup runs
     os.kill(os.getpid(), signal.SIGKILL)
-fetch._write_arrays = write_then_die
+fetch.write_arrays = write_then_die
 sys.exit(main(["fetch", "--params", sys.argv[1]]))
 """
 

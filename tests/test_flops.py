@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from dvt.config import Config, DataConfig, ModelConfig, RunConfig
-from dvt.flops import count_cascade, count_flops, run
+from dvt.flops import count_cascade, count_flops
+from dvt.stages.flops import run
 from dvt.models import create_model
 from dvt.models.attention import Attention
 from dvt.models.reuse import FeatureReuse, RelationReuse

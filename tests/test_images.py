@@ -14,7 +14,7 @@ from PIL import Image
 from dvt.data import folder
 from dvt.data.images import open_image
 from dvt.errors import DvtError
-from dvt.predict import image_paths
+from dvt.stages.predict import image_paths
 from tests.test_fetch import write_folder
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from dvt.report import PARTS
+from dvt.stages.report import PARTS
 from dvt.schema import params_schema
 from tests.conftest import REPO
 

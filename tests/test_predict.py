@@ -101,7 +101,7 @@ def test_a_target_cost_and_the_table(finished, capsys):
     ("flops.json", b'{"exits": [{"grid": 2}]}', "flops.json is damaged ('cumulative_gmacs'); rerun `dvt flops --run dvt"),
     ("flops.json", b"\x89PNG\r\n", "flops.json is damaged ("),
     ("budget.csv", b"\xff\xfe\x00garbage", "budget.csv is damaged ("),
-    ("budget.csv", b"budget,gmacs\n1,0.1\n", "budget.csv is damaged (\"['threshold_0', 'threshold_1', 'threshold_2'] not in index\"); "
+    ("budget.csv", b"budget,gmacs\n1,0.1\n", "budget.csv lacks the columns threshold_0, threshold_1, threshold_2; "
                                                "rerun `dvt budget --run dvt"),
 ])
 def test_a_damaged_stage_output_is_one_line(finished, capsys, name, damage, message):

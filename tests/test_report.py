@@ -25,21 +25,21 @@ import yaml
 from PIL import Image
 
 from dvt import checkpoint
-from dvt import report as report_module
-from dvt.budget import run as budget
-from dvt.policy_eval import run as exit_policies
+from dvt.stages import report as report_module
+from dvt.stages.budget import run as budget
+from dvt.stages.policies import run as exit_policies
 from dvt.cli import main
 from dvt.config import Config, load_config
-from dvt.data import fetch
-from dvt.flops import run as flops
+from dvt.stages import fetch
+from dvt.stages.flops import run as flops
 from dvt.logits import LogitsWriter
-from dvt.report import run as report
+from dvt.stages.report import run as report
 from dvt.reporting.compare import VsCost
 from dvt.reporting.findings import CascadeShape
 from dvt.reporting.pages import FILTERS
 from dvt.reporting.reference import load as load_reference
-from dvt.speed import run as speed
-from dvt.train import run as train
+from dvt.stages.speed import run as speed
+from dvt.stages.train import run as train
 from tests.conftest import REPO, write_params_file
 
 RUNS = {
@@ -820,7 +820,7 @@ def test_object_scale_finding_reads_where_images_leave(rendered, tmp_path):
     """With object sizes beside the test images, the finding compares the images leaving at exit 1
     with those reaching the last exit, at the budget whose q is nearest 1 (budget.csv's thresholds)."""
     from dvt.logits import read_logits
-    from dvt.report import Report
+    from dvt.stages.report import Report
 
     config, _ = rendered
     objects = Path(config.data.root) / config.data.dataset / "test_objects.npy"

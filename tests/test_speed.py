@@ -13,15 +13,15 @@ import pytest
 import torch
 
 from dvt.cli import main
-from dvt.collect import run as collect
+from dvt.stages.collect import run as collect
 from dvt.config import Config, load_config
-from dvt.data import fetch
+from dvt.stages import fetch
 from dvt.data.loading import load_split
 from dvt.inference import early_exit_predict
 from dvt.logits import read_logits
 from dvt.models import Cascade, model_for_run, native
-from dvt.speed import BATCH_SEED
-from dvt.speed import run as speed
+from dvt.stages.speed import BATCH_SEED
+from dvt.stages.speed import run as speed
 from dvt.thresholds import assign_exits
 from dvt.weights import load_weights
 from tests.conftest import copy_pipeline
@@ -122,7 +122,7 @@ def test_speed_json_records_static_and_early_exit_throughput(pipeline):
     stored = json.loads((config.run_dir("dvt") / "speed.json").read_text())
     assert stored == result
     assert stored["device"] == "cpu" and stored["threads"] == 1 and stored["batch_size"] == 32
-    if platform.libc_ver()[0] == "glibc":  # timed with freed memory kept (dvt.speed.keep_freed_memory)
+    if platform.libc_ver()[0] == "glibc":  # timed with freed memory kept (dvt.timing.keep_freed_memory)
         assert stored["allocator"] == "glibc, freed memory kept (mallopt)"
     assert stored["native_kernel"] is native.available()  # this cascade reuses relations, on the CPU
     static = stored["static"]

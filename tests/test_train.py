@@ -19,9 +19,9 @@ import torch
 from dvt import checkpoint
 from dvt.cli import main
 from dvt.config import load_config
-from dvt.data import fetch
+from dvt.stages import fetch
 from dvt.errors import DvtError
-from dvt.train import run as train
+from dvt.stages.train import run as train
 from tests.conftest import write_params_file
 
 PARAMS = {

@@ -14,15 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dvt.budget import run as budget
+from dvt.stages.budget import run as budget
 from dvt.cli import main
 from dvt.config import load_config
-from dvt.data import fetch
-from dvt.flops import run as flops
-from dvt.policy_eval import run as exit_policies
-from dvt.report import run as report
-from dvt.speed import run as speed
-from dvt.train import run as train
+from dvt.stages import fetch
+from dvt.stages.flops import run as flops
+from dvt.stages.policies import run as exit_policies
+from dvt.stages.report import run as report
+from dvt.stages.speed import run as speed
+from dvt.stages.train import run as train
 from tests.conftest import write_params_file
 from tests.test_report import PARAMS, copy_templates, write_logits
 

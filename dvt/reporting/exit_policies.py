@@ -6,7 +6,7 @@ It "beats" max softmax where the mean gain is positive; the gain "exceeds the se
 larger than the larger of the two policies' seed standard deviations of top-1 at that cost (with one
 seed there is no spread, and that verdict is None). The risk-controlled thresholds "hold" where the
 share of calibration re-splits whose thresholds kept the risk on the pool they were drawn from at most
-epsilon reaches 1 - delta (`dvt.policy_eval.risk_control` says why the pool, not the test part).
+epsilon reaches 1 - delta (`dvt.stages.policies.risk_control` says why the pool, not the test part).
 Nothing here is written by hand: every verdict is computed from policies.json.
 """
 

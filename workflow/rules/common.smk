@@ -16,7 +16,7 @@ import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
-from dvt.check import check
+from dvt.stages.check import check
 from dvt.config import from_dict, read_params, to_dict
 from dvt.errors import DvtError
 

@@ -12,15 +12,16 @@ normalisation; grey for 1-channel data). The exits are decided from every exit's
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
+from dvt import checkpoint
+from dvt.budgets import budget_rows, damaged, read_run_logits
 from dvt.config import Config
 from dvt.data.folder import EXTENSIONS
 from dvt.data.images import is_regular_file, open_image
@@ -57,42 +58,20 @@ def _thresholds(config: Config, run: str, *, budget: int | None, target_gmacs: f
                            "among the exits of a DVT cascade")
         return np.array([thresholds.EVERYBODY_EXITS]), {"rule": "one exit"}
     if target_gmacs is not None:
-        from dvt.budget import read_run_logits
-
         _, fit, _, F = read_run_logits(config, run)
         point = thresholds.thresholds_for_gmacs(fit.confidence, F, target_gmacs)
         return point.thresholds, {"rule": "target_gmacs", "target_gmacs": target_gmacs,
                                   "expected_gmacs": point.gmacs}
-    path = config.run_dir(run) / "budget.csv"
-    if not path.is_file():
-        raise DvtError(f"{path} not found: run `{config.command('budget', run)}` first")
-    columns = ["budget", "gmacs", *(f"threshold_{k}" for k in range(num_exits))]
-    with _damaged(path, config.command("budget", run)):
-        frame = pd.read_csv(path)
-        frame = frame[columns].astype(np.float64).set_index(frame["budget"].astype(int))
     p = budget if budget is not None else (config.eval.num_budgets + 1) // 2
-    if p not in frame.index:
-        raise DvtError(f"--budget {p}: {path} holds budgets {frame.index.min()}..{frame.index.max()}")
-    row = frame.loc[p]
-    return (row[columns[2:]].to_numpy(np.float64),
+    row = budget_rows(config, run, [p], num_exits, name="--budget").loc[p]
+    return (row[[f"threshold_{k}" for k in range(num_exits)]].to_numpy(np.float64),
             {"rule": "budget", "budget": int(p), "expected_gmacs": float(row["gmacs"])})
-
-
-@contextlib.contextmanager
-def _damaged(path: Path, rerun: str) -> Iterator[None]:
-    """A stage output that does not parse as what its stage writes: one DvtError line naming it."""
-    try:
-        yield
-    except (ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError, pd.errors.ParserError) as err:
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
-        raise DvtError(f"{path} is damaged ({reason}); rerun `{rerun}`") from None
 
 
 def run(config: Config, *, run: str, images: Sequence[str], budget: int | None = None,
         target_gmacs: float | None = None, as_json: bool = False) -> list[dict[str, Any]]:
     import torch
 
-    from dvt.collect import trained_checkpoint
     from dvt.data.loading import eval_transform
     from dvt.data.manifest import read_manifest
     from dvt.inference import early_exit_predict
@@ -103,11 +82,11 @@ def run(config: Config, *, run: str, images: Sequence[str], budget: int | None =
         raise DvtError("give --budget or --target-gmacs, not both")
     paths = image_paths(images)
     rc = config.run(run)
-    ckpt, _ = trained_checkpoint(config, run)
+    ckpt, _ = checkpoint.trained_checkpoint(config, run)
     T, rule = _thresholds(config, run, budget=budget, target_gmacs=target_gmacs, num_exits=rc.num_exits)
     if not config.flops_path(run).is_file():
         raise DvtError(f"{config.flops_path(run)} not found: run `{config.command('flops', run)}` first")
-    with _damaged(config.flops_path(run), config.command("flops", run)):
+    with damaged(config.flops_path(run), config.command("flops", run)):
         F = np.array([float(e["cumulative_gmacs"]) for e in json.loads(config.flops_path(run).read_text())["exits"]])
         if F.shape != (rc.num_exits,):
             raise ValueError(f"{len(F)} exits, run {run} has {rc.num_exits}")

@@ -30,8 +30,8 @@ import pandas as pd
 
 from dvt import policies, thresholds
 from dvt.atomic import atomic_path, write_json
-from dvt.budget import (HEADLINE_BUDGETS, curve_with_limits, fit_budgets, number, per_exit, print_target,
-                        read_run_logits, targets)
+from dvt.budgets import (HEADLINE_BUDGETS, curve_with_limits, fit_budgets, number, per_exit, print_target,
+                         read_run_logits, targets)
 from dvt.config import Config
 from dvt.logits import SplitLogits
 
@@ -144,7 +144,7 @@ def run(config: Config, *, run: str, target_gmacs: float | None = None,
     write_json(folder / "policies.json", out)
     for name in decided:
         for kind, point in found[name].items():
-            print_target(f"{run} ({name})", kind, point)
+            print_target("policies", f"{run} ({name})", kind, point)
     best = max(per_policy, key=lambda n: per_policy[n]["mean_top1"] or -np.inf)
     rc_out = out["risk_controlled"]
     risk = "" if rc_out is None else (

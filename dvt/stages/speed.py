@@ -33,10 +33,7 @@ vs_stage_times {predicted_img_per_s, efficiency}}.
 
 from __future__ import annotations
 
-import ctypes
-import platform
 import statistics
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -47,88 +44,26 @@ from torch import Tensor
 
 from dvt import checkpoint
 from dvt.atomic import write_json
+from dvt.budgets import budget_rows
 from dvt.config import Config
 from dvt.data.loading import load_split, make_loader
 from dvt.errors import DvtError
 from dvt.flops import count_cascade
-from dvt.inference import autocast, early_exit_predict, pick_device
+from dvt.inference import early_exit_predict, pick_device
 from dvt.logits import check_matches, read_metadata
 from dvt.models import Cascade, model_for_run, native
 from dvt.models.registry import standalone_for_run
+from dvt.timing import device_name, exits_up_to, keep_freed_memory, stage_time_prediction, time_turns
 from dvt.weights import load_weights
 
 # Which test images are timed: a fixed random draw, so every rerun times the same batch.
 BATCH_SEED = 0
-
-# glibc malloc options (malloc.h): serve blocks up to 32 MiB (its maximum) from the heap instead of
-# fresh mmaps, and never hand the heap's free top back to the system.
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_MMAP_THRESHOLD_MAX = 32 * 2**20
-
-
-def keep_freed_memory() -> bool:
-    """Make glibc keep freed memory for reuse, as a caching allocator (jemalloc, tcmalloc, PyTorch's
-    CUDA allocator) does. By default a tensor of a few MB is a fresh mmap, or sits at the top of the
-    heap and is returned to the system when freed, so the next pass page-faults it in again: measured
-    here 0-20 ms of system time per 128-image pass, landing on whichever timed function allocates
-    after a trim, which made repeated timings scatter by 40 %. Both the references and the early exit
-    are timed under this setting. Returns whether it took effect (False off glibc)."""
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
-
-
-def exits_up_to(model: Cascade, x: Tensor, k: int, *, amp: bool = False) -> Callable[[], None]:
-    """A call running exits 1..k+1 (k 0-based) on every row of x: what an image leaving at exit k+1 pays."""
-    @torch.inference_mode()
-    def fn() -> None:
-        state = None
-        with autocast(x.device, amp):
-            for j in range(k + 1):
-                _, state = model.forward_exit(j, x, state)
-    return fn
-
-
-def time_turns(fns: dict[str, Callable[[], object]], *, warmup: int, repeats: int,
-               device: torch.device) -> dict[str, list[float]]:
-    """Seconds of each call of each fn, one per repeat. The calls take turns within every repeat, so a
-    change in the machine's load (other jobs on a shared CPU) hits every fn alike and spares the ratios."""
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            sync()
-            start = time.perf_counter()
-            fn()
-            sync()
-            times[name].append(time.perf_counter() - start)
-    return times
-
 
 def _device(name: str) -> torch.device:
     device = pick_device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DvtError(f"speed.device = {name!r} but no CUDA device is available here; use auto or cpu")
     return device
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def _test_batch(config: Config, size: int) -> Tensor:
@@ -141,39 +76,9 @@ def _test_batch(config: Config, size: int) -> Tensor:
     return x
 
 
-def _budget_thresholds(config: Config, run: str, num_exits: int) -> pd.DataFrame:
-    """Rows of budget.csv named by speed.budgets, indexed by budget p."""
-    path = config.run_dir(run) / "budget.csv"
-    if not path.is_file():
-        raise DvtError(f"{path} not found: run `{config.command('budget', run)}` first")
-    frame = pd.read_csv(path).set_index("budget")
-    missing = [p for p in config.speed.budgets if p not in frame.index]
-    if missing:
-        raise DvtError(f"speed.budgets has p = {missing[0]} but {path} holds budgets {frame.index.min()}.."
-                       f"{frame.index.max()} (eval.num_budgets); choose from those")
-    columns = [f"threshold_{k}" for k in range(num_exits)]
-    if any(c not in frame.columns for c in columns):
-        raise DvtError(f"{path} lacks the columns {', '.join(columns)}; rerun `{config.command('budget', run)}`")
-    return frame.loc[list(config.speed.budgets)]
-
-
 def _ratios(reference_seconds: float, reference_gmacs: float, seconds: float, gmacs: float) -> dict[str, float]:
     measured, ideal = reference_seconds / seconds, reference_gmacs / gmacs
     return {"measured": measured, "ideal": ideal, "efficiency": measured / ideal}
-
-
-def stage_time_prediction(prefix_seconds: list[float], shares: np.ndarray, seconds: float,
-                           batch: int) -> dict[str, float]:
-    """Early exit's time predicted from the static stage times: sum_k reach_k * (t_1..k - t_1..k-1).
-
-    reach_k is the share of the batch that runs exit k. Measured against this, efficiency says how
-    much the mechanism itself (smaller batches, row selection, confidence checks) costs, apart from
-    how well GMACs predict each stage's time.
-    """
-    stage = np.diff(np.concatenate([[0.0], prefix_seconds]))  # (K,) seconds of exit k on the whole batch
-    reach = 1.0 - np.concatenate([[0.0], np.cumsum(shares)[:-1]])  # (K,)
-    predicted = float(reach @ stage)
-    return {"predicted_img_per_s": batch / predicted, "efficiency": predicted / seconds}
 
 
 def run(config: Config, *, run: str) -> dict[str, Any]:
@@ -191,7 +96,7 @@ def run(config: Config, *, run: str) -> dict[str, Any]:
     F = np.asarray(meta["cumulative_gmacs"], dtype=np.float64)  # (K,)
     model = model_for_run(config, run)
     K = model.num_exits
-    rows = _budget_thresholds(config, run, K) if K > 1 else None
+    rows = budget_rows(config, run, config.speed.budgets, K, name="speed.budgets has p =") if K > 1 else None
     load_weights(model, ckpt, strict=True)
     standalone = None
     if K > 1:
@@ -232,19 +137,9 @@ def run(config: Config, *, run: str) -> dict[str, Any]:
             ref_seconds, ref_gmacs = seconds["standalone"], standalone_gmacs
         static["standalone"] = {"grid": model.grids[-1], "gmacs": ref_gmacs, "img_per_s": len(x) / ref_seconds}
 
-        dynamic: dict[str, Any] = {}
-        for name, (p, T, row) in budgets.items():
-            _, exits, _ = early_exit_predict(model, x, T, amp=amp)
-            shares = np.bincount(exits, minlength=K) / len(exits)
-            g, t = float(shares @ F), seconds[name]
-            dynamic[name] = {
-                "budget": p, "thresholds": T.tolist(), "exit_fractions": shares.tolist(), "gmacs": g,
-                "img_per_s": len(x) / t,
-                "test": {"gmacs": float(row["gmacs"]), "accuracy": float(row["accuracy"])},
-                "vs_cascade": _ratios(prefix_seconds[-1], float(F[-1]), t, g),
-                "vs_standalone": _ratios(ref_seconds, ref_gmacs, t, g),
-                "vs_stage_times": stage_time_prediction(prefix_seconds, shares, t, len(x)),
-            }
+        dynamic = {name: _dynamic(model, x, p, T, row, F=F, seconds=seconds[name], amp=amp,
+                                  prefix_seconds=prefix_seconds, reference=(ref_seconds, ref_gmacs))
+                   for name, (p, T, row) in budgets.items()}
     finally:
         torch.set_num_threads(threads)
 
@@ -258,15 +153,36 @@ def run(config: Config, *, run: str) -> dict[str, Any]:
         "warmup": sc.warmup, "repeats": sc.repeats, "static": static, "dynamic": dynamic,
     }
     write_json(folder / "speed.json", result)
+    _say(config, run, model, result, path=folder / "speed.json")
+    return result
+
+
+def _dynamic(model: Cascade, x: Tensor, p: int, T: np.ndarray, row: pd.Series, *, F: np.ndarray, seconds: float,
+             amp: bool, prefix_seconds: list[float], reference: tuple[float, float]) -> dict[str, Any]:
+    """speed.json's dynamic.pP: budget p's real early exit on the batch x, timed at `seconds`, against the
+    whole cascade, the standalone reference (seconds, GMACs) and the static stage times."""
+    _, exits, _ = early_exit_predict(model, x, T, amp=amp)
+    shares = np.bincount(exits, minlength=len(F)) / len(exits)
+    g = float(shares @ F)
+    return {
+        "budget": p, "thresholds": T.tolist(), "exit_fractions": shares.tolist(), "gmacs": g,
+        "img_per_s": len(x) / seconds,
+        "test": {"gmacs": float(row["gmacs"]), "accuracy": float(row["accuracy"])},
+        "vs_cascade": _ratios(prefix_seconds[-1], float(F[-1]), seconds, g),
+        "vs_standalone": _ratios(*reference, seconds, g),
+        "vs_stage_times": stage_time_prediction(prefix_seconds, shares, seconds, len(x)),
+    }
+
+
+def _say(config: Config, run: str, model: Cascade, result: dict[str, Any], *, path: Path) -> None:
+    sc, static = config.speed, result["static"]
     summary = "; ".join(f"p={d['budget']}: {d['img_per_s']:.0f} img/s, x{d['vs_standalone']['measured']:.2f} vs "
                         f"standalone (ideal x{d['vs_standalone']['ideal']:.2f}, "
-                        f"{d['vs_standalone']['efficiency']:.2f} of ideal)" for d in dynamic.values())
+                        f"{d['vs_standalone']['efficiency']:.2f} of ideal)" for d in result["dynamic"].values())
     threads = f"{sc.threads} thread{'s' if sc.threads > 1 else ''}"
-    print(f"dvt speed: {run}/seed{config.seed} on {device.type} ({threads}, batch {len(x)}): "
+    print(f"dvt speed: {run}/seed{config.seed} on {result['device']} ({threads}, batch {result['batch_size']}): "
           f"cascade {static['cascade']['img_per_s']:.0f} img/s, standalone {_last_exit_name(config, run, model)} "
-          f"{static['standalone']['img_per_s']:.0f} img/s" + (f"; {summary}" if summary else "")
-          + f" -> {folder / 'speed.json'}")
-    return result
+          f"{static['standalone']['img_per_s']:.0f} img/s" + (f"; {summary}" if summary else "") + f" -> {path}")
 
 
 def _last_exit_name(config: Config, run: str, model: Cascade) -> str:

@@ -1,28 +1,23 @@
-"""`dvt fetch`: bring the dataset named in params into `data/<dataset>/` with a MANIFEST.json.
+"""The datasets' sources: where each dataset's raw files are (or are downloaded to), how they are read
+and validated, and how they become the uint8 arrays (or, for ImageNet and folders, the CSV index) that
+`dvt fetch` writes into data/<dataset>/ with a MANIFEST.json.
 
-Small datasets (Fashion-MNIST, CIFAR, synthetic) are stored as uint8 `.npy` arrays per split, so the
-later stages load them into memory in a fraction of a second. ImageNet is validated and indexed in
-place (CSV of relative paths). In both cases a calibration split is held out of train
-deterministically for the threshold search (paper §5 fits thresholds on held-out images).
-
-Everything is written into a temporary folder that replaces `data/<dataset>/` only once complete
-(manifest last), so a killed fetch leaves no manifest and the next run starts over cleanly.
+A calibration split is held out of train deterministically (CALIBRATION_SEED) for the threshold search:
+the paper fits thresholds on held-out images (§5).
 """
 
 from __future__ import annotations
 
 import contextlib
-import time
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
-from dvt.atomic import atomic_dir, sweep
-from dvt.config import Config, DataConfig
+from dvt.config import DataConfig
 from dvt.data import cifar, cluttered, folder, idx
 from dvt.data.info import FOLDER_DATASETS
-from dvt.data.manifest import Manifest, file_checksums, fingerprint, is_current, sha256, write_manifest
+from dvt.data.manifest import sha256
 from dvt.errors import DvtError
 
 CALIBRATION_SEED = 0
@@ -209,7 +204,7 @@ def _channel_stats(x: np.ndarray, chunk: int = 4096) -> tuple[list[float], list[
     return mean.round(6).tolist(), std.round(6).tolist()
 
 
-def _prepare_arrays(data: DataConfig) -> tuple[tuple[dict, dict], dict[str, object]]:
+def prepare_arrays(data: DataConfig) -> tuple[tuple[dict, dict], dict[str, object]]:
     loader = {"fashion-mnist": _fashion_mnist, "cluttered-fashion-mnist": _cluttered_fashion_mnist,
               "cifar10": _cifar, "cifar100": _cifar, "synthetic": _synthetic}[data.dataset]
     splits, classes, source, extras = loader(data)
@@ -235,8 +230,8 @@ def _source_files(extras: dict) -> dict:
     return {"source_files": extras["source_files"]} if "source_files" in extras else {}
 
 
-def _write_arrays(tmp: Path, content: tuple[dict, dict]) -> None:
-    """content: ({split: (images, labels)}, {split: object boxes}) as `_prepare_arrays` returns it."""
+def write_arrays(tmp: Path, content: tuple[dict, dict]) -> None:
+    """content: ({split: (images, labels)}, {split: object boxes}) as `prepare_arrays` returns it."""
     arrays, objects = content
     for split, (x, y) in arrays.items():
         np.save(tmp / f"{split}_images.npy", np.ascontiguousarray(x, dtype=np.uint8))
@@ -252,7 +247,7 @@ def _require_source(data: DataConfig) -> None:
                           else "a folder with train/ and val/ or test/, one sub-folder per class"))
 
 
-def _prepare_folder(data: DataConfig) -> tuple[dict[str, list[tuple[str, int]]], dict[str, object]]:
+def prepare_folder(data: DataConfig) -> tuple[dict[str, list[tuple[str, int]]], dict[str, object]]:
     """imagenet or folder: the tree at data.source, indexed (the images stay where they are)."""
     imagenet = data.dataset == "imagenet"
     _require_source(data)
@@ -266,41 +261,7 @@ def _prepare_folder(data: DataConfig) -> tuple[dict[str, list[tuple[str, int]]],
                   "image_size": None, "channels": 3}
 
 
-def _write_index(tmp: Path, rows: dict[str, list[tuple[str, int]]]) -> None:
+def write_index(tmp: Path, rows: dict[str, list[tuple[str, int]]]) -> None:
     for split, items in rows.items():
         lines = ["path,label"] + [f"{path},{label}" for path, label in items]
         (tmp / f"{split}.csv").write_text("\n".join(lines) + "\n")
-
-
-def run(config: Config) -> Manifest:
-    data = config.data
-    out = Path(data.root) / data.dataset
-    fp = fingerprint(data)
-    # What a killed fetch left goes first, also when there is nothing to do: a half-written folder, or the
-    # old dataset moved aside (put back if the new one never arrived, so it may be current).
-    sweep(out)
-    current = is_current(out, fp)
-    if current is not None:
-        print(f"dvt fetch: {out} is up to date ({_counts(current)})")
-        return current
-    start = time.perf_counter()
-    # Read and validate the source completely before anything is written.
-    if data.dataset in FOLDER_DATASETS:
-        content, body = _prepare_folder(data)
-        write = _write_index
-    else:
-        content, body = _prepare_arrays(data)
-        write = _write_arrays
-    with atomic_dir(out) as tmp:  # (first sweeps what a killed fetch left, see dvt.atomic)
-        write(tmp, content)
-        manifest = write_manifest(tmp, {"dataset": data.dataset, **body, "params": fp,
-                                        "calibration_seed": CALIBRATION_SEED, "files": file_checksums(tmp)})
-    side = manifest["image_size"]
-    shape = f"{side}x{side}x{manifest['channels']}" if side else f"{manifest['channels']} channels, sizes as found"
-    print(f"dvt fetch: {data.dataset} -> {out}: {_counts(manifest)}, {len(manifest['classes'])} classes, {shape} "
-          f"({time.perf_counter() - start:.1f} s)")
-    return manifest
-
-
-def _counts(manifest: Manifest) -> str:
-    return ", ".join(f"{n} {split}" for split, n in manifest["counts"].items())

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -26,7 +25,6 @@ from torch.utils.data import Dataset
 from dvt import checkpoint
 from dvt.config import Config
 from dvt.data.loading import load_split, make_loader
-from dvt.errors import DvtError
 from dvt.flops import count_cascade
 from dvt.inference import autocast, pad_rows, pick_device
 from dvt.logits import LogitsWriter
@@ -49,24 +47,6 @@ class SplitSource:
     dataset: Dataset
     indices: list[int]  # (n,) positions within `dataset`; they become the `sample` column
     seed: int | None  # reseed every generator first (augmented images), None for fixed transforms
-
-
-def trained_checkpoint(config: Config, run: str) -> tuple[Path, str]:
-    """runs/R/seed<S>/checkpoint.pt and its (verified) sha256, refusing a missing, damaged, half-trained
-    or differently-configured one."""
-    path = config.run_dir(run) / "checkpoint.pt"
-    if not path.is_file():
-        raise DvtError(f"{path} not found: train it first with `{config.command('train', run)}`")
-    sha = checkpoint.verified_sha256(path)
-    state = checkpoint.load(path)
-    diff = checkpoint.describe_difference(state.get("config", {}), checkpoint.run_fingerprint(config, run))
-    if diff:
-        raise DvtError(f"{path} was trained with other settings ({diff}); "
-                       f"rerun `{config.command('train', run)} --restart`")
-    if state.get("epoch", 0) < config.train.epochs:
-        raise DvtError(f"{path} holds {state.get('epoch', 0)} of {config.train.epochs} epochs: finish it with "
-                       f"`{config.command('train', run)}`")
-    return path, sha
 
 
 def cumulative_gmacs(config: Config, run: str, model: Cascade) -> tuple[list[float], str]:
@@ -135,7 +115,7 @@ def _write_split(model: Cascade, source: SplitSource, out: LogitsWriter, *, conf
 
 def run(config: Config, *, run: str) -> dict:
     """Write runs/<run>/seed<S>/logits.parquet; returns the per-exit test top-1 (percent) and where it went."""
-    path, sha = trained_checkpoint(config, run)
+    path, sha = checkpoint.trained_checkpoint(config, run)
     model = model_for_run(config, run)
     load_weights(model, path, strict=True)
     model.eval()

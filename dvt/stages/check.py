@@ -108,7 +108,7 @@ def _check_source(config: Config) -> None:
     the counts): data.source exists, a folder tree has valid class folders and images in every train
     class, a CIFAR archive has the published md5, and data.calibration_size leaves training images.
     Always: a training batch fits in the training images."""
-    from dvt.data.fetch import check_calibration_size, train_count
+    from dvt.data.sources import check_calibration_size, train_count
     from dvt.data.manifest import fetched_with, fingerprint
 
     data = config.data
