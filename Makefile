@@ -44,7 +44,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -c $(LOCK) -e '.[test]'
+	$(BIN)/python -m pip install -q -c $(LOCK) -e '.[pipeline,test]'
 	touch $@
 
 # The whole resolved environment (about 180 packages) of a fresh install from pyproject.toml, built in
@@ -52,7 +52,7 @@ $(STAMP): pyproject.toml $(LOCK)
 lock:
 	rm -rf build/lock-venv
 	$(PYTHON) -m venv build/lock-venv
-	build/lock-venv/bin/python -m pip install -q -e '.[test]'
+	build/lock-venv/bin/python -m pip install -q -e '.[pipeline,test]'
 	{ echo "# Every package of a fresh \`make install\`, resolved from pyproject.toml by \`make lock\` (do not edit)."; \
 	  build/lock-venv/bin/python -m pip freeze --exclude-editable; } > $(LOCK).tmp
 	mv $(LOCK).tmp $(LOCK)

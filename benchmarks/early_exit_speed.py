@@ -42,7 +42,7 @@ from dvt.stages.collect import run as collect
 from dvt.checkpoint import trained_checkpoint
 from dvt.config import Config, load_config
 from dvt.errors import DvtError
-from dvt.models import model_for_run
+from dvt.run_models import model_for_run
 from dvt.stages.speed import run as speed
 
 

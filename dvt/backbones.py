@@ -81,6 +81,10 @@ BACKBONES: dict[str, BackboneSpec] = {
 }
 
 
+# A CNN's head sees one pooled vector: its single exit is recorded with this grid.
+CNN_GRID = 1
+
+
 @dataclass(frozen=True)
 class ConvNetSpec:
     name: str  # ours, as params.yaml names it (runs.<run>.baseline)

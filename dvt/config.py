@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import yaml
 
+from dvt.backbones import CNN_GRID
 from dvt.errors import ConfigError
 
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
@@ -114,8 +115,6 @@ class ModelConfig:
 # The reference CNNs a run may name as `baseline` (dvt/backbones.py lists them, dvt/models/convnet.py
 # builds them; a test keeps the two lists equal).
 Baseline = Literal["resnet18_w16", "resnet18"]
-# A CNN's head sees one pooled vector: its single exit is recorded with this grid.
-CNN_GRID = 1
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""The one exception type that means "the user asked for something invalid".
+"""The one exception type that means "the user asked for something invalid", and the check for the
+pipeline's optional packages.
 
 The CLI turns it into a single line on stderr and exit status 2; anything else is a bug and keeps
 its traceback.
@@ -11,3 +12,16 @@ class DvtError(Exception):
 
 class ConfigError(DvtError):
     """A params.yaml key, type or value that is not allowed."""
+
+
+def pipeline_module(name: str, *, needed_for: str):
+    """Import `name`, one of the pipeline's packages (DVC, DVCLive, Snakemake: the `pipeline` extra), or
+    say in one line how to install it. The model library (dvt.models) needs none of them."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        top = name.split(".")[0]
+        raise DvtError(f"{needed_for} needs {top}, which is not installed: pip install 'dvt[pipeline]' "
+                       "(make install has it)") from None

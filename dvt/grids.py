@@ -29,7 +29,7 @@ import math
 from typing import Sequence
 
 from dvt.backbones import ConvNetSpec, get_spec
-from dvt.config import CNN_GRID
+from dvt.backbones import CNN_GRID
 from dvt.errors import DvtError
 
 # grid -> (kernel, stride, padding) of the first soft split; later splits are (3, 2, 1). 7, 10 and 14 are

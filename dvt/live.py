@@ -16,6 +16,7 @@ import logging
 from pathlib import Path
 
 from dvt.atomic import atomic_dir
+from dvt.errors import pipeline_module
 
 FOLDER = "live"
 
@@ -31,7 +32,7 @@ def metric_name(column: str) -> str | None:
 
 def write(folder: Path, rows: list[dict]) -> None:
     """Replace `folder` with DVCLive files for `rows` (dicts with `epoch` and train_log.csv's columns)."""
-    from dvclive import Live
+    Live = pipeline_module("dvclive", needed_for="the training log for `dvc exp show` (live/)").Live
 
     # DVCLive announces which experiment it logs to at INFO; the stage's own progress lines say enough.
     logging.getLogger("dvclive").setLevel(logging.WARNING)

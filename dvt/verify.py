@@ -25,6 +25,7 @@ import yaml
 
 from dvt.checkpoint import RECORD, recorded_sha256, sha256
 from dvt.config import Config
+from dvt.errors import pipeline_module
 
 
 @dataclass(frozen=True)
@@ -65,9 +66,8 @@ def dvc_outputs(root: Path) -> tuple[int, list[Damage]]:
     lock = root / "dvc.lock"
     if not lock.is_file():
         return 0, []
-    from dvc.repo import Repo
-
-    cache = Repo(str(root)).cache.local
+    repo = pipeline_module("dvc.repo", needed_for="checking DVC's outputs against dvc.lock")
+    cache = repo.Repo(str(root)).cache.local
     stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
     checked, damaged = 0, []
     for out in (o for stage in stages.values() for o in stage.get("outs", [])):

@@ -164,7 +164,8 @@ def _meta_weights(path: Path, config, run: str, *, official: bool = False) -> No
     import torch
 
     from dvt import checkpoint
-    from dvt.models import model_for_run, to_official_state_dict
+    from dvt.models import to_official_state_dict
+    from dvt.run_models import model_for_run
 
     with torch.device("meta"):
         model = model_for_run(config, run)

@@ -24,7 +24,7 @@ from dvt.stages import fetch
 from dvt.data.loading import load_split
 from dvt.flops import count_cascade
 from dvt.logits import read_logits, read_metadata
-from dvt.models import model_for_run
+from dvt.run_models import model_for_run
 from dvt.stages.train import run as train
 from dvt.weights import load_weights
 from tests.conftest import copy_pipeline, write_params_file

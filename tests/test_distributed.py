@@ -30,7 +30,7 @@ from dvt.data.loading import make_loader
 from dvt.data.shards import ShardedBatches
 from dvt.errors import DvtError
 from dvt.lock import exclusive
-from dvt.models import model_for_run
+from dvt.run_models import model_for_run
 from dvt.stages.train import run as train
 from tests.conftest import write_params_file
 

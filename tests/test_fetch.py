@@ -324,7 +324,7 @@ def test_a_folder_of_ones_own_images_is_a_dataset(tmp_path, classes, test):
         x, y = load_split(config, split)[0]
         assert x.shape == (3, 32, 32) and 0 <= y < len(classes), split
     # a model for it has a head per class
-    from dvt.models import model_for_run
+    from dvt.run_models import model_for_run
     model = model_for_run(make_config(tmp_path, data={"dataset": "folder", "source": str(tmp_path / "mine"),
                                                       "image_size": 32}, runs={"r": {"grids": [4]}},
                                       model={"backbone": "vit_micro"}), "r")

@@ -95,7 +95,7 @@ def test_a_run_of_timm_exits_goes_through_every_stage(tmp_path, capsys):
 
     from dvt.cli import main
     from dvt.config import load_config
-    from dvt.models import model_for_run
+    from dvt.run_models import model_for_run
     from tests.conftest import write_params_file
 
     torch.manual_seed(4)
@@ -162,7 +162,7 @@ def test_the_mindspore_release_config_builds_its_four_cascades_and_trains_one_st
     DeiT-S, one per reuse setting, and the two DeiT-S models alone (here on 224 px synthetic images)."""
     from dvt.stages.check import check
     from dvt.config import load_config
-    from dvt.models import model_for_run
+    from dvt.run_models import model_for_run
     from tests.conftest import REPO
 
     config = load_config(REPO / "configs" / "imagenet-deit-ms.yaml", [

@@ -12,7 +12,8 @@ import dvt.models.attention as attention_module
 from dvt.config import Config, DataConfig, ModelConfig, RunConfig, SyntheticConfig
 from dvt.errors import DvtError
 from dvt.grids import patch_geometry
-from dvt.models import Cascade, ReuseState, check_reuse, create_model, list_models, model_for_run, valid_grids
+from dvt.models import Cascade, ReuseState, check_reuse, create_model, list_models, valid_grids
+from dvt.run_models import model_for_run
 
 SMALL = ("vit_micro", "vit_mini", "vit_tiny")
 
@@ -307,3 +308,34 @@ def test_reference_cnn_is_a_one_exit_cascade_from_timm():
     assert 0.005 < cost.total_gmacs < 0.05
     with pytest.raises(DvtError, match="resnet18_w16 is a CNN with one exit"):
         create_model("resnet18_w16", grids=(3, 5), img_size=56, in_chans=1, num_classes=10)
+
+
+def test_the_model_library_stands_alone():
+    """dvt.models (and timm.create_model("dvt_...")) imports nothing of the pipeline: no params.yaml
+    config, no stage, no DVC or Snakemake; those are the `pipeline` extra of pyproject.toml (issue #32)."""
+    import subprocess
+    import sys
+    import tomllib
+    from pathlib import Path
+
+    code = ("import sys, timm, dvt.models\n"
+            "timm.create_model('dvt_t2t_vit_12', num_classes=10)\n"
+            "ours = sorted(m for m in sys.modules if m.startswith('dvt.') and not m.startswith("
+            "('dvt.models', 'dvt.backbones', 'dvt.grids', 'dvt.errors')))\n"
+            "print(ours, [m for m in ('dvc', 'dvclive', 'snakemake') if m in sys.modules])\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[] []", out.stdout + out.stderr
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    core = " ".join(project["dependencies"])
+    assert not any(name in core for name in ("dvc", "snakemake"))
+    assert {d.split("==")[0] for d in project["optional-dependencies"]["pipeline"]} >= {"dvc", "dvclive", "snakemake"}
+
+
+def test_a_missing_pipeline_package_is_one_line(monkeypatch):
+    import sys
+
+    from dvt.errors import pipeline_module
+
+    monkeypatch.setitem(sys.modules, "dvclive", None)  # what an install without the extra sees
+    with pytest.raises(DvtError, match=r"^the log needs dvclive, which is not installed: pip install 'dvt\[pipeline\]'"):
+        pipeline_module("dvclive", needed_for="the log")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from dvt.backbones import ConvNetSpec
-from dvt.config import CNN_GRID
+from dvt.backbones import CNN_GRID
 from dvt.models.stage import StageOutput
 
 

@@ -18,7 +18,7 @@ from typing import Sequence
 import pandas as pd
 
 from dvt.atomic import write_text
-from dvt.errors import DvtError
+from dvt.errors import DvtError, pipeline_module
 from dvt.reporting.inputs import RunFiles
 
 # The Vega libraries, in load order, from Snakemake's report assets (a pinned dependency already).
@@ -72,8 +72,7 @@ TABLES = {"accuracy_vs_gmacs.csv": accuracy_vs_gmacs, "calibration_top1.csv": ca
 
 def page() -> str:
     """DVC's plots page with the Vega libraries inline (`{plot_divs}` is where DVC puts the charts)."""
-    from snakemake import assets
-
+    assets = pipeline_module("snakemake.assets", needed_for="the plots page (its Vega libraries)")
     folder = Path(assets.__file__).parent / "data"
     scripts = []
     for name in VEGA_SCRIPTS:

@@ -84,7 +84,7 @@ def _check_weights(config: Config, run: str) -> None:
 
     import torch
 
-    from dvt.models.registry import model_for_run
+    from dvt.run_models import model_for_run
     from dvt.weights import fitting_state
 
     with warnings.catch_warnings(), torch.device("meta"):

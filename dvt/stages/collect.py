@@ -28,7 +28,8 @@ from dvt.data.loading import load_split, make_loader
 from dvt.flops import count_cascade
 from dvt.inference import autocast, pad_rows, pick_device
 from dvt.logits import LogitsWriter
-from dvt.models import Cascade, model_for_run
+from dvt.models import Cascade
+from dvt.run_models import model_for_run
 from dvt.progress import progress
 from dvt.weights import load_weights
 

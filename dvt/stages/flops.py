@@ -8,7 +8,7 @@ from dataclasses import asdict
 from dvt.atomic import write_json
 from dvt.config import Config
 from dvt.flops import count_cascade
-from dvt.models import model_for_run
+from dvt.run_models import model_for_run
 
 
 def run(config: Config, *, run: str) -> None:

@@ -75,7 +75,7 @@ def run(config: Config, *, run: str, images: Sequence[str], budget: int | None =
     from dvt.data.loading import eval_transform
     from dvt.data.manifest import read_manifest
     from dvt.inference import early_exit_predict
-    from dvt.models import model_for_run
+    from dvt.run_models import model_for_run
     from dvt.weights import load_weights
 
     if budget is not None and target_gmacs is not None:

@@ -51,8 +51,9 @@ from dvt.errors import DvtError
 from dvt.flops import count_cascade
 from dvt.inference import early_exit_predict, pick_device
 from dvt.logits import check_matches, read_metadata
-from dvt.models import Cascade, model_for_run, native
-from dvt.models.registry import standalone_for_run
+from dvt.models import Cascade, native
+from dvt.run_models import model_for_run
+from dvt.run_models import standalone_for_run
 from dvt.timing import device_name, exits_up_to, keep_freed_memory, stage_time_prediction, time_turns
 from dvt.weights import load_weights
 

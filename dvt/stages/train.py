@@ -51,7 +51,7 @@ from dvt.distributed import Distributed, check_split
 from dvt.errors import DvtError
 from dvt.inference import autocast, pick_device, top1_per_exit
 from dvt.lock import exclusive
-from dvt.models import model_for_run
+from dvt.run_models import model_for_run
 from dvt.weights import load_weights
 
 
