@@ -36,8 +36,8 @@ import torch
 
 from dvt.inference import early_exit_predict
 from dvt.models import attention, create_model, native, reuse
-from dvt.timing import keep_freed_memory
 from dvt.thresholds import budget_fractions, fit_thresholds
+from dvt.timing import keep_freed_memory
 
 HERE = Path(__file__).parent
 _spec = importlib.util.spec_from_file_location("paper_speed", HERE / "paper_speed.py")

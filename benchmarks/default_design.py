@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dvt.config import ClutteredConfig  # noqa: E402
 from dvt.data import cluttered, idx  # noqa: E402
-from dvt.data.sources import DEBIAN_FASHION_MNIST, FASHION_FILES  # noqa: E402
 from dvt.data.loading import random_crop_flip  # noqa: E402
+from dvt.data.sources import DEBIAN_FASHION_MNIST, FASHION_FILES  # noqa: E402
 from dvt.models import create_model  # noqa: E402
 
 HELD_OUT = 3000  # the last train images: never trained on, they fit thresholds for --curve

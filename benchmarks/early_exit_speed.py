@@ -37,12 +37,12 @@ from typing import Any
 import torch
 
 from dvt import checkpoint
-from dvt.stages.budget import run as budget
-from dvt.stages.collect import run as collect
 from dvt.checkpoint import trained_checkpoint
 from dvt.config import Config, load_config
 from dvt.errors import DvtError
 from dvt.run_models import model_for_run
+from dvt.stages.budget import run as budget
+from dvt.stages.collect import run as collect
 from dvt.stages.speed import run as speed
 
 

@@ -50,12 +50,17 @@ import torch
 
 from dvt.checkpoint import git_commit
 from dvt.flops import count_cascade
-from dvt.inference import autocast
+from dvt.inference import autocast, early_exit_predict
 from dvt.logits import max_softmax
 from dvt.models import Cascade, create_model, native
-from dvt.inference import early_exit_predict
-from dvt.timing import device_name, exits_up_to, keep_freed_memory, stage_time_prediction, time_turns
 from dvt.thresholds import budget_fractions, fit_thresholds
+from dvt.timing import (
+    device_name,
+    exits_up_to,
+    keep_freed_memory,
+    stage_time_prediction,
+    time_turns,
+)
 
 CASCADES = {"t2t_vit_12": "DVT-T2T-ViT-12", "t2t_vit_14": "DVT-T2T-ViT-14", "deit_small": "DVT-DeiT-S"}
 GRIDS = (7, 10, 14)

@@ -20,8 +20,8 @@ from torch import nn
 
 import dvt.stages.train
 from dvt.config import from_dict
-from dvt.stages import fetch
 from dvt.models import get_spec
+from dvt.stages import fetch
 
 
 class TimmAsCascade(nn.Module):

@@ -1,11 +1,11 @@
 """Every model this project builds, by name, as plain data: ViT backbones (the shape of one exit, shared
-by every exit of a cascade, spec §1.3) and the reference CNNs.
+by every exit of a cascade) and the reference CNNs.
 
 Torch-free on purpose: the config check and the Snakefile read these names when a workflow loads, and
 importing torch (with timm) there cost every `snakemake` call about 3 s. dvt.models builds the modules.
 
 Numbers for the T2T-ViT family follow the T2T-ViT paper (their published parameters and GMACs are
-checked in tests/test_flops.py against spec §6); DeiT-S follows DeiT. The `vit_*` backbones are ours:
+checked in tests/test_flops.py against the paper's GFLOPs); DeiT-S follows DeiT. The `vit_*` backbones are ours:
 small patch-embedding ViTs that train on a CPU on 28x28 / 32x32 images.
 """
 
@@ -29,7 +29,7 @@ class BackboneSpec:
     qkv_bias: bool
     norm_eps: float
     pos_embed: Literal["sinusoid", "learned"]  # T2T-ViT uses a fixed table, DeiT learns it
-    # Feature reuse (spec §2): per block LN + MLP embed_dim -> reuse_hidden -> reuse_dim.
+    # Feature reuse: per block LN + MLP embed_dim -> reuse_hidden -> reuse_dim.
     reuse_hidden: int = 128
     reuse_dim: int = 48
     # T2T: width of the Token-Performer layers and their (fixed, T2T-ViT) dropout; soft_split: the

@@ -15,7 +15,7 @@ from typing import Any, Iterator
 import numpy as np
 import pandas as pd
 
-from dvt import checkpoint, thresholds
+from dvt import checkpoint, layout, thresholds
 from dvt.config import Config
 from dvt.errors import DvtError
 from dvt.logits import SplitLogits, check_matches, read_logits, read_metadata
@@ -39,7 +39,7 @@ def read_run_logits(config: Config, run: str, *, keep_logits: bool = False
                     ) -> tuple[Path, SplitLogits, SplitLogits, np.ndarray]:
     """(logits path, threshold split, test split, cumulative GMACs (K,)), checked against this run;
     keep_logits: the splits keep their (n, K, C) logits (the exit policies read them)."""
-    path = config.run_dir(run) / "logits.parquet"
+    path = config.run_dir(run) / layout.LOGITS
     sha = checkpoint.verified_sha256(checkpoint.finished_path(config, run))
     check_matches(read_metadata(path), config_dict=checkpoint.run_fingerprint(config, run), checkpoint_sha256=sha,
                   path=path)
@@ -126,7 +126,7 @@ def damaged(path: Path, rerun: str) -> Iterator[None]:
 
 def read_budget_thresholds(config: Config, run: str, num_exits: int) -> pd.DataFrame:
     """budget.csv indexed by budget p, its gmacs and threshold_0..threshold_{K-1} columns checked and float64."""
-    path = config.run_dir(run) / "budget.csv"
+    path = config.run_dir(run) / layout.BUDGET
     if not path.is_file():
         raise DvtError(f"{path} not found: run `{config.command('budget', run)}` first")
     columns = ["gmacs", *(f"threshold_{k}" for k in range(num_exits))]

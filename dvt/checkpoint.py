@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from dvt import layout
 from dvt.atomic import atomic_path
-from dvt.config import Config, to_dict
+from dvt.config import Config, differences, to_dict
 from dvt.data.manifest import fingerprint, sha256
 from dvt.errors import DvtError
 
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
     import torch
 
 FORMAT = "dvt-checkpoint-v1"
-RECORD = "train.json"
+RECORD = layout.TRAIN_SUMMARY
 __all__ = ["FORMAT", "RECORD", "run_fingerprint", "describe_difference", "save", "save_recorded", "load", "read_file",
            "sha256", "recorded_sha256", "verified_sha256", "rng_state", "set_rng_state", "git_commit"]
 
@@ -47,17 +48,13 @@ def run_fingerprint(config: Config, run: str) -> dict[str, Any]:
             "model": to_dict(config.model), "run": to_dict(config.run(run)), "train": train, "seed": config.seed}
 
 
-def describe_difference(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> str:
-    """The first differing key, e.g. 'train.lr: 0.001 in the checkpoint, 0.002 now'."""
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            found = describe_difference(a, b, f"{prefix}{key}.")
-            if found:
-                return found
-        elif a != b:
-            return f"{prefix}{key}: {a!r} in the checkpoint, {b!r} now"
-    return ""
+def describe_difference(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """The first differing key, e.g. 'train.lr: 0.001 in the checkpoint, 0.002 now' ('' if none)."""
+    found = differences(old, new)
+    if not found:
+        return ""
+    key, a, b = found[0]
+    return f"{key}: {a!r} in the checkpoint, {b!r} now"
 
 
 def git_commit() -> str | None:
@@ -190,7 +187,7 @@ def load(path: str | Path) -> dict[str, Any]:
 
 def finished_path(config: Config, run: str) -> Path:
     """runs/<run>/seed<S>/checkpoint.pt, which must exist (else one line: train it first)."""
-    path = config.run_dir(run) / "checkpoint.pt"
+    path = config.run_dir(run) / layout.CHECKPOINT
     if not path.is_file():
         raise DvtError(f"{path} not found: train it first with `{config.command('train', run)}`")
     return path

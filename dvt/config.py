@@ -20,11 +20,12 @@ from typing import Any, Literal
 
 import yaml
 
+from dvt import layout
 from dvt.backbones import CNN_GRID
 from dvt.errors import ConfigError
+from dvt.grids import grows
 
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
-DATASETS = ("cluttered-fashion-mnist", "fashion-mnist", "cifar10", "cifar100", "imagenet", "folder", "synthetic")
 Dataset = Literal["cluttered-fashion-mnist", "fashion-mnist", "cifar10", "cifar100", "imagenet", "folder", "synthetic"]
 
 
@@ -147,7 +148,7 @@ class RunConfig:
         else:
             _require(len(self.grids) >= 1, "runs.*.grids", list(self.grids), "at least one grid")
         _require(all(g >= 1 for g in self.grids), "runs.*.grids", list(self.grids), "grids must be >= 1")
-        _require(list(self.grids) == sorted(set(self.grids)), "runs.*.grids", list(self.grids),
+        _require(not self.grids or grows(self.grids), "runs.*.grids", list(self.grids),
                  "grids must grow strictly from exit to exit")
         _require(self.init is None or self.checkpoint is None, "runs.*.init", self.init,
                  "set init (fine-tune) or checkpoint (use as is), not both")
@@ -363,7 +364,7 @@ class Config:
 
     def flops_path(self, run: str) -> Path:
         """runs/<run>/flops.json: a model's cost, the same for every seed."""
-        return Path(self.runs_dir) / run / "flops.json"
+        return Path(self.runs_dir) / run / layout.FLOPS
 
     def backbone_of(self, run: str) -> str:
         """The model a run trains: its baseline CNN, its exits' timm ViT ("timm:<name>"), its own backbone,
@@ -434,7 +435,7 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
         return {str(k): _convert(item, v, f"{key}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         if value is None:
-            # issue #31: `policies:` left empty silently meant every default
+            # `policies:` left empty would otherwise silently mean every default
             raise ConfigError(f"{key} is empty (null): give its keys, or leave the section out for its defaults")
         if not isinstance(value, dict):
             raise bad
@@ -492,6 +493,13 @@ def to_dict(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [to_dict(v) for v in obj]
     return obj
+
+
+def differences(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, old value, new value) wherever two JSON-like trees differ, keys in sorted order."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for k in sorted(set(old) | set(new)) for d in differences(old.get(k), new.get(k), f"{prefix}{k}.")]
+    return [] if old == new else [(prefix.rstrip(".") or "(whole config)", old, new)]
 
 
 def from_dict(data: dict[str, Any]) -> Config:

@@ -119,7 +119,7 @@ def count_flops(module: nn.Module, inputs: tuple[Tensor, ...]) -> int:
     """fvcore MACs of module(*inputs); raises if an op with no rule and possible cost was met.
 
     The reuse modules are traced with the official ops (`reference_reuse`): the models apply R as a
-    matrix, but the paper charges it as nearest upsampling + adaptive pooling (spec §6)."""
+    matrix, but the paper charges it as nearest upsampling + adaptive pooling."""
     analysis = FlopCountAnalysis(module, inputs)
     analysis.set_op_handle("aten::scaled_dot_product_attention", _sdpa_flops)
     analysis.set_op_handle("aten::baddbmm", _baddbmm_flops)

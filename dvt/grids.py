@@ -1,4 +1,4 @@
-"""Which token grids an image size allows, and the tokenizer geometry that makes each (spec §1.2).
+"""Which token grids an image size allows, and the tokenizer geometry that makes each.
 
 DVT never resizes the image: each exit sees the same pixels and gets its token grid from its own
 tokenizer geometry.
@@ -28,8 +28,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-from dvt.backbones import ConvNetSpec, get_spec
-from dvt.backbones import CNN_GRID
+from dvt.backbones import CNN_GRID, ConvNetSpec, get_spec
 from dvt.errors import DvtError
 
 # grid -> (kernel, stride, padding) of the first soft split; later splits are (3, 2, 1). 7, 10 and 14 are
@@ -109,6 +108,11 @@ def check_grid(*, backbone: str, tokenizer: str, img_size: int, grid: int) -> No
                        f"valid grids at this size: {_ranges(valid_grids(tokenizer, img_size))}")
 
 
+def grows(grids: Sequence[int]) -> bool:
+    """A cascade's grids: at least one, each larger than the one before (params, models and checks agree)."""
+    return len(grids) >= 1 and all(b > a for a, b in zip(grids, grids[1:]))
+
+
 def check_grids(backbone: str, grids: Sequence[int], img_size: int) -> None:
     """DvtError unless `grids` is non-empty, strictly growing and every grid is makeable."""
     spec = get_spec(backbone)
@@ -117,7 +121,7 @@ def check_grids(backbone: str, grids: Sequence[int], img_size: int) -> None:
         if grids != [CNN_GRID]:
             raise DvtError(f"{backbone} is a CNN with one exit on the whole image (grid {CNN_GRID}), not grids {grids}")
         return
-    if not grids or any(b <= a for a, b in zip(grids, grids[1:])):
+    if not grows(grids):
         raise DvtError(f"grids {grids} must be a non-empty list growing strictly from exit to exit")
     for g in grids:
         check_grid(backbone=backbone, tokenizer=spec.tokenizer, img_size=img_size, grid=g)

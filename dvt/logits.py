@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dvt.atomic import atomic_path
+from dvt.config import differences
 from dvt.errors import DvtError
 
 SPLITS = ("calibration", "test", "train-augmented")
@@ -383,17 +384,9 @@ def check_matches(meta: Mapping[str, Any], *, config_dict: Mapping[str, Any], ch
     if meta.get("checkpoint_sha256") != checkpoint_sha256:
         problems.append(f"checkpoint sha256 {str(meta.get('checkpoint_sha256'))[:12]}... "
                         f"!= {checkpoint_sha256[:12]}...")
-    differing = _differing_keys(meta.get("config"), _json_roundtrip(dict(config_dict)))
+    differing = [key for key, _, _ in differences(meta.get("config"), _json_roundtrip(dict(config_dict)))]
     if differing:
         problems.append("config differs at " + ", ".join(differing[:5]) + (" ..." if len(differing) > 5 else ""))
     if problems:
         raise DvtError(f"{where} was written for another config/checkpoint ({'; '.join(problems)}); "
                        f"rerun dvt collect")
-
-
-def _differing_keys(stored: Any, current: Any, prefix: str = "") -> list[str]:
-    """Dotted keys where two JSON-like values differ."""
-    if isinstance(stored, dict) and isinstance(current, dict):
-        keys = sorted(set(stored) | set(current))
-        return [d for k in keys for d in _differing_keys(stored.get(k), current.get(k), f"{prefix}{k}.")]
-    return [] if stored == current else [prefix.rstrip(".") or "(whole config)"]

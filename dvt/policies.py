@@ -1,4 +1,4 @@
-"""Exit policies (issue #19): when does a sample leave the cascade, and with which prediction?
+"""Exit policies: when does a sample leave the cascade, and with which prediction?
 
 The paper's policy is max softmax: leave at the first exit k whose largest class probability clears
 T_k. Every policy here needs only the per-exit logits that `dvt collect` stores, so none costs any

@@ -1,6 +1,6 @@
 """Budgeted-batch early exit: fit confidence thresholds per budget and evaluate them (paper §5).
 
-Conventions used throughout (spec §5, official inference.py):
+Conventions used throughout (the authors' inference.py):
   * `confidence` is (n, K): max softmax of each of the K exits for n samples.
   * A sample leaves at the first exit k with c_k >= T_k; the last exit takes everyone left, so
     T_K = -1e8. T_k = +1e8 means nobody leaves at k.

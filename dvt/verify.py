@@ -23,6 +23,7 @@ from pathlib import Path
 
 import yaml
 
+from dvt import layout
 from dvt.checkpoint import RECORD, recorded_sha256, sha256
 from dvt.config import Config
 from dvt.errors import pipeline_module
@@ -49,7 +50,7 @@ def checkpoints(config: Config) -> tuple[int, list[Damage]]:
     for seed in config.seeds:
         seeded = config.with_seed(seed)
         for run in config.runs:
-            path = seeded.run_dir(run) / "checkpoint.pt"
+            path = seeded.run_dir(run) / layout.CHECKPOINT
             expected = recorded_sha256(path) if path.is_file() else None
             if expected is None:
                 continue

@@ -46,8 +46,8 @@ def write_params_file(root: Path, base: dict, **changes) -> Path:
 def finished_pipeline(tmp_path_factory) -> Path:
     """The tiny pipeline of tests/test_collect.py built once per session: fetched, the `dvt` and `single`
     runs trained, collected, budgeted and counted. Modules take a copy (`copy_pipeline`), never this."""
-    from dvt.stages.budget import run as budget
     from dvt.config import load_config
+    from dvt.stages.budget import run as budget
     from dvt.stages.flops import run as flops
     from tests.test_collect import build_pipeline
 

@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 
 from dvt import thresholds
-from dvt.stages.budget import run as budget
 from dvt.cli import main
 from dvt.config import load_config
 from dvt.logits import read_logits
+from dvt.stages.budget import run as budget
 from tests.conftest import copy_pipeline
 
 

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import yaml
 
-from dvt.stages.check import CHECKED, check
 from dvt.cli import main
 from dvt.config import load_config, read_params
-from dvt.stages import fetch
 from dvt.errors import ConfigError
+from dvt.stages import fetch
+from dvt.stages.check import CHECKED, check
 from tests.conftest import REPO, make_config
 from tests.test_fetch import write_fashion
 

@@ -18,13 +18,13 @@ import torch
 
 from dvt import checkpoint
 from dvt.cli import main
-from dvt.stages.collect import run as collect
 from dvt.config import Config, load_config
-from dvt.stages import fetch
 from dvt.data.loading import load_split
 from dvt.flops import count_cascade
 from dvt.logits import read_logits, read_metadata
 from dvt.run_models import model_for_run
+from dvt.stages import fetch
+from dvt.stages.collect import run as collect
 from dvt.stages.train import run as train
 from dvt.weights import load_weights
 from tests.conftest import copy_pipeline, write_params_file
@@ -152,8 +152,8 @@ def test_official_checkpoint_is_collected_and_budgeted_without_training(tmp_path
     """Build item 5 on a small scale: weights in the official DVT file layout (7 -> 10 -> 14 exits,
     official key names, a `model_state_dict` in a .pth.tar) go through `dvt train` (imported, not
     trained), `dvt collect` and `dvt budget`; the stored logits are the source model's own."""
-    from dvt.stages.budget import run as budget
     from dvt.models import create_model, to_official_state_dict
+    from dvt.stages.budget import run as budget
 
     torch.manual_seed(5)
     source = create_model("vit_micro", grids=(7, 10, 14), img_size=28, in_chans=1, num_classes=10).eval()

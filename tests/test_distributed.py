@@ -25,12 +25,12 @@ from dvt import checkpoint
 from dvt.cli import main
 from dvt.config import load_config
 from dvt.data import loading
-from dvt.stages import fetch
 from dvt.data.loading import make_loader
 from dvt.data.shards import ShardedBatches
 from dvt.errors import DvtError
 from dvt.lock import exclusive
 from dvt.run_models import model_for_run
+from dvt.stages import fetch
 from dvt.stages.train import run as train
 from tests.conftest import write_params_file
 

@@ -17,10 +17,10 @@ from PIL import Image
 
 from dvt.cli import main
 from dvt.data import cifar, idx
-from dvt.stages import fetch
-from dvt.data.sources import FASHION_FILES, calibration_split
 from dvt.data.loading import load_split, load_splits, make_loader
+from dvt.data.sources import FASHION_FILES, calibration_split
 from dvt.errors import DvtError
+from dvt.stages import fetch
 from tests.conftest import make_config, random_images
 
 
@@ -150,8 +150,8 @@ def test_a_damaged_or_edited_dataset_is_one_line_and_fetch_repairs_it(tmp_path, 
 
 
 def test_synthetic_is_deterministic(tmp_path):
-    from dvt.data.synthetic import generate
     from dvt.config import SyntheticConfig
+    from dvt.data.synthetic import generate
 
     a, b = generate(SyntheticConfig(train_size=30, test_size=5)), generate(SyntheticConfig(train_size=30, test_size=5))
     np.testing.assert_array_equal(a["train"][0], b["train"][0])
@@ -364,8 +364,8 @@ def test_a_train_class_without_images_is_refused_and_the_check_sees_it_before_fe
     """An empty train class folder (a class no model can learn) was indexed silently; a tree whose val/
     classes differ from train/, or a calibration split as large as train/, is now refused by the check
     that runs before any engine job, not only by fetch."""
-    from dvt.stages.check import check
     from dvt.errors import ConfigError
+    from dvt.stages.check import check
 
     root = tmp_path / "mine"
     write_folder(root, classes=["cat", "dog", "eel"])

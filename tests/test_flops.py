@@ -11,10 +11,10 @@ from torch import nn
 
 from dvt.config import Config, DataConfig, ModelConfig, RunConfig
 from dvt.flops import count_cascade, count_flops
-from dvt.stages.flops import run
 from dvt.models import create_model
 from dvt.models.attention import Attention
 from dvt.models.reuse import FeatureReuse, RelationReuse
+from dvt.stages.flops import run
 
 
 @functools.cache

@@ -144,8 +144,8 @@ def test_a_run_of_timm_exits_goes_through_every_stage(tmp_path, capsys):
 def test_a_vit_whose_default_weights_have_no_head_is_taken_with_the_datasets_classes(tmp_path):
     """Issue #31: vit_small_patch8_224's default weights tag (DINO) has no head, and `dvt check` built it
     without the dataset's classes: a run of it was refused with "needs a linear head"."""
-    from dvt.stages.check import check
     from dvt.config import from_dict
+    from dvt.stages.check import check
 
     config = from_dict({"data": {"dataset": "synthetic", "root": str(tmp_path / "data"), "calibration_size": 10,
                                  "synthetic": {"image_size": 32, "channels": 3, "classes": 10}},
@@ -160,9 +160,9 @@ def test_a_vit_whose_default_weights_have_no_head_is_taken_with_the_datasets_cla
 def test_the_mindspore_release_config_builds_its_four_cascades_and_trains_one_step():
     """configs/imagenet-deit-ms.yaml (issue #18, item 5): 2-exit DeiT-S cascades 7x7 -> 14x14 from timm's
     DeiT-S, one per reuse setting, and the two DeiT-S models alone (here on 224 px synthetic images)."""
-    from dvt.stages.check import check
     from dvt.config import load_config
     from dvt.run_models import model_for_run
+    from dvt.stages.check import check
     from tests.conftest import REPO
 
     config = load_config(REPO / "configs" / "imagenet-deit-ms.yaml", [

@@ -11,7 +11,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from dvt.errors import DvtError
-from dvt.logits import LogitsWriter, check_matches, max_softmax, read_logits, read_metadata
+from dvt.logits import (
+    LogitsWriter,
+    check_matches,
+    max_softmax,
+    read_logits,
+    read_metadata,
+)
 
 GRIDS = [7, 10, 14]
 GMACS = [0.472, 1.46, 3.50]

@@ -12,7 +12,14 @@ import dvt.models.attention as attention_module
 from dvt.config import Config, DataConfig, ModelConfig, RunConfig, SyntheticConfig
 from dvt.errors import DvtError
 from dvt.grids import patch_geometry
-from dvt.models import Cascade, ReuseState, check_reuse, create_model, list_models, valid_grids
+from dvt.models import (
+    Cascade,
+    ReuseState,
+    check_reuse,
+    create_model,
+    list_models,
+    valid_grids,
+)
 from dvt.run_models import model_for_run
 
 SMALL = ("vit_micro", "vit_mini", "vit_tiny")

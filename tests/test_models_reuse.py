@@ -9,8 +9,17 @@ import torch
 import torch.nn.functional as F
 
 from dvt.models import create_model, native, reuse
-from dvt.models.reuse import (FeatureReuse, RelationReuse, axis_matrix, reference_reuse, resample_grid,
-                              resample_relations, resample_tokens, reuse_matrix, upsample_size)
+from dvt.models.reuse import (
+    FeatureReuse,
+    RelationReuse,
+    axis_matrix,
+    reference_reuse,
+    resample_grid,
+    resample_relations,
+    resample_tokens,
+    reuse_matrix,
+    upsample_size,
+)
 
 
 def recipe(x: torch.Tensor, up: int, size: int) -> torch.Tensor:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import yaml
 
-from dvt.stages.report import PARTS
 from dvt.schema import params_schema
+from dvt.stages.report import PARTS
 from tests.conftest import REPO
 
 BIN = Path(sys.executable).parent

@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 
 from dvt import policies, thresholds
-from dvt.stages.budget import run as budget
 from dvt.cli import main
-from dvt.stages.policies import run as policy_stage
 from dvt.config import load_config
 from dvt.logits import read_logits
+from dvt.stages.budget import run as budget
+from dvt.stages.policies import run as policy_stage
 from tests.conftest import copy_pipeline
 
 

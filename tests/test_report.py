@@ -25,19 +25,19 @@ import yaml
 from PIL import Image
 
 from dvt import checkpoint
-from dvt.stages import report as report_module
-from dvt.stages.budget import run as budget
-from dvt.stages.policies import run as exit_policies
 from dvt.cli import main
 from dvt.config import Config, load_config
-from dvt.stages import fetch
-from dvt.stages.flops import run as flops
 from dvt.logits import LogitsWriter
-from dvt.stages.report import run as report
 from dvt.reporting.compare import VsCost
 from dvt.reporting.findings import CascadeShape
 from dvt.reporting.pages import FILTERS
 from dvt.reporting.reference import load as load_reference
+from dvt.stages import fetch
+from dvt.stages import report as report_module
+from dvt.stages.budget import run as budget
+from dvt.stages.flops import run as flops
+from dvt.stages.policies import run as exit_policies
+from dvt.stages.report import run as report
 from dvt.stages.speed import run as speed
 from dvt.stages.train import run as train
 from tests.conftest import REPO, write_params_file

@@ -6,7 +6,14 @@ from __future__ import annotations
 import pytest
 
 from dvt.errors import DvtError
-from dvt.slurm import Partition, Request, check_requests, gpu_count, parse_minutes, parse_partitions
+from dvt.slurm import (
+    Partition,
+    Request,
+    check_requests,
+    gpu_count,
+    parse_minutes,
+    parse_partitions,
+)
 
 # Two kinds of GPU node in `gpu`, CPU nodes in `cpu` (sinfo -h -o '%R|%c|%m|%G|%l').
 SINFO = """\

@@ -13,14 +13,14 @@ import pytest
 import torch
 
 from dvt.cli import main
-from dvt.stages.collect import run as collect
 from dvt.config import Config, load_config
-from dvt.stages import fetch
 from dvt.data.loading import load_split
 from dvt.inference import early_exit_predict
 from dvt.logits import read_logits
 from dvt.models import Cascade, native
 from dvt.run_models import model_for_run
+from dvt.stages import fetch
+from dvt.stages.collect import run as collect
 from dvt.stages.speed import BATCH_SEED
 from dvt.stages.speed import run as speed
 from dvt.thresholds import assign_exits

@@ -19,8 +19,8 @@ import torch
 from dvt import checkpoint
 from dvt.cli import main
 from dvt.config import load_config
-from dvt.stages import fetch
 from dvt.errors import DvtError
+from dvt.stages import fetch
 from dvt.stages.train import run as train
 from tests.conftest import write_params_file
 

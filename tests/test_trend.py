@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dvt.stages.budget import run as budget
 from dvt.cli import main
 from dvt.config import load_config
 from dvt.stages import fetch
+from dvt.stages.budget import run as budget
 from dvt.stages.flops import run as flops
 from dvt.stages.policies import run as exit_policies
 from dvt.stages.report import run as report

@@ -12,7 +12,6 @@ import os
 import random
 from pathlib import Path
 
-
 from dvt.data.images import is_regular_file, open_image
 from dvt.errors import DvtError
 from dvt.progress import progress

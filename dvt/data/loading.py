@@ -7,7 +7,7 @@ Two kinds of storage, one interface:
   the CPU. With a resize (e.g. CIFAR at 224 px, paper Table 3) or RandAugment, each image goes
   through timm's PIL transforms instead.
 * imagenet and folder: the CSV index written by fetch, read with PIL and timm's transforms: the training
-  recipe of spec §4 (RandomResizedCrop, random interpolation, flip, RandAugment, random erasing)
+  recipe of the paper's code (RandomResizedCrop, random interpolation, flip, RandAugment, random erasing)
   and bicubic resize to 256 then centre crop 224 for evaluation.
 
 Use `make_loader` to build a DataLoader: it knows which datasets collate themselves.

@@ -1,6 +1,6 @@
 """Multi-head self-attention that can take an additive logit bias and hand its logits on.
 
-DVT's relationship reuse (spec §3) needs two things a plain ViT attention does not: a bias added to
+DVT's relationship reuse needs two things a plain ViT attention does not: a bias added to
 the pre-softmax logits of a downstream exit, and the logits themselves (bias included) from every
 layer of an exit whose successor reuses them. The logits need the explicit path (q k^T, softmax,
 times v); otherwise we take whichever path is faster, the explicit one or the fused
@@ -89,7 +89,7 @@ class Attention(nn.Module):
         """x (B, N, D), bias (B, H, N, N) or None -> (out (B, N, D), logits (B, H, N, N) or None).
 
         The returned logits are q k^T / sqrt(d_h) + bias, i.e. exactly what went into the softmax,
-        so a later exit reuses what this exit actually attended with (spec §3). overwrite_bias: the
+        so a later exit reuses what this exit actually attended with. overwrite_bias: the
         bias is the caller's temporary, so the explicit path may add q k^T into it in place (no
         autograd then) instead of copying it into a new logits tensor.
         """

@@ -1,4 +1,4 @@
-"""Pre-norm Transformer block with DVT's optional feature-reuse input (spec §1.4, §2)."""
+"""Pre-norm Transformer block with DVT's optional feature-reuse input."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The DVT cascade: exits on growing token grids, each optionally reusing its predecessor (spec §1.1).
+"""The DVT cascade: exits on growing token grids, each optionally reusing its predecessor.
 
 Exits share no weights. Exit k (k >= 1) reads only exit k-1: its last features (feature reuse) and
 its attention logits (relation reuse). Two ways to run it:
@@ -23,6 +23,7 @@ from typing import Sequence
 from torch import Tensor, nn
 
 from dvt.backbones import BackboneSpec, ConvNetSpec
+from dvt.grids import grows
 from dvt.models.convnet import CNN_GRID, ConvNetExit
 from dvt.models.stage import Stage
 
@@ -55,7 +56,7 @@ class Cascade(nn.Module):
                  drop_path_rate: float = 0.0, drop_rate: float = 0.0) -> None:
         super().__init__()
         grids = tuple(grids)
-        if not grids or any(b <= a for a, b in zip(grids, grids[1:])):
+        if not grows(grids):
             raise ValueError(f"grids must be a non-empty, strictly growing sequence, got {list(grids)}")
         self.spec = spec
         self.grids = grids

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from dvt.backbones import ConvNetSpec
-from dvt.backbones import CNN_GRID
+from dvt.backbones import CNN_GRID, ConvNetSpec
 from dvt.models.stage import StageOutput
 
 

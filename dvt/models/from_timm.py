@@ -1,5 +1,5 @@
 """A DVT cascade from timm ViTs, one per exit: the MindSpore release's "two lines" API on the models
-researchers already have (issue #18, item 1).
+researchers already have.
 
     import timm
     from dvt.models import cascade_from_timm

@@ -1,4 +1,4 @@
-"""Import and export the released DVT checkpoints (spec §8.3).
+"""Import and export the released DVT checkpoints.
 
 An official `*.pth.tar` is a dict whose `model_state_dict` holds three sub-models, prefixed
 `less_less_token.` (7x7), `less_token.` (10x10) and `normal_token.` (14x14). Inside each, names are

@@ -1,4 +1,4 @@
-"""Token-Performer: the linear-attention layer inside the T2T tokenizer (spec §1.2).
+"""Token-Performer: the linear-attention layer inside the T2T tokenizer.
 
 Softmax attention over the thousands of soft-split tokens (3136 at the 14x14 exit) would dominate
 the cost, so T2T-ViT approximates the softmax kernel with m positive random features

@@ -1,4 +1,4 @@
-"""Feature and relationship reuse between consecutive exits (spec §2, §3).
+"""Feature and relationship reuse between consecutive exits.
 
 Both mechanisms move a tensor defined on the upstream token grid (s_u x s_u patches + cls) to the
 downstream grid (s_d x s_d patches + cls) with one spatial operator R:
@@ -16,7 +16,7 @@ float rounding): on these small grids the interpolate + pool + cat kernels cost 
 matmul. Likewise the relation MLP's 1x1 convolutions run as batched matmuls. Inside
 `reference_reuse()` the modules run the official ops again: FLOP counting needs them, because the
 paper's fvcore numbers charge R as nearest upsampling (output numel) plus adaptive pooling (input
-numel), not as a matmul (spec §6), and tests use them as the reference.
+numel), not as a matmul, and tests use them as the reference.
 
 CPU inference (the early-exit speed of `dvt speed`) takes relation reuse further: a few images at a
 time, R along keys as one GEMM, R along queries by a small C kernel (`dvt.models.native`) that uses
@@ -90,7 +90,7 @@ def resample_tokens(tokens: Tensor, *, src: int, dst: int) -> Tensor:
 
 
 def resample_relations(rel: Tensor, *, src: int, dst: int) -> Tensor:
-    """(B, C, N_u, N_u) attention maps (query, key) -> (B, C, N_d, N_d), spec §3.
+    """(B, C, N_u, N_u) attention maps (query, key) -> (B, C, N_d, N_d).
 
     First along keys: the src^2 patch-key columns form a src x src map per query row (all N_u rows,
     cls included, act as channels); the cls-key column is kept. Then along queries the same way,
@@ -144,7 +144,7 @@ def reuse_matrix(*, src: int, dst: int, keep_cls: bool, dtype: torch.dtype = tor
 
 
 class FeatureReuse(nn.Sequential):
-    """One downstream block's view of the upstream features (spec §2).
+    """One downstream block's view of the upstream features.
 
     LayerNorm(D) + MLP D -> hidden -> out (GELU) on all upstream tokens, then R to this exit's grid
     with a zero cls vector: (B, N_u, D) -> (B, N_d, out). A Sequential so that the parameter names
@@ -202,7 +202,7 @@ def can_run_together(modules: Sequence[FeatureReuse | None]) -> bool:
 
 
 class RelationReuse(nn.Sequential):
-    """Turns all upstream attention logits into one additive bias per downstream layer (spec §3).
+    """Turns all upstream attention logits into one additive bias per downstream layer.
 
     Input: the upstream logits stacked layer-major, (B, L*H, N_u, N_u) with channel l*H + h. A
     pointwise MLP across those channels (1x1 convs LH -> 3LH -> GELU -> LH, at the upstream

@@ -1,5 +1,5 @@
 """One exit of the cascade: a complete ViT on one token grid, plus the modules that read the
-previous exit's tensors (spec §1.4).
+previous exit's tensors.
 
 Parameter names follow timm / the official DVT checkpoints (tokens_to_token | patch_embed,
 cls_token, pos_embed, blocks.i.*, norm, head); the reuse modules are `blocks.i.feature_reuse`
@@ -17,7 +17,12 @@ from torch import Tensor, nn
 
 from dvt.backbones import BackboneSpec
 from dvt.models.block import Block
-from dvt.models.reuse import FeatureReuse, RelationReuse, can_run_together, feature_reuse_together
+from dvt.models.reuse import (
+    FeatureReuse,
+    RelationReuse,
+    can_run_together,
+    feature_reuse_together,
+)
 from dvt.models.tokenizer import PatchEmbed, SoftSplitEmbed, T2TModule, sinusoid_table
 
 
@@ -54,7 +59,7 @@ class Stage(nn.Module):
         else:
             self.register_buffer("pos_embed", sinusoid_table(self.num_tokens, D))
         self.pos_drop = nn.Dropout(drop_rate)
-        # Stochastic depth grows linearly 0 -> rate over this exit's own blocks (spec §1.3).
+        # Stochastic depth grows linearly 0 -> rate over this exit's own blocks.
         rates = [drop_path_rate * i / max(spec.depth - 1, 1) for i in range(spec.depth)]
         self.blocks = nn.ModuleList(
             Block(dim=D, num_heads=spec.num_heads, mlp_ratio=spec.mlp_ratio, qkv_bias=spec.qkv_bias,

@@ -6,7 +6,7 @@ work on them.
     model = timm.create_model("dvt_t2t_vit_12", pretrained=True,
                               pretrained_cfg_overlay=dict(file="DVT_T2t_vit_12.pth.tar"))
 
-Each is the 3-exit cascade 7x7 -> 10x10 -> 14x14 at 224 px with both reuses (spec §1-3). timm's tools
+Each is the 3-exit cascade 7x7 -> 10x10 -> 14x14 at 224 px with both reuses. timm's tools
 expect one logits tensor, so `forward` returns the last exit's (the whole cascade, as the paper's
 "exit 3" accuracy); `forward_exits` returns every exit's, and `forward_exit` runs one exit at a time
 for early exit (dvt.models.Cascade). Pretrained weights come from a local file: an official
@@ -23,7 +23,12 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from torch import Tensor
 
 from dvt.models.cascade import Cascade
-from dvt.models.official import OFFICIAL_GRIDS, OFFICIAL_PREFIXES, as_state_dict, official_to_ours
+from dvt.models.official import (
+    OFFICIAL_GRIDS,
+    OFFICIAL_PREFIXES,
+    as_state_dict,
+    official_to_ours,
+)
 from dvt.models.registry import create_model
 
 PAPER = "arXiv:2105.15075"

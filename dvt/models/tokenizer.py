@@ -1,4 +1,4 @@
-"""Image -> patch tokens for one exit (spec §1.2): a strided conv (PatchEmbed), two conv soft splits
+"""Image -> patch tokens for one exit: a strided conv (PatchEmbed), two conv soft splits
 (SoftSplitEmbed) or T2T's module with Token-Performers (T2TModule).
 
 Which grids each can make at an image size, and with which kernel, stride and padding, is plain
@@ -11,7 +11,12 @@ import torch
 from torch import Tensor, nn
 
 from dvt.errors import DvtError
-from dvt.grids import T2T_FIRST_SPLIT, patch_geometry, soft_split_geometry, t2t_map_sizes
+from dvt.grids import (
+    T2T_FIRST_SPLIT,
+    patch_geometry,
+    soft_split_geometry,
+    t2t_map_sizes,
+)
 from dvt.models.performer import TokenPerformer
 
 

@@ -3,7 +3,7 @@
 One `Finding` per claim of the paper: the numbers compared (ours), the bar they must clear, and
 whether they clear it (None when the runs or the data cannot tell, e.g. no no-reuse cascade, or no
 object sizes outside the cluttered dataset).
-The bars are the ones the default experiment is held to (issue #14); the paper's own figures for
+The bars are the ones the default experiment is held to; the paper's own figures for
 each claim are in `claim`. `dvt report` writes them to findings.json and findings.md.
 """
 

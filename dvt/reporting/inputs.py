@@ -19,22 +19,23 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dvt import layout
 from dvt.config import Config, RunConfig
 from dvt.errors import DvtError
 
 # Stages of one run in pipeline order: (stage, the file that shows it ran, the stages it needs first).
 STAGES = {
-    "train": ("checkpoint.pt", ()),
-    "collect": ("logits.parquet", ("train",)),
-    "flops": ("flops.json", ()),
-    "budget": ("eval.json", ("train", "collect")),
-    "speed": ("speed.json", ("train", "collect", "budget")),
-    "policies": ("policies.json", ("train", "collect")),
+    "train": (layout.CHECKPOINT, ()),
+    "collect": (layout.LOGITS, ("train",)),
+    "flops": (layout.FLOPS, ()),
+    "budget": (layout.EVAL, ("train", "collect")),
+    "speed": (layout.SPEED, ("train", "collect", "budget")),
+    "policies": (layout.POLICIES, ("train", "collect")),
 }
 # Which stage writes each file `dvt report` reads.
-WRITER = {"train_log.csv": "train", "train.json": "train", "logits.parquet": "collect", "flops.json": "flops",
-          "budget.csv": "budget", "eval.json": "budget", "speed.json": "speed", "policies.csv": "policies",
-          "policies.json": "policies"}
+WRITER = {layout.TRAIN_LOG: "train", layout.TRAIN_SUMMARY: "train", layout.LOGITS: "collect", layout.FLOPS: "flops",
+          layout.BUDGET: "budget", layout.EVAL: "budget", layout.SPEED: "speed", layout.POLICIES_CSV: "policies",
+          layout.POLICIES: "policies"}
 
 
 class _Run:
@@ -97,7 +98,7 @@ class SeedFiles(_Run):
     # -- files --------------------------------------------------------------------------------
 
     def _where(self, file: str) -> Path:
-        return self.config.flops_path(self.name) if file == "flops.json" else self.folder / file
+        return self.config.flops_path(self.name) if file == layout.FLOPS else self.folder / file
 
     def path(self, file: str) -> Path:
         """The path of a file this run must have; a DvtError naming the stage to run if it is missing."""
@@ -134,71 +135,71 @@ class SeedFiles(_Run):
 
     @cached_property
     def eval(self) -> dict[str, Any]:
-        data = self._json("eval.json")
+        data = self._json(layout.EVAL)
         if data.get("grids") != list(self.grids):
-            raise self._stale("eval.json", f"is for grids {data.get('grids')}, params.yaml has {list(self.grids)}")
+            raise self._stale(layout.EVAL, f"is for grids {data.get('grids')}, params.yaml has {list(self.grids)}")
         if not all(f"exit{k + 1}" in data.get(key, {}) for key in ("gmacs", "top1") for k in range(self.num_exits)):
-            raise self._stale("eval.json", "lacks per-exit gmacs/top1")
+            raise self._stale(layout.EVAL, "lacks per-exit gmacs/top1")
         return data
 
     @cached_property
     def budget(self) -> pd.DataFrame:
         """One row per budget p (one row for a one-exit run)."""
-        frame = self._csv("budget.csv")
+        frame = self._csv(layout.BUDGET)
         rows = self.config.eval.num_budgets if self.is_cascade else 1
         columns = ["budget", "gmacs", "accuracy", *(f"exit_fraction_{k}" for k in range(self.num_exits))]
         if len(frame) != rows or any(c not in frame.columns for c in columns):
-            raise self._stale("budget.csv", f"has {len(frame)} rows of another layout, params.yaml wants {rows} "
+            raise self._stale(layout.BUDGET, f"has {len(frame)} rows of another layout, params.yaml wants {rows} "
                               "(eval.num_budgets)")
         return frame
 
     @cached_property
     def flops(self) -> dict[str, Any]:
-        data = self._json("flops.json")
+        data = self._json(layout.FLOPS)
         grids = [e.get("grid") for e in data.get("exits", [])]
         backbone = self.backbone
         if data.get("backbone") != backbone or grids != list(self.grids) or "total" not in data:
-            raise self._stale("flops.json", f"is for {data.get('backbone')} on grids {grids}, params.yaml has "
+            raise self._stale(layout.FLOPS, f"is for {data.get('backbone')} on grids {grids}, params.yaml has "
                               f"{backbone} on {list(self.grids)}")
         return data
 
     @cached_property
     def train_log(self) -> pd.DataFrame:
         """One row per epoch (a single epoch-0 row for imported weights)."""
-        frame = self._csv("train_log.csv")
+        frame = self._csv(layout.TRAIN_LOG)
         if "epoch" not in frame.columns:
-            raise self._stale("train_log.csv", "has no epoch column")
+            raise self._stale(layout.TRAIN_LOG, "has no epoch column")
         return frame
 
     @cached_property
     def speed(self) -> dict[str, Any] | None:
         """speed.json, or None when `dvt speed` has not run for this run."""
-        if not self._where("speed.json").is_file():
+        if not self._where(layout.SPEED).is_file():
             return None
-        data = self._json("speed.json")
+        data = self._json(layout.SPEED)
         if data.get("grids") != list(self.grids):
-            raise self._stale("speed.json", f"is for grids {data.get('grids')}, params.yaml has {list(self.grids)}")
+            raise self._stale(layout.SPEED, f"is for grids {data.get('grids')}, params.yaml has {list(self.grids)}")
         return data
 
     @cached_property
     def policies(self) -> dict[str, Any]:
         """policies.json: each exit policy's headline numbers and the risk-controlled thresholds."""
-        data = self._json("policies.json")
+        data = self._json(layout.POLICIES)
         if data.get("grids") != list(self.grids) or "max_softmax" not in data.get("policies", {}):
-            raise self._stale("policies.json", f"is for grids {data.get('grids')}, params.yaml has {list(self.grids)}")
+            raise self._stale(layout.POLICIES, f"is for grids {data.get('grids')}, params.yaml has {list(self.grids)}")
         return data
 
     @cached_property
     def policy_curves(self) -> pd.DataFrame:
         """policies.csv: budget.csv's rows for every policy, with a first column `policy`."""
-        frame = self._csv("policies.csv")
+        frame = self._csv(layout.POLICIES_CSV)
         if "policy" not in frame.columns or "max_softmax" not in set(frame["policy"]):
-            raise self._stale("policies.csv", "has no max_softmax rows")
+            raise self._stale(layout.POLICIES_CSV, "has no max_softmax rows")
         return frame
 
     @property
     def logits_path(self) -> Path:
-        return self.path("logits.parquet")
+        return self.path(layout.LOGITS)
 
     # -- numbers ------------------------------------------------------------------------------
 

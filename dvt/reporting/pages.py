@@ -26,7 +26,6 @@ from dvt.reporting.inputs import RunFiles
 from dvt.reporting.reference import Reference, Setting
 
 UNIT = "GFLOPs (multiply-adds)"
-PAGES = ("table1.md", "table2.md", "table3.md", "ablation.md", "index.md")
 DATASET_NAMES = {"cluttered-fashion-mnist": "cluttered Fashion-MNIST", "fashion-mnist": "Fashion-MNIST",
                  "cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet": "ImageNet", "folder": "image folder",
                  "synthetic": "synthetic images"}

@@ -27,10 +27,18 @@ from typing import Any
 
 import numpy as np
 
-from dvt import thresholds
+from dvt import layout, thresholds
 from dvt.atomic import atomic_path, write_json
-from dvt.budgets import (HEADLINE_BUDGETS, curve_with_limits, fit_budgets, number, per_exit, print_target,
-                         read_run_logits, targets)
+from dvt.budgets import (
+    HEADLINE_BUDGETS,
+    curve_with_limits,
+    fit_budgets,
+    number,
+    per_exit,
+    print_target,
+    read_run_logits,
+    targets,
+)
 from dvt.config import Config
 
 
@@ -93,10 +101,10 @@ def run(config: Config, *, run: str, target_gmacs: float | None = None,
         metrics["targets"] = points
 
     folder = config.run_dir(run)
-    with atomic_path(folder / "budget.csv") as tmp:
+    with atomic_path(folder / layout.BUDGET) as tmp:
         frame.to_csv(tmp, index=False)
-    write_json(folder / "eval.json", metrics)
-    write_json(folder / "metrics.json", _headline(top1, F, frame))
+    write_json(folder / layout.EVAL, metrics)
+    write_json(folder / layout.METRICS, _headline(top1, F, frame))
     for kind, found_point in points.items():
         print_target("budget", run, kind, found_point)
     if K > 1:

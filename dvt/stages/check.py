@@ -12,7 +12,7 @@ data.calibration_size and train.batch_size). It runs
 * in DVC as the `check` stage, which every other stage follows: its output never changes, so it
   reruns (a second or two) only when params.yaml changes and never makes another stage rerun.
 
-So a typo stops both engines before any job deletes or rewrites a file (issue #15).
+So a typo stops both engines before any job deletes or rewrites a file.
 """
 
 from __future__ import annotations
@@ -108,8 +108,8 @@ def _check_source(config: Config) -> None:
     the counts): data.source exists, a folder tree has valid class folders and images in every train
     class, a CIFAR archive has the published md5, and data.calibration_size leaves training images.
     Always: a training batch fits in the training images."""
-    from dvt.data.sources import check_calibration_size, train_count
     from dvt.data.manifest import fetched_with, fingerprint
+    from dvt.data.sources import check_calibration_size, train_count
 
     data = config.data
     folder = Path(data.root) / data.dataset

@@ -1,10 +1,10 @@
 """`dvt collect --run R`: every exit's logits on the calibration and test splits -> logits.parquet.
 
 The trained weights (EMA when training kept them) run every exit on every image, so budget fitting
-and evaluation (spec §5) are simulated offline from this one file, as the authors did. With
+and evaluation are simulated offline from this one file, as the authors did. With
 `eval.threshold_split: train-augmented` a third split is added: a fixed subset of at most 50,000
 training images (the authors' size) seen through the training transform, as the official eval_mode 2
-fits its thresholds on (spec §5); our subset and its augmentation are seeded, theirs were not.
+fits its thresholds on; our subset and its augmentation are seeded, theirs were not.
 
 The file streams through `LogitsWriter` (bounded buffer, atomic rename), so the logits are never held
 whole in memory. Its metadata records the run's fingerprint, the checkpoint's sha256 and the per-exit
@@ -22,21 +22,21 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from dvt import checkpoint
+from dvt import checkpoint, layout
 from dvt.config import Config
 from dvt.data.loading import load_split, make_loader
 from dvt.flops import count_cascade
 from dvt.inference import autocast, pad_rows, pick_device
 from dvt.logits import LogitsWriter
 from dvt.models import Cascade
-from dvt.run_models import model_for_run
 from dvt.progress import progress
+from dvt.run_models import model_for_run
 from dvt.weights import load_weights
 
 if TYPE_CHECKING:
     from tqdm import tqdm
 
-# The authors fit thresholds on a random 50,000-image subset of the training set (spec §5).
+# The authors fit thresholds on a random 50,000-image subset of the training set.
 TRAIN_AUGMENTED_SIZE = 50_000
 
 
@@ -125,7 +125,7 @@ def run(config: Config, *, run: str) -> dict:
     model.to(device)
     torch.set_num_threads(config.eval.threads)  # fixed, not the engine's: see EvalConfig.threads
     sources = _sources(config)
-    out_path = config.run_dir(run) / "logits.parquet"
+    out_path = config.run_dir(run) / layout.LOGITS
     top1: dict[str, list[float]] = {}
     with LogitsWriter(out_path, grids=model.grids, cumulative_gmacs=gmacs,
                       config=checkpoint.run_fingerprint(config, run),

@@ -17,8 +17,20 @@ from pathlib import Path
 from dvt.atomic import atomic_dir, sweep
 from dvt.config import Config
 from dvt.data.info import FOLDER_DATASETS
-from dvt.data.manifest import Manifest, file_checksums, fingerprint, is_current, write_manifest
-from dvt.data.sources import CALIBRATION_SEED, prepare_arrays, prepare_folder, write_arrays, write_index
+from dvt.data.manifest import (
+    Manifest,
+    file_checksums,
+    fingerprint,
+    is_current,
+    write_manifest,
+)
+from dvt.data.sources import (
+    CALIBRATION_SEED,
+    prepare_arrays,
+    prepare_folder,
+    write_arrays,
+    write_index,
+)
 
 
 def run(config: Config) -> Manifest:

@@ -28,10 +28,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dvt import policies, thresholds
+from dvt import layout, policies, thresholds
 from dvt.atomic import atomic_path, write_json
-from dvt.budgets import (HEADLINE_BUDGETS, curve_with_limits, fit_budgets, number, per_exit, print_target,
-                         read_run_logits, targets)
+from dvt.budgets import (
+    HEADLINE_BUDGETS,
+    curve_with_limits,
+    fit_budgets,
+    number,
+    per_exit,
+    print_target,
+    read_run_logits,
+    targets,
+)
 from dvt.config import Config
 from dvt.logits import SplitLogits
 
@@ -139,9 +147,9 @@ def run(config: Config, *, run: str, target_gmacs: float | None = None,
         "risk_controlled": risk_control(config, fit, test, F),
     }
     folder = config.run_dir(run)
-    with atomic_path(folder / "policies.csv") as tmp:
+    with atomic_path(folder / layout.POLICIES_CSV) as tmp:
         pd.concat(frames, ignore_index=True).to_csv(tmp, index=False)
-    write_json(folder / "policies.json", out)
+    write_json(folder / layout.POLICIES, out)
     for name in decided:
         for kind, point in found[name].items():
             print_target("policies", f"{run} ({name})", kind, point)

@@ -52,7 +52,6 @@ def _thresholds(config: Config, run: str, *, budget: int | None, target_gmacs: f
 
     if num_exits == 1:
         if budget is not None or target_gmacs is not None:
-            # issue #31: they used to be accepted and ignored (exit status 0)
             flag = f"--budget {budget}" if budget is not None else f"--target-gmacs {target_gmacs:g}"
             raise DvtError(f"{flag}: run {run!r} has one exit, which every image takes; budgets choose "
                            "among the exits of a DVT cascade")

@@ -54,7 +54,16 @@ from dvt.data.cluttered import object_sides, objects_file
 from dvt.data.info import dataset_info
 from dvt.errors import DvtError
 from dvt.logits import read_logits
-from dvt.reporting import compare, exit_policies, figures, findings, gallery, overlays, pages, reference
+from dvt.reporting import (
+    compare,
+    exit_policies,
+    figures,
+    findings,
+    gallery,
+    overlays,
+    pages,
+    reference,
+)
 from dvt.reporting.inputs import run_files
 from dvt.thresholds import assign_exits
 

@@ -42,7 +42,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from dvt import checkpoint
+from dvt import checkpoint, layout
 from dvt.atomic import write_json
 from dvt.budgets import budget_rows
 from dvt.config import Config
@@ -52,9 +52,14 @@ from dvt.flops import count_cascade
 from dvt.inference import early_exit_predict, pick_device
 from dvt.logits import check_matches, read_metadata
 from dvt.models import Cascade, native
-from dvt.run_models import model_for_run
-from dvt.run_models import standalone_for_run
-from dvt.timing import device_name, exits_up_to, keep_freed_memory, stage_time_prediction, time_turns
+from dvt.run_models import model_for_run, standalone_for_run
+from dvt.timing import (
+    device_name,
+    exits_up_to,
+    keep_freed_memory,
+    stage_time_prediction,
+    time_turns,
+)
 from dvt.weights import load_weights
 
 # Which test images are timed: a fixed random draw, so every rerun times the same batch.
@@ -86,11 +91,11 @@ def run(config: Config, *, run: str) -> dict[str, Any]:
     """Write runs/<run>/seed<S>/speed.json; returns its content."""
     sc = config.speed
     folder = config.run_dir(run)
-    ckpt = folder / "checkpoint.pt"
+    ckpt = folder / layout.CHECKPOINT
     if not ckpt.is_file():
         raise DvtError(f"{ckpt} not found: train it first with `{config.command('train', run)}`")
     # The budgets' thresholds and GMACs come from the logits of this very checkpoint and settings.
-    logits = folder / "logits.parquet"
+    logits = folder / layout.LOGITS
     meta = read_metadata(logits)
     check_matches(meta, config_dict=checkpoint.run_fingerprint(config, run),
                   checkpoint_sha256=checkpoint.verified_sha256(ckpt), path=logits)
@@ -153,8 +158,8 @@ def run(config: Config, *, run: str) -> dict[str, Any]:
         "native_kernel": device.type == "cpu" and any(e.has_relation_reuse for e in model.exits) and native.available(),
         "warmup": sc.warmup, "repeats": sc.repeats, "static": static, "dynamic": dynamic,
     }
-    write_json(folder / "speed.json", result)
-    _say(config, run, model, result, path=folder / "speed.json")
+    write_json(folder / layout.SPEED, result)
+    _say(config, run, model, result, path=folder / layout.SPEED)
     return result
 
 

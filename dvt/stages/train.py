@@ -1,4 +1,4 @@
-"""`dvt train --run R`: joint training of every exit of a run (paper §4 / spec §4).
+"""`dvt train --run R`: joint training of every exit of a run (paper §4).
 
 The loss is the plain sum of the exits' cross-entropies (weights 1:1:1, nothing detached), so a
 one-exit run is the ordinary single-token-count baseline of Table 1. AdamW (or SGD for fine-tuning)
@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dvt import checkpoint, live
+from dvt import checkpoint, layout, live
 from dvt.atomic import atomic_path, sweep, write_json
 from dvt.config import Config
 from dvt.data.loading import load_split, make_loader
@@ -70,8 +70,8 @@ def param_groups(model: nn.Module, *, weight_decay: float, backbone_lr_scale: fl
 
 
 def _outputs(out: Path) -> dict[str, Path]:
-    return {"checkpoint": out / "checkpoint.pt", "log": out / "train_log.csv", "live": out / live.FOLDER,
-            "summary": out / "train.json", "resume": out / "resume.pt"}
+    return {"checkpoint": out / layout.CHECKPOINT, "log": out / layout.TRAIN_LOG, "live": out / live.FOLDER,
+            "summary": out / layout.TRAIN_SUMMARY, "resume": out / layout.RESUME}
 
 
 def _write_log(files: dict[str, Path], rows: list[dict], *, csv: bool = True, dvclive: bool = True) -> None:
