@@ -432,7 +432,11 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise bad
         _, item = typing.get_args(tp)
-        return {str(k): _convert(item, v, f"{key}.{k}") for k, v in value.items()}
+        for k in value:
+            if not isinstance(k, str):  # YAML reads a bare off/no/yes/on or 42 as a bool or a number
+                raise ConfigError(f"{key}: the name {k!r} is not text (YAML reads off, on, yes, no, true and false "
+                                  "as booleans and bare digits as numbers); quote it, e.g. 'off'")
+        return {k: _convert(item, v, f"{key}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         if value is None:
             # `policies:` left empty would otherwise silently mean every default

@@ -6,6 +6,7 @@ issue #15, items 2, 7 and 12.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -32,12 +33,16 @@ from tests.test_fetch import write_fashion
      "runs.a.grids: grid 8 cannot be made from 56x56 images by backbone 'vit_micro_ss'; valid grids at this size: "),
     ({"runs": {"a": {"grids": [3], "init": "nowhere/checkpoint.pt"}}},
      "runs.a.init = 'nowhere/checkpoint.pt': no such file"),
+    # a released checkpoint not downloaded yet: where the authors publish it
+    ({"runs": {"a": {"grids": [3, 5, 7], "checkpoint": "checkpoints/DVT_T2t_vit_12.pth.tar"}}},
+     "runs.a.checkpoint = 'checkpoints/DVT_T2t_vit_12.pth.tar': no such file; the authors publish "
+     "DVT_T2t_vit_12.pth.tar at https://cloud.tsinghua.edu.cn/f/f7987d559f00435caa3d/?dl=1"),
     ({"runs": {"a": {"grids": [3]}}, "train": {"randaugment": "bogus"}},
      "train.randaugment = 'bogus' is not a timm augmentation string"),
 ])
 def test_what_a_stage_would_refuse_is_refused_by_check(tmp_path, sections, message):
     config = make_config(tmp_path, **{"model": {"backbone": "vit_micro_ss"}, **sections})
-    with pytest.raises(ConfigError, match="^" + message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
+    with pytest.raises(ConfigError, match="^" + re.escape(message)):
         check(config)
 
 

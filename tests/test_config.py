@@ -218,3 +218,16 @@ def test_an_empty_section_is_refused_not_read_as_every_default(params, key):
     """Issue #31: `policies:` with nothing under it meant the defaults."""
     with pytest.raises(ConfigError, match=rf"^{re.escape(key)} is empty \(null\): give its keys"):
         from_dict(params)
+
+
+@pytest.mark.parametrize("name", ["off", "no", "yes", "on", "42"])
+def test_a_run_name_yaml_reads_as_a_bool_or_number_is_refused(tmp_path, name):
+    """A run called `off` used to become the run 'False' (YAML 1.1 booleans), named so in every path."""
+    from dvt.config import load_config
+
+    path = tmp_path / "params.yaml"
+    path.write_text(f"runs:\n  {name}:\n    grids: [2, 4]\n")
+    with pytest.raises(ConfigError, match=r"^runs: the name .* is not text .*quote it"):
+        load_config(path)
+    path.write_text(f"runs:\n  '{name}':\n    grids: [2, 4]\n")
+    assert list(load_config(path).runs) == [name]

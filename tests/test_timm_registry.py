@@ -3,6 +3,7 @@ checkpoint file through timm's own pretrained machinery, and the same model as o
 
 from __future__ import annotations
 
+import pytest
 import timm
 import torch
 
@@ -57,3 +58,14 @@ def test_other_classes_and_channels_keep_everything_but_heads_and_stems(tmp_path
         else:
             assert torch.equal(got[k], want[k]), k
     assert model(torch.randn(1, 1, 224, 224)).shape == (1, 10)
+
+
+def test_pretrained_without_a_file_says_where_the_authors_publish_it():
+    """timm would log "No pretrained weights exist" and go on with random weights."""
+    from dvt.errors import DvtError
+    from dvt.released import RELEASED
+
+    for name, file in (("dvt_t2t_vit_12", "DVT_T2t_vit_12.pth.tar"), ("dvt_deit_small", "DVT_Deit_small.pth.tar")):
+        with pytest.raises(DvtError, match=rf"{name}: pretrained=True needs .* publish {file} at https://cloud\.tsinghua"):
+            timm.create_model(name, pretrained=True)
+        assert RELEASED[file].timm_name == name

@@ -22,6 +22,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import Tensor
 
+from dvt.errors import DvtError
 from dvt.models.cascade import Cascade
 from dvt.models.official import (
     OFFICIAL_GRIDS,
@@ -30,6 +31,7 @@ from dvt.models.official import (
     official_to_ours,
 )
 from dvt.models.registry import create_model
+from dvt.released import for_timm_name
 
 PAPER = "arXiv:2105.15075"
 ORIGIN = "https://github.com/blackfeather-wang/Dynamic-Vision-Transformer"
@@ -79,6 +81,11 @@ def _create(variant: str, backbone: str, pretrained: bool, **kwargs: Any) -> Tim
                             num_classes=num_classes, feature_reuse=feature_reuse, relation_reuse=relation_reuse,
                             drop_path_rate=drop_path_rate, drop_rate=drop_rate, model_class=TimmCascade)
 
+    if pretrained and not (kwargs.get("pretrained_cfg_overlay") or {}).get("file"):
+        # timm would warn "No pretrained weights exist" and go on with random weights: say where they are
+        released = for_timm_name(variant)
+        raise DvtError(f"{variant}: pretrained=True needs the released checkpoint as a local file, "
+                       f"pretrained_cfg_overlay=dict(file=...); {released.where() if released else ''}")
     return build_model_with_cfg(build, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from dvt.atomic import write_text
 from dvt.config import Config
 from dvt.errors import ConfigError, DvtError
+from dvt.released import where_to_get
 
 # What the DVC `check` stage writes: always these bytes, so stages depending on it never rerun for it.
 CHECKED = "params.ok"
@@ -71,7 +72,9 @@ def _check_weights(config: Config, run: str) -> None:
     for key, paths in (("init", [rc.init]), ("checkpoint", [rc.checkpoint]), ("pretrained", rc.pretrained)):
         for path in paths:
             if path is not None and not Path(path).expanduser().is_file():
-                raise ConfigError(f"runs.{run}.{key} = {path!r}: no such file")
+                source = where_to_get(path)
+                raise ConfigError(f"runs.{run}.{key} = {path!r}: no such file"
+                                  + (f"; {source}: download it to that path" if source else ""))
     own = Path(config.runs_dir, run).resolve()
     for key, path in (("init", rc.init), ("checkpoint", rc.checkpoint)):
         # The engines delete a run's outputs before training it again: its own checkpoint would be gone.
