@@ -6,11 +6,11 @@
 The paths (all in dvt/models/), and what "off" puts in their place:
 
 * native: the C kernel that resamples relation-reuse logits along queries (native.py) -> the matmul;
-* short_row_softmax: the hand-written softmax for rows shorter than 16 (attention.SHORT_ROW) ->
+* short_row_softmax: the hand-written softmax for rows shorter than 16 (cpu_paths.SOFTMAX_SHORT_ROW) ->
   torch's softmax;
 * crossover: the table of token counts from which the CPU takes the fused attention kernel
-  (attention.CPU_FUSED_MIN_TOKENS) -> the fused kernel wherever the logits are not needed, as on the GPU;
-* chunked_reuse: relation reuse a few images at a time (reuse.CPU_CHUNK_ELEMENTS) -> the whole batch
+  (cpu_paths.FUSED_MIN_TOKENS_*) -> the fused kernel wherever the logits are not needed, as on the GPU;
+* chunked_reuse: relation reuse a few images at a time (cpu_paths.RELATION_CHUNK_ELEMENTS) -> the whole batch
   at once.
 
 Each cascade (random weights, both reuses) runs real early exit at the exit shares of budget p
@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from dvt.inference import early_exit_predict
-from dvt.models import attention, create_model, native, reuse
+from dvt.models import cpu_paths, create_model, native
 from dvt.thresholds import budget_fractions, fit_thresholds
 from dvt.timing import keep_freed_memory
 
@@ -70,11 +70,14 @@ def path_off(name: str) -> Iterator[None]:
     if name == "native":
         patch(native, "resample_queries", lambda axis: None)
     elif name == "short_row_softmax":
-        patch(attention, "SHORT_ROW", 0)
+        patch(cpu_paths, "SOFTMAX_SHORT_ROW", 0)
     elif name == "crossover":
-        patch(attention, "CPU_FUSED_MIN_TOKENS", dict.fromkeys(attention.CPU_FUSED_MIN_TOKENS, 0))
+        for attr in ("INFERENCE", "WITH_BIAS", "BIAS_IN_PLACE", "TRAINING"):
+            patch(cpu_paths, f"FUSED_MIN_TOKENS_{attr}", 0)
     elif name == "chunked_reuse":
-        patch(reuse, "CPU_CHUNK_ELEMENTS", 2**62)
+        patch(cpu_paths, "RELATION_CHUNK_ELEMENTS", 2**62)
+    elif name == "all":  # the one switch: plain PyTorch ops, as on a GPU
+        patch(cpu_paths, "_enabled", False)
     elif name != "none":
         raise ValueError(name)
     try:
@@ -84,7 +87,7 @@ def path_off(name: str) -> Iterator[None]:
             setattr(module, attr, value)
 
 
-PATHS = ("native", "short_row_softmax", "crossover", "chunked_reuse")
+PATHS = ("native", "short_row_softmax", "crossover", "chunked_reuse", "all")
 
 
 def measure(label: str, *, budget: int, warmup: int, repeats: int, batch: int | None = None) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import timm
 import torch
 
 import dvt.models.attention as attention_module
+from dvt.models import cpu_paths
 from dvt.config import Config, DataConfig, ModelConfig, RunConfig, SyntheticConfig
 from dvt.errors import DvtError
 from dvt.grids import patch_geometry
@@ -212,7 +213,7 @@ def test_fused_attention_only_where_it_is_faster(monkeypatch):
 
 @pytest.mark.parametrize("width", [1, 10, 15, 16, 26])
 def test_softmax_rows_equals_torch_softmax_with_gradients(width):
-    # Short rows take a hand-written path on the CPU (see attention.SHORT_ROW); values and gradients
+    # Short rows take a hand-written path on the CPU (see cpu_paths.SOFTMAX_SHORT_ROW); values and gradients
     # must be torch's, with large logits (no overflow) and in every autograd mode.
     x = torch.randn(3, 4, 5, width, dtype=torch.float64) * 40
     expected = x.softmax(dim=-1)
@@ -235,8 +236,8 @@ def test_explicit_attention_equals_the_fused_one_and_returns_its_logits(tokens, 
     x, bias = torch.randn(3, tokens, 32, dtype=torch.float64), torch.randn(3, 4, tokens, tokens, dtype=torch.float64)
     # Sequences this short take the explicit path on the CPU; make the fused kernel the choice so that
     # both paths are compared.
-    for case in attention_module.CPU_FUSED_MIN_TOKENS:
-        monkeypatch.setitem(attention_module.CPU_FUSED_MIN_TOKENS, case, 0)
+    for case in ("INFERENCE", "WITH_BIAS", "BIAS_IN_PLACE", "TRAINING"):
+        monkeypatch.setattr(cpu_paths, f"FUSED_MIN_TOKENS_{case}", 0)
     spy = []
     fused_kernel = attention_module.F.scaled_dot_product_attention
 

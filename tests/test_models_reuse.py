@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dvt.models import create_model, native, reuse
+from dvt.models import cpu_paths, create_model, native, reuse
 from dvt.models.reuse import (
     FeatureReuse,
     RelationReuse,
@@ -122,7 +122,7 @@ def _reuse_modules():
 @pytest.mark.parametrize("chunk", [None, 3 * 16 * 26 * 26 * 2])  # one chunk / chunks of 2 rows, last one short
 def test_reuse_modules_match_the_official_ops(monkeypatch, chunk):
     if chunk is not None:
-        monkeypatch.setattr(reuse, "CPU_CHUNK_ELEMENTS", chunk)
+        monkeypatch.setattr(cpu_paths, "RELATION_CHUNK_ELEMENTS", chunk)
     rel_mod, feat_mod, rel, feats = _reuse_modules()
     with torch.no_grad():  # inference: relation reuse runs in chunks on the CPU
         fast = [*rel_mod(rel), feat_mod(feats)]
@@ -151,7 +151,7 @@ def test_reuse_modules_back_propagate_as_the_official_ops():
 @pytest.mark.parametrize("grids", [(3, 5, 7), (4, 7, 14)])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])  # float32: the native kernel, if built
 def test_cascade_matches_the_official_ops(monkeypatch, grids, dtype):
-    monkeypatch.setattr(reuse, "CPU_CHUNK_ELEMENTS", 1)  # one image per chunk in inference
+    monkeypatch.setattr(cpu_paths, "RELATION_CHUNK_ELEMENTS", 1)  # one image per chunk in inference
     torch.manual_seed(0)
     model = create_model("vit_micro", grids=grids, img_size=28, in_chans=1, num_classes=10).to(dtype).eval()
     x = torch.randn(4, 1, 28, 28, dtype=dtype)
@@ -257,7 +257,7 @@ def test_relation_reuse_inference_layout_equals_the_training_path(monkeypatch, k
         pytest.skip("no C compiler")
     if not kernel:
         monkeypatch.setattr(native, "resample_queries", lambda axis: None)
-    monkeypatch.setattr(reuse, "CPU_CHUNK_ELEMENTS", 3 * 16 * 26 * 26 * 2)  # chunks of 2 images, last one short
+    monkeypatch.setattr(cpu_paths, "RELATION_CHUNK_ELEMENTS", 3 * 16 * 26 * 26 * 2)  # chunks of 2 images, last one short
     torch.manual_seed(0)
     module = RelationReuse(depth=4, num_heads=4, src_grid=5, dst_grid=7)
     rel = torch.randn(5, 16, 26, 26)
@@ -340,3 +340,51 @@ def test_feature_reuse_of_all_blocks_at_once_equals_each_module():
     assert len(together) == 3
     for t, r in zip(together, ref):
         torch.testing.assert_close(t, r, rtol=0, atol=1e-12)
+
+
+def test_one_switch_turns_every_cpu_fast_path_off(monkeypatch):
+    """set_cpu_fast_paths(False): the CPU runs the ops a GPU runs (fused attention, whole-batch reuse, no C
+    kernel), with the same logits up to float rounding."""
+    torch.manual_seed(0)
+    model = create_model("vit_micro", grids=[2, 4, 8], img_size=16, in_chans=1, num_classes=10).eval()
+    x = torch.randn(9, 1, 16, 16)
+    with torch.inference_mode():
+        fast = model(x)
+    calls = []
+    monkeypatch.setattr(native, "resample_queries", lambda *a, **k: calls.append(1))
+    fused = attention_module_sdpa_spy(monkeypatch)
+    cpu_paths.set_cpu_fast_paths(False)
+    try:
+        with torch.inference_mode():
+            plain = model(x)
+    finally:
+        cpu_paths.set_cpu_fast_paths(True)
+    assert not calls  # the C kernel is neither built nor called
+    assert fused  # attention took the fused kernel where no logits are handed on
+    for a, b in zip(fast, plain):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def attention_module_sdpa_spy(monkeypatch) -> list[int]:
+    from dvt.models import attention
+
+    seen: list[int] = []
+    real = attention.F.scaled_dot_product_attention
+
+    def counted(*args, **kwargs):
+        seen.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", counted)
+    return seen
+
+
+def test_the_switch_reads_the_environment():
+    import subprocess
+    import sys
+
+    code = "from dvt.models import cpu_paths; print(cpu_paths.cpu_fast_paths())"
+    for value, expect in (("0", "False"), ("1", "True")):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             env={**__import__("os").environ, "DVT_CPU_FAST_PATHS": value})
+        assert out.stdout.strip() == expect

@@ -5,7 +5,7 @@ the pre-softmax logits of a downstream exit, and the logits themselves (bias inc
 layer of an exit whose successor reuses them. The logits need the explicit path (q k^T, softmax,
 times v); otherwise we take whichever path is faster, the explicit one or the fused
 `F.scaled_dot_product_attention` (a bias goes in as a float `attn_mask`). On the GPU that is the fused
-kernel; on the CPU it wins only on long sequences (see `CPU_FUSED_MIN_TOKENS`). A bias that is the
+kernel; on the CPU it wins only on long sequences (dvt.models.cpu_paths). A bias that is the
 caller's own temporary (relation reuse in inference) takes the logits in place, saving a copy.
 """
 
@@ -15,17 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-# PyTorch's CPU softmax vectorises along each row, a full vector register at a time (16 floats with
-# AVX-512); rows shorter than that take a path about 3.5x slower than exp + sum over the same tensor
-# (measured on this machine: 0.96 vs 0.27 ms for the (128, 4, 10, 10) logits of a 3x3 exit; whole
-# models, paired: the default's 3x3 model alone x1.17, DVT's early exit x1.05,
-# benchmarks/results/cpu_paths.md).
-SHORT_ROW = 16
-
+from dvt.models import cpu_paths
 
 def softmax_rows(x: Tensor) -> Tensor:
-    """softmax over the last dim; on the CPU, rows shorter than SHORT_ROW are done by hand."""
-    if x.device.type != "cpu" or x.shape[-1] >= SHORT_ROW:
+    """softmax over the last dim; on the CPU (fast paths on), rows shorter than SOFTMAX_SHORT_ROW by hand."""
+    if not cpu_paths.applies(x) or x.shape[-1] >= cpu_paths.SOFTMAX_SHORT_ROW:
         return x.softmax(dim=-1)
     # Shifting by the row max keeps exp finite; softmax does not depend on the shift, so no gradient
     # needs to flow through it.
@@ -37,38 +31,21 @@ def softmax_rows(x: Tensor) -> Tensor:
     return e / e.sum(dim=-1, keepdim=True)
 
 
-# On the CPU the fused kernel's blocking is tuned for long sequences. Measured here, 1 thread, 4
-# heads of 16, ms per call, fused / explicit:
-#   inference, no bias, 128 images: N = 10: 1.28 / 0.92, 26: 2.91 / 2.15, 37: 4.17 / 3.51,
-#     50: 4.96 / 5.58, 197: 42 / 150;
-#   inference with a bias, 128 images: N = 26: 3.03 / 2.02, 37: 3.94 / 3.05, 50: 5.61 / 5.81,
-#     65: 8.18 / 11.0 (65 images, N = 50: 2.81 / 2.63: a tie);
-#   inference with a bias the explicit path may add into in place (no copy; the attention core
-#     alone, 65 images): N = 50: 1.94 / 1.65, 65: 3.46 / 4.3, 101: 7.1 / 9.9 (heads of 64: N = 50:
-#     6.5 / 6.0, 101: 15.8 / 18.2);
-#   forward + backward, no bias, 64 images: N = 10: 1.90 / 1.45, 26: 3.73 / 2.48, 50: 8.07 / 7.39;
-#     with a bias that trains the fused kernel takes its slow math path.
-# Whole models (benchmarks/results/cpu_paths.md, time without / with the table, paired): the default's
-# 3x3 model alone x1.08, its cascade without reuse x1.08; DVT's own early exit, whose short-sequence
-# exits hand their logits on (explicit anyway), does not feel it (x0.996).
-CPU_FUSED_MIN_TOKENS = {"inference": 40, "inference with bias": 50, "inference with bias in place": 64,
-                        "training": 64}
-
-
 def use_fused_kernel(*, device: torch.device, tokens: int, bias: bool, grad: bool, bias_grad: bool,
                      bias_in_place: bool = False) -> bool:
-    """Whether attention over `tokens` tokens is faster fused than explicit (logits not needed)."""
-    if device.type != "cpu":
+    """Whether attention over `tokens` tokens is faster fused than explicit (logits not needed): always
+    on a GPU; on the CPU from the token counts of dvt.models.cpu_paths (with its switch on)."""
+    if device.type != "cpu" or not cpu_paths.cpu_fast_paths():
         return True
     if bias_grad:
         return False
     if grad:
-        case = "training"
+        least = cpu_paths.FUSED_MIN_TOKENS_TRAINING
     elif bias:
-        case = "inference with bias in place" if bias_in_place else "inference with bias"
+        least = cpu_paths.FUSED_MIN_TOKENS_BIAS_IN_PLACE if bias_in_place else cpu_paths.FUSED_MIN_TOKENS_WITH_BIAS
     else:
-        case = "inference"
-    return tokens >= CPU_FUSED_MIN_TOKENS[case]
+        least = cpu_paths.FUSED_MIN_TOKENS_INFERENCE
+    return tokens >= least
 
 
 class Attention(nn.Module):

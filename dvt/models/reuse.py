@@ -37,20 +37,10 @@ import torch.nn.functional as F
 from timm.layers import Mlp
 from torch import Tensor, nn
 
-from dvt.models import native
+from dvt.models import cpu_paths, native
 
 # Set inside `reference_reuse()`: the reuse modules then run the official ops.
 _reference = False
-
-# Inference on the CPU runs relation reuse a few images at a time, so that each chunk's hidden
-# activations (rows, 3*L*H, N_u^2) stay within about this many elements (1 MiB of float32) and so in
-# cache: the whole batch's are tens of MB, written to memory and read back between every step.
-# (Not under autograd: the backward of writes into slices of one output copies all of its gradient
-# once per chunk.) Whole models, time without / with chunks, paired (benchmarks/results/cpu_paths.md):
-# DVT-T2T-ViT-14 and DVT-DeiT-S early exit at 224 px x1.056 and x1.057 (Intel Xeon, 15 pairs), the
-# default's DVT x1.014.
-CPU_CHUNK_ELEMENTS = 2**18
-
 
 @contextmanager
 def reference_reuse() -> Iterator[None]:
@@ -227,7 +217,7 @@ class RelationReuse(nn.Sequential):
         B, C, n_u, _ = upstream.shape
         A = reuse_matrix(src=self.src_grid, dst=self.dst_grid, keep_cls=True, dtype=upstream.dtype,
                          device=upstream.device)  # (N_d, N_u)
-        if upstream.device.type != "cpu" or torch.is_grad_enabled():
+        if not cpu_paths.applies(upstream) or torch.is_grad_enabled():
             # Whole batch (the backward of writes into slices of one output would copy all of its
             # gradient once per chunk); L views, no copies.
             return (A @ (self._mixed(upstream) @ A.T)).split(self.num_heads, dim=1)
@@ -235,7 +225,7 @@ class RelationReuse(nn.Sequential):
         out = upstream.new_empty(C // H, B, H, len(A), len(A))  # layer-major: each layer's bias contiguous
         queries = native.resample_queries(axis_matrix(self.src_grid, self.dst_grid)) \
             if upstream.dtype == torch.float32 else None
-        rows = max(1, CPU_CHUNK_ELEMENTS // (3 * C * n_u * n_u))
+        rows = max(1, cpu_paths.RELATION_CHUNK_ELEMENTS // (3 * C * n_u * n_u))
         for i in range(0, B, rows):
             keys = self._mixed(upstream[i:i + rows]) @ A.T  # (b, C, N_u, N_d): R along keys, one GEMM
             if queries is not None:
