@@ -2,7 +2,10 @@
 standard: `live/metrics.json` holds the last epoch's values, `live/plots/metrics/<group>/<name>.tsv`
 one row per epoch (`step` = epoch), per exit:
 
-    train/loss_exit<k>, train/loss (their sum), train/lr, calibration/top1_exit<k>
+    training/loss_exit<k>, training/loss (their sum), training/lr, calibration/top1_exit<k>
+
+("training", not "train": `dvc exp show` would otherwise show the metric train.lr beside the param
+train.lr and rename the param's column to tell them apart.)
 
 The folder is written whole from the rows the checkpoint keeps, into a temporary folder that then
 replaces it: a resumed run rewrites the epochs it inherited instead of appending to a half-written
@@ -26,7 +29,7 @@ def metric_name(column: str) -> str | None:
     if column.startswith("top1_exit"):
         return f"calibration/{column}"
     if column.startswith("loss") or column == "lr":
-        return f"train/{column}"
+        return f"training/{column}"
     return None
 
 

@@ -342,6 +342,15 @@ def metrics_of(entry: dict) -> dict[str, object]:
     return dict(kv for path, m in (entry["data"].get("metrics") or {}).items() for kv in leaves(m["data"], path))
 
 
+def params_of(entry: dict) -> set[str]:
+    """The dotted params.yaml keys of one row of `dvc exp show --json`."""
+    def keys(tree, prefix):
+        for k, v in tree.items():
+            yield from keys(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"]
+
+    return set(keys(entry["data"]["params"]["params.yaml"]["data"], ""))
+
+
 def csv_rows(path: Path) -> list[tuple[str, str]]:
     """(series, top1) of a report plots/ table, as the strings DVC hands to Vega."""
     lines = path.read_text().splitlines()
@@ -378,7 +387,10 @@ def test_experiments_carry_their_numbers(finished, tmp_path):
         assert "runs/dvt/seed42/metrics.json.top1.exit2" in found, name
         # DVCLive's last-epoch summary of training, per exit
         assert {"runs/dvt/seed42/live/metrics.json.calibration.top1_exit2",
-                "runs/dvt/seed42/live/metrics.json.train.loss_exit1"} <= set(found), name
+                "runs/dvt/seed42/live/metrics.json.training.loss_exit1"} <= set(found), name
+        # no metric is named like a param, or `dvc exp show` renames the param's column to tell them apart
+        metric_names = {k.split(".json.", 1)[1] for k in found}
+        assert not metric_names & params_of(rows[name]), (name, metric_names & params_of(rows[name]))
         assert all(isinstance(v, (int, float)) for v in found.values()), (name, found)
     assert numbers["no-relation-reuse"] != numbers["baseline"]  # another model, other numbers, all recorded
 

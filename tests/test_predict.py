@@ -13,7 +13,7 @@ from PIL import Image
 from dvt.cli import main
 from dvt.config import load_config
 from dvt.logits import read_logits
-from dvt.thresholds import assign_exits
+from dvt.thresholds import EVERYBODY_EXITS, assign_exits
 from tests.conftest import copy_pipeline
 
 N = 6
@@ -49,7 +49,9 @@ def test_predictions_are_the_budgets_early_exit(finished, capsys, p):
     assert [Path(r["image"]).name for r in rows] == [f"img{i}.png" for i in range(N)]  # the folder, sorted, recursive
     stored = read_logits(config.run_dir("dvt") / "logits.parquet")["test"]
     order = np.argsort(stored.sample)[:N]  # rows of test images 0..N-1
-    exits = assign_exits(stored.confidence[order], np.array(out["thresholds"]))
+    assert out["thresholds"][-1] is None  # the last exit takes every image left: no threshold in the JSON
+    T = np.array([EVERYBODY_EXITS if t is None else t for t in out["thresholds"]])
+    exits = assign_exits(stored.confidence[order], T)
     flops_json = json.loads(config.flops_path("dvt").read_text())
     F = [e["cumulative_gmacs"] for e in flops_json["exits"]]
     classes = json.loads((Path(config.data.root) / config.data.dataset / "MANIFEST.json").read_text())["classes"]

@@ -83,7 +83,7 @@ def test_finished_run_is_a_noop(tmp_path, capsys):
     folder = tmp_path / "runs" / "single" / "seed42"
     before = _tree(folder, mtime=True)
     assert set(before) == {"checkpoint.pt", "train.json", "train_log.csv", ".train.lock", "live/metrics.json",
-                           *(f"live/plots/metrics/{name}.tsv" for name in ("train/lr", "train/loss", "train/loss_exit1",
+                           *(f"live/plots/metrics/{name}.tsv" for name in ("training/lr", "training/loss", "training/loss_exit1",
                                                                           "calibration/top1_exit1"))}
     # Nothing is rewritten: a train.json without its ema and processes keys made DVC retrain (#15, 3).
     # What a killed writer left is swept, though (issue #31, item 5).
@@ -99,7 +99,7 @@ def test_finished_run_is_a_noop(tmp_path, capsys):
     # byte for byte from the checkpoint.
     log = pd.read_csv(folder / "train_log.csv")
     summary = json.loads((folder / "live" / "metrics.json").read_text())
-    assert summary == {"step": 2, "train": {"lr": pytest.approx(log.lr.iloc[-1], rel=1e-5),
+    assert summary == {"step": 2, "training": {"lr": pytest.approx(log.lr.iloc[-1], rel=1e-5),
                                             "loss_exit1": pytest.approx(log.loss_exit1.iloc[-1], rel=1e-5),
                                             "loss": pytest.approx(log.loss.iloc[-1], rel=1e-5)},
                        "calibration": {"top1_exit1": pytest.approx(log.top1_exit1.iloc[-1], rel=1e-5)}}

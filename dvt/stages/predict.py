@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from dvt import checkpoint
+from dvt import checkpoint, thresholds
 from dvt.budgets import budget_rows, damaged, read_run_logits
 from dvt.config import Config
 from dvt.data.folder import EXTENSIONS
@@ -48,8 +48,6 @@ def image_paths(items: Sequence[str]) -> list[Path]:
 def _thresholds(config: Config, run: str, *, budget: int | None, target_gmacs: float | None,
                 num_exits: int) -> tuple[np.ndarray, dict[str, Any]]:
     """(thresholds (K,), how they were chosen)."""
-    from dvt import thresholds
-
     if num_exits == 1:
         if budget is not None or target_gmacs is not None:
             flag = f"--budget {budget}" if budget is not None else f"--target-gmacs {target_gmacs:g}"
@@ -108,7 +106,9 @@ def run(config: Config, *, run: str, images: Sequence[str], budget: int | None =
             rows += [{"image": str(path), "class": classes[int(c)], "class_index": int(c), "exit": int(k) + 1,
                       "grid": int(rc.exit_grids[k]), "confidence": float(v), "gmacs": float(F[k])}
                      for path, c, k, v in zip(chunk, pred, exits, conf)]
-    settings = {"run": run, "seed": config.seed, "thresholds": T.tolist(), **rule}
+    # The last exit takes every image left: no threshold (the search's stand-in -1e8 would read as a number).
+    shown = [None if t == thresholds.EVERYBODY_EXITS else t for t in T.tolist()]
+    settings = {"run": run, "seed": config.seed, "thresholds": shown, **rule}
     if as_json:
         print(json.dumps({**settings, "predictions": rows}, indent=2))
     else:

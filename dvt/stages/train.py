@@ -304,6 +304,9 @@ def _datasets(config: Config, dist: Distributed) -> tuple[torch.utils.data.Datas
     tc = config.train
     train_set = load_split(config, "train")
     cal_set = load_split(config, "calibration")
+    if tc.subset is not None and tc.subset >= len(train_set) and dist.main:
+        print(f"dvt train: note: train.subset = {tc.subset} is not below the train split's {len(train_set)} images: "
+              "every image is used")
     if tc.subset is not None and tc.subset < len(train_set):
         keep = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(config.seed))[: tc.subset]
         train_set = torch.utils.data.Subset(train_set, keep.sort().values.tolist())
