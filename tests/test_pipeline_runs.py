@@ -240,6 +240,17 @@ def test_snakemake_end_to_end(finished, tmp_path):
     assert any(p == (root / "reports" / "table1.md").read_text() for p in pages)
     png = base64.b64encode((root / "reports" / "figures" / "accuracy_vs_gmacs.png").read_bytes()).decode()
     assert png in html
+    # Every item has its caption and a named place (Snakemake files an item without one under "Other"), and
+    # the page opens with the workflow's description.
+    categories = json.loads(re.search(r"var categories = (\{.*?\});", html).group(1))
+    items = {path for sub in categories.values() for paths in sub.values() for path in paths}
+    assert not any("Other" in sub for sub in categories.values()), categories
+    captions = dict(re.findall(r'"(reports/[^"]+)": \{"name": "[^"]+", .*?"caption": "([^"]*)"', html))
+    assert items and items <= set(captions) and all(len(captions[i]) > 20 for i in items), (items, captions)
+    assert "The DVT reproduction pipeline (" in html
+    # and `snakemake --lint` finds nothing (a conda environment per rule: workflow/envs/dvt.yaml)
+    lint = subprocess.run([str(BIN / "snakemake"), "--lint"], cwd=root, capture_output=True, text=True, env=engine_env())
+    assert lint.returncode == 0 and "Congratulations" in lint.stdout + lint.stderr, lint.stdout + lint.stderr
     assert_typos_stop_before_any_job(root, [str(BIN / "snakemake"), "--cores", "2"])
     assert "Nothing to be done" in sh(root, str(BIN / "snakemake"), "-n").stdout
 

@@ -50,6 +50,9 @@ def _load(path: str):
     return loaded
 
 
+# The conda environment of every job under --use-conda, relative to the files in rules/ (the pins of .venv/).
+ENV = "../envs/dvt.yaml"
+
 PARAMS = _params_file()
 CFG = _load(PARAMS)
 RUNS = list(CFG.runs)
@@ -57,10 +60,6 @@ SEEDS = [str(s) for s in CFG.seeds]
 DATA = f"{CFG.data.root}/{CFG.data.dataset}"
 REPORT = CFG.report.dir
 _TREE = to_dict(CFG)  # the resolved params as plain data, for the rules' `params:`
-
-wildcard_constraints:
-    run="|".join(map(re.escape, RUNS)) or "(?!)",
-    seed="|".join(SEEDS),
 
 
 def dvt(stage: str, *args: str) -> str:
@@ -180,11 +179,21 @@ def report_outputs() -> list[str]:
     return [f"{REPORT}/{out}" for out, _, _ in REPORT_PARTS.values()] + [f"{REPORT}/index.md"]
 
 
+# Each part's place within its section of `snakemake --report` (without one Snakemake files it under "Other").
+REPORT_SUBCATEGORIES = {"table1": "The paper's tables", "table2": "The paper's tables", "table3": "The paper's tables",
+                        "ablation": "Reuse", "policies": "Beyond the paper", "figures": "Every figure",
+                        "findings": "Page", "findings_json": "As data", "comparisons": "JSON",
+                        "policies_json": "JSON", "metrics": "JSON", "plots": "dvc plots"}
+
+
 def report_output(part: str):
-    """The part's output, marked for `snakemake --report` (figures: every PNG of the folder)."""
+    """The part's output, marked for `snakemake --report` with its caption (workflow/report/<part>.rst;
+    figures: every PNG of the folder)."""
     out, _, category = REPORT_PARTS[part]
+    labels = {"category": category, "subcategory": REPORT_SUBCATEGORIES[part],
+              "caption": f"../report/{part}.rst"}  # (the caption's path is relative to this file)
     if part == "figures":
-        return report(directory(f"{REPORT}/{out}"), patterns=["{name}.png"], category=category)
+        return report(directory(f"{REPORT}/{out}"), patterns=["{name}.png"], **labels)
     if part == "plots":
-        return report(directory(f"{REPORT}/{out}"), patterns=["{name}.csv"], category=category)
-    return report(f"{REPORT}/{out}", category=category)
+        return report(directory(f"{REPORT}/{out}"), patterns=["{name}.csv"], **labels)
+    return report(f"{REPORT}/{out}", **labels)

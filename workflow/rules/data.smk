@@ -10,5 +10,7 @@ rule fetch:
         "logs/fetch.log",
     benchmark:
         "logs/fetch.benchmark.tsv"
+    conda:
+        ENV
     shell:
         logged(dvt("fetch"))

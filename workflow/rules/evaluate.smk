@@ -12,6 +12,8 @@ rule flops:
         job_files("flops", "{run}")["log"],
     benchmark:
         job_files("flops", "{run}")["benchmark"]
+    conda:
+        ENV
     shell:
         logged(dvt("flops", "--run {wildcards.run}"))
 
@@ -32,6 +34,8 @@ rule collect:
         job_files("collect")["log"],
     benchmark:
         job_files("collect")["benchmark"]
+    conda:
+        ENV
     shell:
         logged(dvt("collect", seed_args()))
 
@@ -51,6 +55,8 @@ rule budget:
         job_files("budget")["log"],
     benchmark:
         job_files("budget")["benchmark"]
+    conda:
+        ENV
     shell:
         logged(dvt("budget", seed_args()))
 
@@ -69,6 +75,8 @@ rule policies:
         job_files("policies")["log"],
     benchmark:
         job_files("policies")["benchmark"]
+    conda:
+        ENV
     shell:
         logged(dvt("policies", seed_args()))
 
@@ -94,5 +102,7 @@ rule speed:
         job_files("speed")["log"],
     benchmark:
         job_files("speed")["benchmark"]
+    conda:
+        ENV
     shell:
         logged(dvt("speed", seed_args()))

@@ -23,6 +23,8 @@ for _part, (_out, _inputs, _category) in REPORT_PARTS.items():
             f"logs/report/{_part}.log",
         benchmark:
             f"logs/report/{_part}.benchmark.tsv"
+        conda:
+            ENV
         shell:
             logged(dvt("report", "--part {params.part}"))
 
@@ -35,12 +37,14 @@ rule report_index:
         files_of(DVT_RUN, "logits.parquet"),
         templates="reports/templates",
     output:
-        report(f"{REPORT}/index.md", category="Report"),
+        report(f"{REPORT}/index.md", category="Report", subcategory="Front page", caption="../report/index.rst"),
     params:
         settings=settings("runs", "seeds", "report"),
     log:
         "logs/report/index.log",
     benchmark:
         "logs/report/index.benchmark.tsv"
+    conda:
+        ENV
     shell:
         logged(dvt("report", "--part index"))

@@ -25,5 +25,7 @@ rule train:
         job_files("train")["log"],
     benchmark:
         job_files("train")["benchmark"]
+    conda:
+        ENV
     shell:
         logged(dvt("train", seed_args(), "--restart", "--processes {resources.processes}"))
