@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 LOCK := requirements.lock
 
-.PHONY: repro test install lock fashion-mnist slurm budget-study
+.PHONY: repro test test-fast install lock fashion-mnist slurm budget-study
 
 # The default pipeline end to end (fetch -> train -> ... -> reports/) with DVC; the stage commands
 # find `dvt` through PATH, so the venv's bin/ goes first.
@@ -39,6 +39,11 @@ test: $(STAMP) slurm
 	wait $$slurm; cluster=$$?; \
 	echo "== the SLURM tests (pytest -m slurm) =="; cat .pytest-slurm.log; rm -f .pytest-slurm.log; \
 	[ $$rest = 0 ] && [ $$cluster = 0 ]
+
+# The unit tests alone (no training, no pipeline, no cluster): the models against timm and the paper,
+# the threshold search, configs, datasets, files. `make test` runs everything.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow and not slurm"
 
 install: $(STAMP)
 

@@ -17,6 +17,9 @@ from dvt.logits import read_logits
 from dvt.stages.budget import run as budget
 from tests.conftest import copy_pipeline
 
+# Trains models or builds a pipeline: not in `make test-fast`.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def pipeline(finished_pipeline, tmp_path_factory) -> Path:

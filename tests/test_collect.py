@@ -29,6 +29,9 @@ from dvt.stages.train import run as train
 from dvt.weights import load_weights
 from tests.conftest import copy_pipeline, write_params_file
 
+# Trains models or builds a pipeline: not in `make test-fast`.
+pytestmark = pytest.mark.slow
+
 PARAMS = {
     "data": {"dataset": "synthetic", "calibration_size": 100,
              "synthetic": {"train_size": 420, "test_size": 100, "image_size": 16}},

@@ -10,6 +10,9 @@ import torch
 from dvt.errors import DvtError
 from dvt.models import cascade_from_timm, create_model
 
+# Trains models or builds a pipeline: not in `make test-fast`.
+pytestmark = pytest.mark.slow
+
 
 def deit(grid: int, seed: int, **kwargs) -> torch.nn.Module:
     """deit_small_patch16_224 cut into grid x grid patches (random weights, the shape of the pretrained ones)."""

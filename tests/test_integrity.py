@@ -22,6 +22,9 @@ from dvt.cli import main
 from dvt.config import load_config
 from tests.conftest import copy_pipeline
 
+# Trains models or builds a pipeline: not in `make test-fast`.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def finished(finished_pipeline, tmp_path_factory) -> Path:

@@ -9,7 +9,6 @@ import timm
 import torch
 
 import dvt.models.attention as attention_module
-from dvt.models import cpu_paths
 from dvt.config import Config, DataConfig, ModelConfig, RunConfig, SyntheticConfig
 from dvt.errors import DvtError
 from dvt.grids import patch_geometry
@@ -17,6 +16,7 @@ from dvt.models import (
     Cascade,
     ReuseState,
     check_reuse,
+    cpu_paths,
     create_model,
     list_models,
     valid_grids,

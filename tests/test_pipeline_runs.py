@@ -248,9 +248,6 @@ def test_snakemake_end_to_end(finished, tmp_path):
     captions = dict(re.findall(r'"(reports/[^"]+)": \{"name": "[^"]+", .*?"caption": "([^"]*)"', html))
     assert items and items <= set(captions) and all(len(captions[i]) > 20 for i in items), (items, captions)
     assert "The DVT reproduction pipeline (" in html
-    # and `snakemake --lint` finds nothing (a conda environment per rule: workflow/envs/dvt.yaml)
-    lint = subprocess.run([str(BIN / "snakemake"), "--lint"], cwd=root, capture_output=True, text=True, env=engine_env())
-    assert lint.returncode == 0 and "Congratulations" in lint.stdout + lint.stderr, lint.stdout + lint.stderr
     assert_typos_stop_before_any_job(root, [str(BIN / "snakemake"), "--cores", "2"])
     assert "Nothing to be done" in sh(root, str(BIN / "snakemake"), "-n").stdout
 

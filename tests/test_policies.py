@@ -18,6 +18,9 @@ from dvt.stages.budget import run as budget
 from dvt.stages.policies import run as policy_stage
 from tests.conftest import copy_pipeline
 
+# Trains models or builds a pipeline: not in `make test-fast`.
+pytestmark = pytest.mark.slow
+
 
 def random_logits(n: int = 24, K: int = 3, C: int = 5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)

@@ -16,6 +16,9 @@ from dvt.logits import read_logits
 from dvt.thresholds import EVERYBODY_EXITS, assign_exits
 from tests.conftest import copy_pipeline
 
+# Trains models or builds a pipeline: not in `make test-fast`.
+pytestmark = pytest.mark.slow
+
 N = 6
 
 

@@ -42,6 +42,9 @@ from dvt.stages.speed import run as speed
 from dvt.stages.train import run as train
 from tests.conftest import REPO, write_params_file
 
+# Trains models or builds a pipeline: not in `make test-fast`.
+pytestmark = pytest.mark.slow
+
 RUNS = {
     "tokens_2x2": {"grids": [2]}, "tokens_4x4": {"grids": [4]}, "tokens_8x8": {"grids": [8]},
     "dvt": {"grids": [2, 4, 8], "feature_reuse": True, "relation_reuse": True},

@@ -28,6 +28,9 @@ from dvt.weights import load_weights
 from tests.conftest import copy_pipeline
 from tests.test_collect import save_random_checkpoint, write_params
 
+# Trains models or builds a pipeline: not in `make test-fast`.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread() -> Iterator[None]:

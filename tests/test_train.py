@@ -24,6 +24,9 @@ from dvt.stages import fetch
 from dvt.stages.train import run as train
 from tests.conftest import write_params_file
 
+# Trains models or builds a pipeline: not in `make test-fast`.
+pytestmark = pytest.mark.slow
+
 PARAMS = {
     "data": {"dataset": "synthetic", "calibration_size": 64,
              "synthetic": {"train_size": 320, "test_size": 64, "image_size": 16}},

@@ -26,6 +26,9 @@ from dvt.stages.train import run as train
 from tests.conftest import write_params_file
 from tests.test_report import PARAMS, copy_templates, write_logits
 
+# Trains models or builds a pipeline: not in `make test-fast`.
+pytestmark = pytest.mark.slow
+
 RUNS = {"tokens_2x2": {"grids": [2]}, "tokens_8x8": {"grids": [8]}, "dvt": {"grids": [2, 4, 8]},
         "dvt_no_reuse": {"grids": [2, 4, 8], "feature_reuse": False, "relation_reuse": False}}
 EPOCHS = (1, 2, 4)
