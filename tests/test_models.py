@@ -276,6 +276,7 @@ def test_attention_overwrites_only_a_bias_it_may():
     assert torch.equal(trainable.detach(), bias) and trainable.grad is not None
 
 
+@pytest.mark.slow
 def test_gradients_reach_upstream_exits():
     for feature_reuse, relation_reuse in [(True, False), (False, True)]:
         model = micro(feature_reuse=feature_reuse, relation_reuse=relation_reuse)
@@ -318,6 +319,7 @@ def test_reference_cnn_is_a_one_exit_cascade_from_timm():
         create_model("resnet18_w16", grids=(3, 5), img_size=56, in_chans=1, num_classes=10)
 
 
+@pytest.mark.slow
 def test_the_model_library_stands_alone():
     """dvt.models (and timm.create_model("dvt_...")) imports nothing of the pipeline: no params.yaml
     config, no stage, no DVC or Snakemake; those are the `pipeline` extra of pyproject.toml (issue #32)."""

@@ -10,6 +10,9 @@ import torch
 from dvt.errors import DvtError
 from dvt.models import create_model, load_official, to_official_state_dict
 
+# The paper's models at 224 px: not in `make test-fast`.
+pytestmark = pytest.mark.slow
+
 
 def build(backbone: str, seed: int, reuse: bool = True):
     torch.manual_seed(seed)

@@ -10,6 +10,9 @@ import torch
 import dvt.models  # noqa: F401  (registers the models with timm)
 from dvt.models import create_model, to_official_state_dict
 
+# The paper's models at 224 px: not in `make test-fast`.
+pytestmark = pytest.mark.slow
+
 
 def ours(backbone: str, seed: int = 0):
     torch.manual_seed(seed)
