@@ -77,7 +77,7 @@ def sweep(path: str | os.PathLike) -> None:
 
 
 # Write failures that are the machine's, not the program's: said in one line naming the output.
-_FULL_OR_READ_ONLY = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+_FULL_OR_READ_ONLY = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 @contextlib.contextmanager

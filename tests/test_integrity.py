@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import zipfile
 from pathlib import Path
 
@@ -118,3 +119,30 @@ def test_the_same_checkpoint_content_is_the_same_bytes_whatever_its_objects_hist
     assert back["model"]._metadata == model.state_dict()._metadata  # module versions kept
     assert all(torch.equal(back["model"][k], v) for k, v in model.state_dict().items())
     assert back["groups"] == shared["groups"] and back["log"] == shared["log"]
+
+
+@pytest.mark.parametrize("code", ["EROFS", "EACCES"])
+def test_a_read_only_folder_is_one_line_and_changes_nothing(finished, tmp_path, capsys, monkeypatch, code):
+    """Issue #31, item 4: a read-only file system (EROFS) or a folder without write permission (EACCES, what
+    a user who is not root meets after chmod) while a stage writes: one line naming the path, nothing
+    changed. (Root writes through file modes, so the failure is injected where every writer starts.)"""
+    import errno
+    import tempfile
+
+    from dvt import atomic
+
+    root = finished.parent
+    before = hashes(root)
+
+    def refused(*args, **kwargs):
+        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)))
+
+    monkeypatch.setattr(atomic.tempfile, "mkstemp", refused)
+    monkeypatch.setattr(atomic.tempfile, "mkdtemp", refused)
+    capsys.readouterr()
+    for stage in (["budget", "--run", "dvt"], ["flops", "--run", "single"], ["policies", "--run", "dvt"]):
+        assert main([stage[0], "--params", str(finished), *stage[1:]]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "cannot be written" in err[0] and "make the folder writable" in err[0], err
+    assert hashes(root) == before
+    assert tempfile.mkstemp is refused  # (the patch was in place for every stage)
