@@ -108,10 +108,14 @@ def test_snakemake_builds_only_what_a_table_needs():
     assert not any(p.endswith("speed.json") for p in jobs)
 
 
-def test_the_policies_page_needs_only_the_dvt_run():
+def test_the_policies_page_needs_only_the_cascades():
+    """Every cascade has its section on the policies page; the one-exit runs are not trained for it."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    cascades = {r for r, rc in params["runs"].items() if len(rc.get("grids", [])) > 1}
+    assert {"dvt", "dvt_no_reuse"} <= cascades
     jobs = snakemake_jobs(REPO, "reports/policies.md")
-    assert {p.split("/")[1] for p in jobs if p.endswith("checkpoint.pt")} == {"dvt"}
-    assert {p for p in jobs if p.endswith("policies.json")} == {"runs/dvt/seed42/policies.json"}
+    assert {p.split("/")[1] for p in jobs if p.endswith("checkpoint.pt")} == cascades
+    assert {p for p in jobs if p.endswith("policies.json")} == {f"runs/{r}/seed42/policies.json" for r in cascades}
     assert not any(p.endswith("speed.json") for p in jobs)
 
 

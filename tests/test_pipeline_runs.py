@@ -392,7 +392,8 @@ def test_experiments_carry_their_numbers(finished, tmp_path):
         keys = {k for k in found if k.startswith("reports/metrics.json.")}
         assert {"reports/metrics.json.top1.dvt", "reports/metrics.json.dvt.cost_share",
                 "reports/metrics.json.findings_held", "reports/metrics.json.policies.risk_held_share"} <= keys, name
-        assert "runs/dvt/seed42/metrics.json.top1.exit2" in found, name
+        # a run's own metrics carry its name (the key alone would not say whose exit 2 it is)
+        assert "runs/dvt/seed42/metrics.json.dvt.top1.exit2" in found, name
         # DVCLive's last-epoch summary of training, per exit
         assert {"runs/dvt/seed42/live/metrics.json.calibration.top1_exit2",
                 "runs/dvt/seed42/live/metrics.json.training.loss_exit1"} <= set(found), name

@@ -65,6 +65,9 @@ PARAMS = {
     "speed": {"batch_size": 32, "warmup": 0, "repeats": 1, "budgets": [5, 10]},
     "report": {"gallery_size": 4},
 }
+# Timed by `dvt speed`: every one-exit run, DVT and one other cascade (Table 2 has a section per cascade,
+# and names the two left untimed).
+TIMED = ("tokens_2x2", "tokens_4x4", "tokens_8x8", "dvt", "dvt_no_reuse")
 PAPER = yaml.safe_load((REPO / "dvt" / "reference" / "paper.yaml").read_text())
 DASH = "—"
 
@@ -129,9 +132,9 @@ def build_runs(root: Path) -> Path:
         flops(config, run=name)
         write_logits(config, name, labels, 10, ACCURACY[name], seed=i)
         budget(config, run=name)
-        if config.run(name).feature_reuse and config.run(name).relation_reuse:  # Table 2 needs no others
+        if name in TIMED:
             speed(config, run=name)
-        if name == "dvt":  # nor the policies page
+        if config.run(name).num_exits > 1:  # the policies page has every cascade
             exit_policies(config, run=name)
     copy_templates(config)
     return params
@@ -187,7 +190,7 @@ def build_official(root: Path, *, test_size: int = 100) -> Path:
             "total": {"gmacs": cumulative[-1], "params": 7_000_000 * len(cumulative)}}))
         write_logits(config, name, labels, 1000, top1, seed=i)
         budget(config, run=name)
-        if name == "dvt":
+        if config.run(name).num_exits > 1:
             exit_policies(config, run=name)
     copy_templates(config)
     return params
@@ -375,23 +378,35 @@ def test_table1_numbers_are_the_one_exit_runs_outputs(rendered):
 
 
 def test_table3_numbers_are_derived_from_budget_and_eval(rendered):
+    """A section per cascade, the paper's DVT first, then the others in params.yaml's order, each read
+    against its own budget.csv (and in comparisons.json under other_cascades)."""
     config, metrics = rendered
-    ours, paper, fig6 = tables(page(config, "table3.md"))
-    dvt = curve(stage_outputs(config, "dvt"))
-    answered = 0
-    for row in ours:
-        base = stage_outputs(config, row["run"])["eval"]
-        g, a = base["gmacs"]["exit1"], base["top1"]["exit1"]
-        need, at = cost_for(dvt, a), value_at(dvt, g)
-        assert row["top-1 (%)"] == fmt("pct", a) and row["GFLOPs (multiply-adds)"] == fmt("gmacs", g)
-        assert row["DVT GFLOPs (multiply-adds) at this top-1"] == fmt("gmacs", need)
-        assert row["speed-up"] == fmt("times", div(g, need))
-        assert row["DVT top-1 at this cost (%)"] == fmt("pct", at)
-        assert row["gain (points)"] == fmt("signed", sub(at, a))
-        stored = metrics["matched_gmacs"][row["run"]]
-        assert stored["dvt_gmacs_at_top1"] == pytest.approx(need) if need is not None else stored["speedup"] is None
-        answered += need is not None
-    assert answered >= 2  # the designed curves beat the one-exit runs: real speed-ups are shown
+    text = page(config, "table3.md")
+    *sections, paper, fig6 = tables(text)
+    cascades = ["dvt"] + [name for name, spec in config.runs.items() if spec.num_exits > 1 and name != "dvt"]
+    assert len(sections) == len(cascades) == 4
+    assert "The paper's DVT here is `dvt` (2x2 → 4x4 → 8x8), the first cascade in params.yaml with feature" in text
+    for name in cascades[1:]:
+        assert f"## `{name}` (2x2 → 4x4 → 8x8, `vit_micro`, " in text
+    for name, ours in zip(cascades, sections):
+        dvt = curve(stage_outputs(config, name))
+        stored_all = metrics if name == "dvt" else metrics["other_cascades"][name]
+        answered = 0
+        assert [row["run"] for row in ours] == ["tokens_2x2", "tokens_4x4", "tokens_8x8"]
+        for row in ours:
+            base = stage_outputs(config, row["run"])["eval"]
+            g, a = base["gmacs"]["exit1"], base["top1"]["exit1"]
+            need, at = cost_for(dvt, a), value_at(dvt, g)
+            assert row["top-1 (%)"] == fmt("pct", a) and row["GFLOPs (multiply-adds)"] == fmt("gmacs", g)
+            assert row["DVT GFLOPs (multiply-adds) at this top-1"] == fmt("gmacs", need)
+            assert row["speed-up"] == fmt("times", div(g, need))
+            assert row["DVT top-1 at this cost (%)"] == fmt("pct", at)
+            assert row["gain (points)"] == fmt("signed", sub(at, a))
+            stored = stored_all["matched_gmacs"][row["run"]]
+            assert stored["dvt_gmacs_at_top1"] == pytest.approx(need) if need is not None else stored["speedup"] is None
+            answered += need is not None
+        if name == "dvt":
+            assert answered >= 2  # the designed curves beat the one-exit runs: real speed-ups are shown
     for row, ref in zip(paper, PAPER["table3"]["rows"]):
         assert row["model"] == ref["model"]
         assert row["CIFAR-10 top-1 (%)"] == fmt("pct", ref["cifar10"]["top1"])
@@ -402,11 +417,10 @@ def test_table3_numbers_are_derived_from_budget_and_eval(rendered):
     assert [r["speed-up"] for r in fig6] == [fmt("times", r["speedup"]) for r in PAPER["fig6_speedups"]["rows"]]
 
 
-def test_table2_numbers_are_derived_from_speed_json(rendered):
-    config, metrics = rendered
-    text = page(config, "table2.md")
-    vs, points, dynamic, paper = tables(text)
-    dvt = stage_outputs(config, "dvt")
+def check_table2_section(config: Config, text: str, name: str, vs: list, points: list, dynamic: list,
+                         stored: dict) -> None:
+    """One cascade's section of Table 2 against its speed.json, budget.csv and eval.json."""
+    dvt = stage_outputs(config, name)
     s = dvt["speed"]
     assert f"{s['device_name']} (`{s['device']}`, {s['threads']} CPU thread" in text and s["torch"] in text
     exits, top1 = s["static"]["exits"], per_exit(dvt["eval"], "top1")
@@ -430,18 +444,30 @@ def test_table2_numbers_are_derived_from_speed_json(rendered):
         assert row["speed-up"] == fmt("times", div(dvt_ips, ips))
         assert row["ideal speed-up"] == fmt("times", ideal)
         assert row["measured / ideal"] == fmt("ratio", div(div(dvt_ips, ips), ideal))
-        assert metrics["matched_throughput"][row["run"]]["img_per_s"] == ips
+        assert stored["matched_throughput"][row["run"]]["img_per_s"] == ips
     for row, d in zip(dynamic, sorted(s["dynamic"].values(), key=lambda d: d["budget"])):
         assert row["budget p"] == str(d["budget"])
         assert row["measured"] == fmt("times", d["vs_standalone"]["measured"])
         assert row["measured / ideal"] == fmt("ratio", d["vs_standalone"]["efficiency"])
+
+
+def test_table2_numbers_are_derived_from_speed_json(rendered):
+    config, metrics = rendered
+    text = page(config, "table2.md")
+    *sections, paper = tables(text)
+    assert len(sections) == 2 * 3  # the timed cascades' comparison, operating points and budgets
+    assert "## `dvt_no_reuse` (2x2 → 4x4 → 8x8, `vit_micro`, no reuse)" in text
+    for name, (vs, points, dynamic) in zip(("dvt", "dvt_no_reuse"), zip(*[iter(sections)] * 3)):
+        check_table2_section(config, text, name, vs, points, dynamic,
+                             metrics if name == "dvt" else metrics["other_cascades"][name])
     for row, ref in zip(paper, PAPER["table2"]["rows"]):
         assert (row["model"], row["img/s"], row["DVT top-1 (%)"]) == (ref["model"], fmt("ips", ref["img_per_s"]),
                                                                       fmt("pct", ref["dvt_top1"]))
         throughput = ref["matched"] == "throughput"
         assert row["gain (points)"] == fmt("signed", ref["dvt_top1"] - ref["top1"] if throughput else None)
         assert row["speed-up"] == fmt("times", None if throughput else ref["dvt_img_per_s"] / ref["img_per_s"])
-    assert "Not measured yet" not in text
+    assert ("Not measured yet: `dvt_feature_reuse` (run `dvt speed --run dvt_feature_reuse`), `dvt_relation_reuse` "
+            "(run `dvt speed --run dvt_relation_reuse`).") in text
 
 
 def test_ablation_compares_the_four_reuse_settings_at_named_costs(rendered):
@@ -506,6 +532,93 @@ def read_runs_gallery(config: Config):
 
 # ---------------------------------------------------------------------------------------------
 # Other run sets and refusals
+
+
+# A second set of reuse siblings: a wider backbone on the same grids, with its own one-exit model.
+SECOND_SET = {"dvt_mini": {"grids": [2, 4, 8], "backbone": "vit_mini"},
+              "dvt_mini_no_reuse": {"grids": [2, 4, 8], "backbone": "vit_mini", "feature_reuse": False,
+                                    "relation_reuse": False},
+              "tokens_mini_8x8": {"grids": [8], "backbone": "vit_mini"}}
+SECOND_ACCURACY = {"dvt_mini": [60, 76, 88], "dvt_mini_no_reuse": [57, 72, 81], "tokens_mini_8x8": [84]}
+
+
+@pytest.fixture(scope="module")
+def two_sets(runs, tmp_path_factory) -> Config:
+    """The default-like runs plus SECOND_SET, in a copy of their runs folder, reported."""
+    root = tmp_path_factory.mktemp("two_sets")
+    shutil.copytree(load_config(runs).runs_dir, root / "runs")
+    config = load_config(params_beside(runs, root, runs_dir=str(root / "runs"), runs={**RUNS, **SECOND_SET},
+                                       report__gallery_size=0))
+    folder = Path(config.data.root) / "synthetic"
+    labels = {s: np.load(folder / f"{s}_labels.npy") for s in ("calibration", "test")}
+    for i, name in enumerate(SECOND_SET):
+        train(config, run=name)
+        flops(config, run=name)
+        write_logits(config, name, labels, 10, SECOND_ACCURACY[name], seed=10 + i)
+        budget(config, run=name)
+        speed(config, run=name)
+        if config.run(name).num_exits > 1:
+            exit_policies(config, run=name)
+    report(config)
+    return config
+
+
+def test_every_cascade_has_its_rows_in_every_table_about_cascades(two_sets):
+    """Two sets of reuse siblings (vit_micro, vit_mini): each cascade gets its section in Tables 2 and 3
+    against the one-exit models of its own backbone, each set its ablation, each set's lead its findings
+    and headline numbers, every cascade its exit policies; the pages say which cascade is the paper's."""
+    config = two_sets
+    cascades = [name for name, spec in config.runs.items() if spec.num_exits > 1]
+    others = [name for name in cascades if name != "dvt"]
+    comparisons = json.loads(page(config, "comparisons.json"))
+    assert comparisons["dvt_run"] == "dvt" and list(comparisons["other_cascades"]) == others
+    # Table 3: a section per cascade; the vit_mini ones read against the vit_mini one-exit model only.
+    text = page(config, "table3.md")
+    *sections, _, _ = tables(text)
+    assert len(sections) == len(cascades) == 6
+    for name, rows in zip(["dvt", *others], sections):
+        mini = config.run(name).backbone == "vit_mini"
+        assert [r["run"] for r in rows] == (["tokens_mini_8x8"] if mini else ["tokens_2x2", "tokens_4x4", "tokens_8x8"])
+        stored = comparisons if name == "dvt" else comparisons["other_cascades"][name]
+        assert set(stored["matched_gmacs"]) == {r["run"] for r in rows}
+    assert "## `dvt_mini` (2x2 → 4x4 → 8x8, `vit_mini`, both reuses)" in text
+    # Table 2: the timed vit_mini cascades have their own sections.
+    text2 = page(config, "table2.md")
+    for name in ("dvt_mini", "dvt_mini_no_reuse"):
+        assert f"## `{name}` (2x2 → 4x4 → 8x8, `vit_mini`" in text2
+        assert set(comparisons["other_cascades"][name]["matched_throughput"]) == {"tokens_mini_8x8"}
+    # The ablation: one table per set; vit_mini's siblings never mix into vit_micro's.
+    ablation = page(config, "ablation.md")
+    ours, second, _ = tables(ablation)
+    assert [r["run"] for r in ours] == ["dvt", "dvt_feature_reuse", "dvt_relation_reuse", "dvt_no_reuse"]
+    assert [r["run"] for r in second] == ["dvt_mini", "dvt_mini_no_reuse"]
+    assert "## The cascades of `vit_mini` on 2x2 → 4x4 → 8x8" in ablation
+    assert "copy `runs.dvt_mini` under a new name and set `feature_reuse: true, relation_reuse: false`" in ablation
+    assert {k: v["run"] for k, v in comparisons["other_cascades"]["dvt_mini"]["ablation"].items() if k != "gmacs"} \
+        == {"both": "dvt_mini", "none": "dvt_mini_no_reuse"}
+    # Findings: the lead of the second set (dvt_mini), with its own reuse gain; the vit_micro siblings are not leads.
+    found = json.loads(page(config, "findings.json"))
+    assert list(found["other_cascades"]) == ["dvt_mini"]
+    mini = {f["name"]: f for f in found["other_cascades"]["dvt_mini"]}
+    assert mini["reuse_makes_later_exits_better"]["numbers"]["gain"] == pytest.approx(88 - 81)
+    assert mini["dvt_exits_rise"]["numbers"]["finest_one_exit_top1"] == pytest.approx(84)
+    assert "### `dvt_mini`" in page(config, "findings.md")
+    metrics = json.loads(page(config, "metrics.json"))
+    assert metrics["cascades"]["dvt_mini"]["findings_held"] == sum(f["holds"] is True for f in mini.values())
+    assert metrics["cascades"]["dvt_mini"]["cost_share"] == mini["dvt_is_cheaper_at_equal_accuracy"]["numbers"]["cost_share"]
+    assert metrics["findings_held"] == sum(f["holds"] is True for f in found["findings"])
+    # Exit policies: every cascade, each from its own policies.json.
+    policies = json.loads(page(config, "policies.json"))
+    assert policies["run"] == "dvt" and list(policies["other_cascades"]) == others
+    for name in others:
+        own = json.loads((config.run_dir(name) / "policies.json").read_text())
+        assert list(policies["other_cascades"][name]["rows"][i]["name"] for i in range(len(own["policies"]))) \
+            == list(own["policies"])
+    policies_page = page(config, "policies.md")
+    assert all(f"## `{name}`" in policies_page for name in others)
+    for part in ("table2.md", "table3.md", "ablation.md", "findings.md", "policies.md"):
+        assert "The paper's DVT here is `dvt` (2x2 → 4x4 → 8x8), the first cascade in params.yaml with feature " \
+               "and relation reuse." in page(config, part), part
 
 
 def test_without_the_ablation_runs_the_section_says_which_are_missing(runs, tmp_path, capsys):
@@ -769,7 +882,7 @@ def test_the_summary_line_says_more_or_fewer_gmacs_as_the_cost_share_has_it(caps
     """A DVT that needs more GMACs than the model (cost share above 1) must not read as a saving."""
     cost = VsCost(run="tokens_7x7", grid=7, gmacs=1.0, top1=70.0, dvt_top1_at_gmacs=None, dvt_gmacs_at_top1=share,
                   speedup=1 / share)
-    fake = SimpleNamespace(costs=[cost], dvt=SimpleNamespace(name="dvt"), out=Path("reports"))
+    fake = SimpleNamespace(costs={"dvt": [cost]}, dvt=SimpleNamespace(name="dvt"), out=Path("reports"))
     report_module._summary(fake, {"table3": "text"})
     said = capsys.readouterr().out
     assert said == f"dvt report: table3.md -> reports; DVT (dvt) reaches tokens_7x7's top-1 at {words}\n"
@@ -877,7 +990,7 @@ def seeded(tmp_path_factory) -> Config:
             train(one, run=name)
             write_logits(one, name, labels, 10, [a + shift for a in ACCURACY[name]], seed=i)
             budget(one, run=name)
-            if name == "dvt":
+            if one.run(name).num_exits > 1:
                 exit_policies(one, run=name)
     copy_templates(config)
     report(config)

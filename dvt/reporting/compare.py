@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -46,8 +47,12 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 @dataclass(frozen=True)
 class Roles:
-    """Which run plays which part: one-exit ViTs (by grid), the main DVT run, the ablation, and the
-    reference CNNs."""
+    """Which run plays which part beside one cascade (`dvt`): the one-exit ViTs of its backbone (by grid),
+    its reuse siblings (the ablation), the reference CNNs and the family of depths on its last grid.
+
+    `assign_roles` gives the view of the paper's DVT, the first cascade in params.yaml with both reuses
+    (else the first cascade), and in `others` the same view of every other cascade, in params.yaml's order.
+    """
 
     singles: tuple[RunFiles, ...]
     dvt: RunFiles | None
@@ -56,28 +61,76 @@ class Roles:
     # Fig. 6's comparison: the one-exit ViTs on DVT's last grid, of its backbone and of others (other
     # depths or widths, runs.<run>.backbone); empty unless at least one has another backbone.
     family: tuple[RunFiles, ...] = ()
+    others: tuple[Roles, ...] = ()
+
+    @property
+    def views(self) -> tuple[Roles, ...]:
+        """The paper's DVT's view, then every other cascade's; empty without a cascade."""
+        return ((self,) if self.dvt is not None else ()) + self.others
+
+    @property
+    def leads(self) -> tuple[Roles, ...]:
+        """One view per set of reuse siblings: the cascade the findings are about (the paper's DVT for its
+        own set; for another set, its first cascade with both reuses, else its first)."""
+        out: list[Roles] = []
+        for view in self.views:
+            if not any(_siblings(view.dvt, lead.dvt) for lead in out):
+                out.append(view)
+        return tuple(out)
+
+    @property
+    def run_names(self) -> dict[str, list[str]]:
+        """Every view's runs by part (each name once): what the Snakefile makes before a report part."""
+        parts: dict[str, list[str]] = {"cascades": [], "leads": [], "singles": [], "ablation": [], "family": []}
+        for view in self.views:
+            parts["cascades"].append(view.dvt.name)
+            parts["singles"] += [r.name for r in view.singles]
+            parts["ablation"] += [r.name for r in view.ablation.values() if r is not None]
+            parts["family"] += [r.name for r in view.family]
+        parts["leads"] = [view.dvt.name for view in self.leads]
+        parts["baselines"] = [r.name for r in self.baselines]
+        return {k: list(dict.fromkeys(v)) for k, v in parts.items()}
+
+
+def _siblings(a: RunFiles, b: RunFiles) -> bool:
+    """The same cascade but for its two reuse switches (and where its weights start from)."""
+    def model(r: RunFiles) -> tuple:
+        s = r.spec
+        return (r.backbone, s.grids, s.timm)
+    return model(a) == model(b)
 
 
 def assign_roles(runs: dict[str, RunFiles]) -> Roles:
-    """From params.yaml alone: no file is read. The singles (Table 1's grid family) are the one-exit ViTs
-    of DVT's backbone (model.backbone without a cascade)."""
+    """From params.yaml alone: no file is read."""
     cascades = [r for r in runs.values() if r.is_cascade]
     both = [r for r in cascades if r.spec.feature_reuse and r.spec.relation_reuse]
     dvt = (both or cascades or [None])[0]
+    baselines = tuple(r for r in runs.values() if r.is_baseline)
+    if dvt is None:
+        one_exit = [r for r in runs.values() if not r.is_cascade and not r.is_baseline]
+        backbone = next((r.config.model.backbone for r in one_exit), None)
+        singles = tuple(sorted((r for r in one_exit if r.backbone == backbone), key=lambda r: r.grids[0]))
+        return Roles(singles=singles, dvt=None, ablation={key: None for key, *_ in REUSE_SETTINGS},
+                     baselines=baselines)
+    others = tuple(_view(runs, r, baselines) for r in cascades if r is not dvt)
+    return dataclasses.replace(_view(runs, dvt, baselines), others=others)
+
+
+def _view(runs: dict[str, RunFiles], dvt: RunFiles, baselines: tuple[RunFiles, ...]) -> Roles:
+    """One cascade's roles. Its singles (Table 1's grid family) are the one-exit ViTs of its backbone."""
     one_exit = [r for r in runs.values() if not r.is_cascade and not r.is_baseline]
-    backbone = dvt.backbone if dvt is not None else next((r.config.model.backbone for r in one_exit), None)
-    singles = tuple(sorted((r for r in one_exit if r.backbone == backbone), key=lambda r: r.grids[0]))
-    family: tuple[RunFiles, ...] = ()
-    if dvt is not None:
-        family = tuple(r for r in one_exit if r.grids[0] == dvt.grids[-1])
-        if all(r.backbone == dvt.backbone for r in family):
-            family = ()
+    singles = tuple(sorted((r for r in one_exit if r.backbone == dvt.backbone), key=lambda r: r.grids[0]))
+    family = tuple(r for r in one_exit if r.grids[0] == dvt.grids[-1])
+    if all(r.backbone == dvt.backbone for r in family):
+        family = ()
     ablation: dict[str, RunFiles | None] = {}
     for key, _, feature, relation in REUSE_SETTINGS:
-        same = [r for r in cascades if dvt is not None and r.grids == dvt.grids
+        if (dvt.spec.feature_reuse, dvt.spec.relation_reuse) == (feature, relation):
+            ablation[key] = dvt
+            continue
+        same = [r for r in runs.values() if r.is_cascade and _siblings(r, dvt)
                 and (r.spec.feature_reuse, r.spec.relation_reuse) == (feature, relation)]
         ablation[key] = same[0] if same else None
-    baselines = tuple(r for r in runs.values() if r.is_baseline)
     return Roles(singles=singles, dvt=dvt, ablation=ablation, baselines=baselines, family=family)
 
 
@@ -256,7 +309,9 @@ class AblationRow:
 
 @dataclass(frozen=True)
 class Ablation:
+    lead: str  # the cascade the set is named by (Roles.leads)
     grids: tuple[int, ...]
+    backbone: str
     costs: tuple[float, ...]  # the named GMACs, one per ABLATION_COSTS entry
     rows: tuple[AblationRow, ...]
 
@@ -287,13 +342,29 @@ def compare_reuse(roles: Roles) -> Ablation | None:
             best_top1, best_gmacs = float(a[best]), float(g[best])
         rows.append(AblationRow(key=key, words=words, feature_reuse=feature, relation_reuse=relation, run=run,
                                 top1_at=top1_at, best_top1=best_top1, best_gmacs=best_gmacs))
-    return Ablation(grids=roles.dvt.grids, costs=costs, rows=tuple(rows))
+    return Ablation(lead=roles.dvt.name, grids=roles.dvt.grids, backbone=roles.dvt.backbone, costs=costs,
+                    rows=tuple(rows))
 
 
-def comparisons(*, dataset: str, seeds: int, roles: Roles, costs: list[VsCost], speeds: list[VsSpeed],
-                ablation: Ablation | None, family: VsFamily | None = None) -> dict[str, Any]:
-    """reports/comparisons.json: every comparison of Tables 2-3 and the ablation (means over `seeds` seeds)."""
-    out: dict[str, Any] = {"dataset": dataset, "dvt_run": roles.dvt.name if roles.dvt else None, "seeds": seeds}
+def comparisons(*, dataset: str, seeds: int, roles: Roles, costs: dict[str, list[VsCost]],
+                speeds: dict[str, list[VsSpeed]], ablation: dict[str, Ablation],
+                family: dict[str, VsFamily | None]) -> dict[str, Any]:
+    """reports/comparisons.json: every comparison of Tables 2-3 and the ablation (means over `seeds` seeds).
+    Each argument maps a cascade to its comparisons; the paper's DVT's sit at the top level, every other
+    cascade's under "other_cascades"."""
+    main = roles.dvt.name if roles.dvt else None
+
+    def one(name: str) -> dict[str, Any]:
+        return _view_comparisons(costs.get(name, []), speeds.get(name, []), ablation.get(name), family.get(name))
+
+    out: dict[str, Any] = {"dataset": dataset, "dvt_run": main, "seeds": seeds, **one(main or "")}
+    others = {v.dvt.name: one(v.dvt.name) for v in roles.others}
+    return out | ({"other_cascades": others} if others else {})
+
+
+def _view_comparisons(costs: list[VsCost], speeds: list[VsSpeed], ablation: Ablation | None,
+                      family: VsFamily | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
     out["matched_gmacs"] = {c.run: {"gmacs": c.gmacs, "top1": c.top1, "dvt_top1_at_gmacs": c.dvt_top1_at_gmacs,
                                     "dvt_gmacs_at_top1": c.dvt_gmacs_at_top1, "speedup": c.speedup}
                             for c in costs}

@@ -335,8 +335,8 @@ def faster_at_equal_accuracy(speeds: list[VsSpeed]) -> Finding:
         holds=holds)
 
 
-def headline(runs: list[RunFiles], verdicts: list[Finding],
-             policies: PolicyComparison | None = None) -> dict[str, Any]:
+def headline(runs: list[RunFiles], verdicts: list[Finding], policies: PolicyComparison | None = None, *,
+             others: dict[str, list[Finding]] | None = None) -> dict[str, Any]:
     """reports/metrics.json, the numbers `dvc exp show` puts in a row per experiment (means over seeds).
 
     Numbers only, and few: each run's last-exit top-1; how many of the findings hold; and, read off
@@ -346,19 +346,17 @@ def headline(runs: list[RunFiles], verdicts: list[Finding],
     GMACs against the family and the mean gap to its front. Missing numbers (no speed.json) are null; with
     no DVT run there is no "dvt" block. With the exit policies compared (`policies`): the largest gain
     in mean top-1 of another policy over max softmax (points; which one, policies.md says) and the
-    share of re-splits on which the risk-controlled thresholds held (mean over seeds).
+    share of re-splits on which the risk-controlled thresholds held (mean over seeds). `others`: the
+    findings of other cascades (report.other_verdicts), the same block each under "cascades", named by run.
     """
-    numbers = {f.name: f.numbers for f in verdicts}
     out: dict[str, Any] = {"top1": {r.name: _r(r.top1[-1]) for r in runs},
                            "findings_held": sum(f.holds is True for f in verdicts)}
-    if numbers.get("dvt_is_cheaper_at_equal_accuracy"):
-        out["dvt"] = {
-            "cost_share": numbers["dvt_is_cheaper_at_equal_accuracy"]["cost_share"],
-            "top1_at_coarsest_cost": numbers.get("dvt_is_better_at_equal_cost", {}).get("dvt_top1_at_that_cost"),
-            "measured_speedup": numbers.get("dvt_is_faster_at_equal_accuracy", {}).get("measured_speedup")}
-        if numbers.get("dvt_is_cheaper_than_the_family"):
-            out["dvt"] |= {"family_cost_share": numbers["dvt_is_cheaper_than_the_family"]["cost_share"],
-                           "family_mean_gap": numbers["dvt_is_above_the_family_front"]["mean_gap"]}
+    block = _cascade_block(verdicts)
+    if block:
+        out["dvt"] = block
+    if others:
+        out["cascades"] = {name: {**_cascade_block(found), "findings_held": sum(f.holds is True for f in found)}
+                           for name, found in others.items()}
     if policies is not None:
         base = next(r.mean_top1 for r in policies.rows if r.name == "max_softmax")
         gains = [r.mean_top1 - base for r in policies.rows if r.name != "max_softmax"
@@ -366,4 +364,18 @@ def headline(runs: list[RunFiles], verdicts: list[Finding],
         shares = [c.held / c.draws for c in policies.risk if c.draws]
         out["policies"] = {"best_mean_top1_gain": _r(max(gains)) if gains else None,
                            "risk_held_share": _r(sum(shares) / len(shares)) if shares else None}
+    return out
+
+
+def _cascade_block(verdicts: list[Finding]) -> dict[str, Any]:
+    """A cascade's headline numbers, read off its findings; empty when it has no matched-accuracy numbers."""
+    numbers = {f.name: f.numbers for f in verdicts}
+    if not numbers.get("dvt_is_cheaper_at_equal_accuracy"):
+        return {}
+    out = {"cost_share": numbers["dvt_is_cheaper_at_equal_accuracy"]["cost_share"],
+           "top1_at_coarsest_cost": numbers.get("dvt_is_better_at_equal_cost", {}).get("dvt_top1_at_that_cost"),
+           "measured_speedup": numbers.get("dvt_is_faster_at_equal_accuracy", {}).get("measured_speedup")}
+    if numbers.get("dvt_is_cheaper_than_the_family"):
+        out |= {"family_cost_share": numbers["dvt_is_cheaper_than_the_family"]["cost_share"],
+                "family_mean_gap": numbers["dvt_is_above_the_family_front"]["mean_gap"]}
     return out

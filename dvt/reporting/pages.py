@@ -96,7 +96,28 @@ def common(config: Config, setting: Setting, roles: Roles, reference: Reference)
                  "± gives the sample standard deviation over them." if len(seeds) > 1 else "")
     return {"unit": UNIT, "dataset": DATASET_NAMES[config.data.dataset], "backbone": config.model.backbone,
             "image_size": setting.image_size, "dvt": roles.dvt, "paper": reference.paper, "grid_name": grid_name,
-            "seeds": seeds, "seed_note": seed_note}
+            "seeds": seeds, "seed_note": seed_note, "pick_note": pick_note(roles)}
+
+
+def pick_note(roles: Roles) -> str:
+    """Which cascade the paper's DVT is, and that the others follow: said on every page that has cascades."""
+    if roles.dvt is None:
+        return ""
+    spec = roles.dvt.spec
+    why = ("the first cascade in params.yaml with feature and relation reuse" if spec.feature_reuse
+           and spec.relation_reuse else "the first cascade in params.yaml (none has both reuses)")
+    note = f"The paper's DVT here is `{roles.dvt.name}` ({grid_name(roles.dvt.grids)}), {why}."
+    if roles.others:
+        names = ", ".join(f"`{v.dvt.name}`" for v in roles.others)
+        note += f" Every other cascade follows it in its own section: {names}."
+    return note
+
+
+def describe(run: RunFiles) -> str:
+    """A cascade in a few words: its grids, its backbone and its reuse."""
+    reuse = {(True, True): "both reuses", (True, False): "feature reuse only", (False, True): "relation reuse only",
+             (False, False): "no reuse"}[(run.spec.feature_reuse, run.spec.relation_reuse)]
+    return f"{grid_name(run.grids)}, `{run.backbone}`, {reuse}"
 
 
 def table1(reference: Reference, setting: Setting, singles: tuple[RunFiles, ...],
@@ -121,31 +142,42 @@ def table1(reference: Reference, setting: Setting, singles: tuple[RunFiles, ...]
             "table1": paper, "spread": spread, "paper_spread": paper_spread}
 
 
-def table2(reference: Reference, roles: Roles, speeds: list[VsSpeed]) -> dict[str, Any]:
-    dvt = roles.dvt
-    involved = ([dvt] if dvt else []) + list(roles.singles)  # the only runs Table 2 reads
-    dynamic = []
-    if dvt is not None and dvt.speed is not None:
-        dynamic = sorted(dvt.speed["dynamic"].values(), key=lambda d: d["budget"])
-    return {"setups": compare.speed_setups(involved), "vs": speeds,
-            "points": compare.speed_curve(dvt) if dvt else [], "dynamic": dynamic,
-            "standalone": dvt.speed["static"]["standalone"] if dvt and dvt.speed else None,
+def table2(reference: Reference, roles: Roles, speeds: dict[str, list[VsSpeed]]) -> dict[str, Any]:
+    """A section per cascade (the paper's DVT first): its measured curve against the one-exit ViTs of its
+    backbone."""
+    sections, involved = [], []
+    for view in roles.views:
+        dvt = view.dvt
+        runs = [dvt, *view.singles]  # the only runs this section reads
+        involved += [r for r in runs if r not in involved]
+        dynamic = sorted(dvt.speed["dynamic"].values(), key=lambda d: d["budget"]) if dvt.speed else []
+        sections.append({"dvt": dvt, "words": describe(dvt), "vs": speeds.get(dvt.name, []),
+                         "points": compare.speed_curve(dvt), "dynamic": dynamic,
+                         "standalone": dvt.speed["static"]["standalone"] if dvt.speed else None,
+                         "singles": [r.name for r in view.singles]})
+    return {"setups": compare.speed_setups(involved), "sections": sections,
             "missing": [r.name for r in involved if r.speed is None], "table2": reference.table2}
 
 
-def table3(reference: Reference, roles: Roles, costs: list[VsCost]) -> dict[str, Any]:
-    curve = None
-    if roles.dvt is not None:
-        g, a = roles.dvt.curve()
-        curve = {"min_gmacs": float(g.min()), "max_gmacs": float(g.max()), "best": float(a.max())}
-    return {"vs": costs, "curve": curve, "table3": reference.table3, "fig6": reference.fig6_speedups,
+def table3(reference: Reference, roles: Roles, costs: dict[str, list[VsCost]]) -> dict[str, Any]:
+    """A section per cascade (the paper's DVT first): its budgeted curve against the one-exit ViTs of its
+    backbone."""
+    sections = []
+    for view in roles.views:
+        g, a = view.dvt.curve()
+        sections.append({"dvt": view.dvt, "words": describe(view.dvt), "vs": costs.get(view.dvt.name, []),
+                         "curve": {"min_gmacs": float(g.min()), "max_gmacs": float(g.max()), "best": float(a.max())}})
+    return {"sections": sections, "table3": reference.table3, "fig6": reference.fig6_speedups,
             "dataset_names": DATASET_NAMES}
 
 
-def ablation(reference: Reference, setting: Setting, result: Ablation | None) -> dict[str, Any]:
-    matched = reference.per_exit_for(setting, result.grids) if result is not None else None
-    return {"ablation": result, "per_exit": matched, "per_exit_all": reference.per_exit, "per_exit_source": reference.per_exit_source,
-            "per_exit_grids": reference.per_exit_setting[2]}
+def ablation(reference: Reference, setting: Setting, results: dict[str, Ablation]) -> dict[str, Any]:
+    """One table per set of reuse siblings (report.Report.ablation); the paper's released per-exit numbers
+    beside the one on their grids."""
+    first = next(iter(results.values()), None)
+    matched = reference.per_exit_for(setting, first.grids) if first is not None else None
+    return {"ablations": list(results.values()), "per_exit": matched, "per_exit_all": reference.per_exit,
+            "per_exit_source": reference.per_exit_source, "per_exit_grids": reference.per_exit_setting[2]}
 
 
 def index(config: Config, *, runs: dict[str, RunFiles], gallery: Picks | None, paper_overlay: bool,

@@ -10,8 +10,8 @@ them on the test split:
 * runs/R/seed<S>/eval.json: per-exit cumulative GMACs and test top-1; for a cascade the curve's
   extremes, DVT's accuracy at each exit's cost and the cost at which DVT matches each exit's accuracy;
   and the operating points for --target-gmacs / --target-accuracy.
-* runs/R/seed<S>/metrics.json, the run's headline for `dvc exp show` (numbers only, in git): test
-  top-1 per exit, the GMACs of running every exit, and for a cascade top-1 and GMACs at the named
+* runs/R/seed<S>/metrics.json, the run's headline for `dvc exp show` (numbers only, in git, under
+  the run's name R): test top-1 per exit, the GMACs of running every exit, and for a cascade top-1 and GMACs at the named
   budgets p = 10 / 20 / 30.
   Only this run's own outputs are read: comparisons with other runs (the paper's speed-ups against
   one-exit models) are `dvt report`'s, so each run's stage depends on its own files alone.
@@ -104,7 +104,8 @@ def run(config: Config, *, run: str, target_gmacs: float | None = None,
     with atomic_path(folder / layout.BUDGET) as tmp:
         frame.to_csv(tmp, index=False)
     write_json(folder / layout.EVAL, metrics)
-    write_json(folder / layout.METRICS, _headline(top1, F, frame))
+    # under the run's name, so that `dvc exp show` names the run in every column (`dvt.top1.exit2`)
+    write_json(folder / layout.METRICS, {run: _headline(top1, F, frame)})
     for kind, found_point in points.items():
         print_target("budget", run, kind, found_point)
     if K > 1:

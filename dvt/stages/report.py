@@ -5,13 +5,13 @@ Parts, each one output under report.dir (`--part` renders one; without it, all o
 | part     | writes        | reads (runs/<run>/seed<S>/..., for every seed; flops.json: runs/<run>/)    |
 |----------|---------------|----------------------------------------------------------------------------|
 | table1   | table1.md     | one-exit runs: eval.json, flops.json                                       |
-| table2   | table2.md     | DVT and one-exit runs: eval.json, budget.csv, speed.json (optional)        |
-| table3   | table3.md     | DVT and one-exit runs: eval.json, budget.csv                               |
-| ablation | ablation.md   | cascades on DVT's grids: eval.json, budget.csv                             |
+| table2   | table2.md     | cascades and one-exit runs: eval.json, budget.csv, speed.json (optional)   |
+| table3   | table3.md     | cascades and one-exit runs: eval.json, budget.csv                          |
+| ablation | ablation.md   | every set of reuse siblings: eval.json, budget.csv                         |
 | figures  | figures/      | cascades: eval.json, budget.csv; one-exit runs: eval.json; every run:      |
 |          |               | train_log.csv; DVT: logits.parquet and the dataset's test images (gallery), |
 |          |               | policies.csv and policies.json (the exit policies' curves)                 |
-| findings | findings.md   | what table1-3 and ablation read, DVT's logits.parquet, the test objects'   |
+| findings | findings.md   | what table1-3 and ablation read, each lead cascade's logits.parquet, the test |
 |          |               | sizes (cluttered-fashion-mnist): each finding of the paper, held or not   |
 | findings_json | findings.json | the same findings as data                                           |
 | comparisons | comparisons.json | what table2, table3 and ablation read: their comparisons, as data    |
@@ -20,16 +20,20 @@ Parts, each one output under report.dir (`--part` renders one; without it, all o
 |          |               | show`; reads what findings and policies read)                              |
 | plots    | plots/        | what figures reads but the logits: one CSV per chart of DVC's top-level     |
 |          |               | plots (every run in one chart), and the page `dvc plots show` fills        |
-| policies | policies.md   | DVT: policies.json (`dvt policies`): each exit policy against max softmax at  |
-|          |               | the same costs, and the risk-controlled thresholds with their re-splits    |
+| policies | policies.md   | every cascade: policies.json (`dvt policies`): each exit policy against max |
+|          |               | softmax at the same costs, and the risk-controlled thresholds with re-splits |
 | policies_json | policies.json | the same comparison, as data                                        |
 | index    | index.md      | params.yaml; DVT's logits.parquet (gallery ids); any speed.json (optional) |
 
 With several seeds every number is the mean over them (Table 1 and the ablation also give the standard
 deviation); which image leaves at which exit is each seed's own (findings) or the first seed's (gallery).
 Pages come from report.dir/templates/<page>.j2; the paper's values from dvt/reference/paper.yaml.
-Which run plays which part is read off params.yaml: one-exit runs are the baselines; "DVT" is the
-first cascade with both reuses (else the first cascade); the cascades on DVT's grids are the ablation.
+Which run plays which part is read off params.yaml (dvt.reporting.compare.assign_roles): "DVT", the
+paper's, is the first cascade with both reuses (else the first cascade), and its pages come first; every
+other cascade follows in its own section of Tables 2 and 3 and the policies page, each compared with the
+one-exit ViTs of its own backbone. Cascades that differ only in their reuse switches are siblings: each
+set gets an ablation table, and its lead (the paper's DVT, or the set's first with both reuses) the
+findings about cascades (findings.json and metrics.json: "other_cascades", "cascades").
 
 Everything is read, checked and rendered before anything is written: a missing or stale input is one
 DvtError line naming the stage to run. Figures and plots are written into temporary folders that
@@ -64,7 +68,7 @@ from dvt.reporting import (
     pages,
     reference,
 )
-from dvt.reporting.inputs import run_files
+from dvt.reporting.inputs import RunFiles, run_files
 from dvt.thresholds import assign_exits
 
 PARTS = {"table1": "table1.md", "table2": "table2.md", "table3": "table3.md", "ablation": "ablation.md",
@@ -91,26 +95,31 @@ class Report:
         self.paper_curves = self.ref.curves_for(self.setting, self.dvt.grids) if self.dvt else []
         self.paper_table1 = self.ref.table1 if self.ref.table1.setting == self.setting else None
 
+    # Per cascade (by name), each against the runs of its own view (compare.Roles: the paper's DVT first).
     @cached_property
-    def costs(self) -> list[compare.VsCost]:
-        return [compare.vs_cost(self.dvt, s) for s in self.roles.singles] if self.dvt else []
+    def costs(self) -> dict[str, list[compare.VsCost]]:
+        return {v.dvt.name: [compare.vs_cost(v.dvt, s) for s in v.singles] for v in self.roles.views}
 
     @cached_property
-    def speeds(self) -> list[compare.VsSpeed]:
-        found = [compare.vs_speed(self.dvt, s) for s in self.roles.singles] if self.dvt else []
-        return [v for v in found if v is not None]
+    def speeds(self) -> dict[str, list[compare.VsSpeed]]:
+        found = {v.dvt.name: [compare.vs_speed(v.dvt, s) for s in v.singles] for v in self.roles.views}
+        return {name: [s for s in vs if s is not None] for name, vs in found.items()}
 
     @cached_property
-    def family(self) -> compare.VsFamily | None:
-        return compare.vs_family(self.dvt, self.roles.family) if self.dvt else None
+    def family(self) -> dict[str, compare.VsFamily | None]:
+        return {v.dvt.name: compare.vs_family(v.dvt, v.family) for v in self.roles.views}
 
     @cached_property
-    def ablation(self) -> compare.Ablation | None:
-        return compare.compare_reuse(self.roles)
+    def ablation(self) -> dict[str, compare.Ablation]:
+        """One per set of reuse siblings: the paper's DVT's always, another set's where it has two or more."""
+        found = {v.dvt.name: compare.compare_reuse(v) for v in self.roles.leads}
+        return {name: a for i, (name, a) in enumerate(found.items())
+                if a is not None and (i == 0 or len(a.rows) - len(a.missing) > 1)}
 
     @cached_property
-    def policies(self) -> exit_policies.PolicyComparison | None:
-        return exit_policies.compare_policies(self.dvt)
+    def policies(self) -> dict[str, exit_policies.PolicyComparison]:
+        found = {v.dvt.name: exit_policies.compare_policies(v.dvt) for v in self.roles.views}
+        return {name: p for name, p in found.items() if p is not None}
 
     @cached_property
     def picks(self) -> gallery.Picks | None:
@@ -120,32 +129,43 @@ class Report:
 
     @cached_property
     def verdicts(self) -> list[findings.Finding]:
+        """Every finding, for the paper's DVT."""
         roles = self.roles
-        per_seed, budget = self._exits_and_sides()
         return [findings.grid_order(roles.singles),
                 findings.baseline_gap(roles.singles, roles.baselines[0] if roles.baselines else None),
-                findings.exits_rise(self.dvt, roles.singles),
-                findings.matched_accuracy(self.costs, self.dvt, findings.CascadeShape.of_paper(self.ref)),
-                findings.matched_cost(self.costs, findings.paper_first_exit_gap(self.ref)),
-                findings.above_the_family(self.family),
-                findings.cheaper_than_the_family(self.family),
-                findings.reuse_matters(roles),
-                findings.easy_images_are_larger(per_seed, num_exits=self.dvt.num_exits if self.dvt else 0,
-                                                budget=budget),
-                findings.faster_at_equal_accuracy(self.speeds)]
+                *self._cascade_verdicts(roles)]
 
-    def _exits_and_sides(self) -> tuple[list[findings.ExitSides], int | None]:
-        """For each seed of DVT, where each test image leaves at the budget whose q is nearest 1 (every
-        exit then takes about the same share), and its object's side in px where the dataset records it."""
+    @cached_property
+    def other_verdicts(self) -> dict[str, list[findings.Finding]]:
+        """The findings about a cascade, for the lead cascade of every other set of reuse siblings."""
+        return {v.dvt.name: self._cascade_verdicts(v) for v in self.roles.leads[1:]}
+
+    def _cascade_verdicts(self, view: compare.Roles) -> list[findings.Finding]:
+        dvt = view.dvt
+        name = dvt.name if dvt else ""
+        costs, family = self.costs.get(name, []), self.family.get(name)
+        per_seed, budget = self._exits_and_sides(dvt)
+        return [findings.exits_rise(dvt, view.singles),
+                findings.matched_accuracy(costs, dvt, findings.CascadeShape.of_paper(self.ref)),
+                findings.matched_cost(costs, findings.paper_first_exit_gap(self.ref)),
+                findings.above_the_family(family),
+                findings.cheaper_than_the_family(family),
+                findings.reuse_matters(view),
+                findings.easy_images_are_larger(per_seed, num_exits=dvt.num_exits if dvt else 0, budget=budget),
+                findings.faster_at_equal_accuracy(self.speeds.get(name, []))]
+
+    def _exits_and_sides(self, dvt: RunFiles | None) -> tuple[list[findings.ExitSides], int | None]:
+        """For each seed of the cascade, where each test image leaves at the budget whose q is nearest 1
+        (every exit then takes about the same share), and its object's side in px where the dataset records it."""
         folder = Path(self.config.data.root) / self.config.data.dataset
         sides = object_sides(folder, "test")
-        if self.dvt is None or sides is None:
+        if dvt is None or sides is None:
             return [], None
         per_seed, budget = [], None
-        for seed in self.dvt.seeds:
+        for seed in dvt.seeds:
             frame = seed.budget
             row = frame.iloc[int(np.argmin(np.abs(frame["q"].to_numpy(float) - 1.0)))]
-            T = np.array([row[f"threshold_{k}"] for k in range(self.dvt.num_exits)], dtype=np.float64)
+            T = np.array([row[f"threshold_{k}"] for k in range(dvt.num_exits)], dtype=np.float64)
             test = read_logits(seed.logits_path, splits=["test"])["test"]
             if len(sides) <= int(test.sample.max()):
                 raise DvtError(f"{folder / objects_file('test')} has {len(sides)} rows but {seed.logits_path} names "
@@ -157,13 +177,15 @@ class Report:
 
     def page(self, part: str) -> str:
         ref, roles, setting = self.ref, self.roles, self.setting
+        main = self.dvt.name if self.dvt else ""
         context = {
             "table1": lambda: pages.table1(ref, setting, roles.singles, roles.baselines),
             "table2": lambda: pages.table2(ref, roles, self.speeds),
             "table3": lambda: pages.table3(ref, roles, self.costs),
             "ablation": lambda: pages.ablation(ref, setting, self.ablation),
-            "findings": lambda: {"findings": self.verdicts, "family": self.family},
-            "policies": lambda: {"comparison": self.policies, "words": exit_policies.WORDS},
+            "findings": lambda: {"findings": self.verdicts, "family": self.family.get(main),
+                                 "others": self.other_verdicts},
+            "policies": lambda: {"comparisons": list(self.policies.values()), "words": exit_policies.WORDS},
             "index": lambda: pages.index(self.config, runs=self.runs, gallery=self.picks, git_commit=git_commit(),
                                          paper_overlay=bool(self.paper_curves or self.paper_table1),
                                          has_policies=self.dvt is not None),
@@ -171,17 +193,26 @@ class Report:
         return pages.render(self.env, PARTS[part], {**pages.common(self.config, setting, roles, ref), **context})
 
     def data(self, part: str) -> dict[str, Any]:
-        """The content of a JSON part (one of JSON_PARTS)."""
+        """The content of a JSON part (one of JSON_PARTS). The paper's DVT's numbers sit at the top level
+        as they always have; every other cascade's under "other_cascades" (only when there is one)."""
+        dataset, main = self.config.data.dataset, self.dvt.name if self.dvt else ""
+
+        def others(values: dict[str, Any]) -> dict[str, Any]:
+            found = {name: v for name, v in values.items() if name != main}
+            return {"other_cascades": found} if found else {}
+
+        policies = {name: p.to_dict() for name, p in self.policies.items()}
         return {
-            "comparisons": lambda: compare.comparisons(dataset=self.config.data.dataset, seeds=len(self.config.seeds),
-                                                       roles=self.roles, costs=self.costs, speeds=self.speeds,
+            "comparisons": lambda: compare.comparisons(dataset=dataset, seeds=len(self.config.seeds), roles=self.roles,
+                                                       costs=self.costs, speeds=self.speeds,
                                                        ablation=self.ablation, family=self.family),
-            "metrics": lambda: findings.headline(list(self.runs.values()), self.verdicts, self.policies),
-            "policies_json": lambda: {"dataset": self.config.data.dataset,
-                                      **(self.policies.to_dict() if self.policies else {"run": None})},
-            "findings_json": lambda: {"dataset": self.config.data.dataset,
-                                      "dvt_run": self.dvt.name if self.dvt else None,
-                                      "findings": [f.to_dict() for f in self.verdicts]},
+            "metrics": lambda: findings.headline(list(self.runs.values()), self.verdicts, self.policies.get(main),
+                                                 others=self.other_verdicts),
+            "policies_json": lambda: {"dataset": dataset, **policies.get(main, {"run": None}), **others(policies)},
+            "findings_json": lambda: {"dataset": dataset, "dvt_run": main or None,
+                                      "findings": [f.to_dict() for f in self.verdicts],
+                                      **others({name: [f.to_dict() for f in v]
+                                                for name, v in self.other_verdicts.items()})},
         }[part]()
 
     def draw(self, folder: Path) -> list[str]:
@@ -189,13 +220,14 @@ class Report:
         cascades = [r for r in self.runs.values() if r.is_cascade]
         pictures = gallery.prepare(self.config, self.picks) if self.picks is not None else None
         title = f"{pages.DATASET_NAMES[self.config.data.dataset]}, {self.config.model.backbone}"
+        main = self.dvt.name if self.dvt else ""
         drawn = figures.accuracy_vs_gmacs(folder, cascades=cascades, singles=self.roles.singles,
                                           baselines=self.roles.baselines, paper_curves=self.paper_curves,
-                                          paper_table1=self.paper_table1, title=title, family=self.family)
+                                          paper_table1=self.paper_table1, title=title, family=self.family.get(main))
         drawn += figures.training_curves(folder, list(self.runs.values()))
         drawn += figures.exit_fractions(folder, cascades, q_step=self.config.eval.q_step)
-        if self.policies is not None:
-            drawn += figures.policies(folder, self.dvt, self.policies)
+        if main in self.policies:
+            drawn += figures.policies(folder, self.dvt, self.policies[main])
         if pictures is not None:
             drawn += gallery.draw(folder, pictures)
         return drawn
@@ -236,8 +268,9 @@ def run(config: Config, *, part: str | None = None) -> dict[str, Any]:
 
 def _summary(report: Report, done: dict[str, Any]) -> None:
     files = ", ".join(f"{PARTS[p]}/ ({len(v)} files)" if p in FOLDER_PARTS else PARTS[p] for p, v in done.items())
-    best = max((c for c in report.costs if c.speedup is not None), key=lambda c: c.speedup, default=None) \
-        if "table3" in done or "comparisons" in done else None
+    shown = report.dvt is not None and ("table3" in done or "comparisons" in done)  # else costs were not read
+    costs = report.costs[report.dvt.name] if shown else []
+    best = max((c for c in costs if c.speedup is not None), key=lambda c: c.speedup, default=None)
     saving = "" if best is None else f"; DVT ({report.dvt.name}) reaches {best.run}'s top-1 at " + (
         f"{best.speedup:.2f}x fewer GMACs" if best.speedup >= 1 else f"{1 / best.speedup:.2f}x its GMACs")
     print(f"dvt report: {files} -> {report.out}{saving}")

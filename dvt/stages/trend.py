@@ -75,8 +75,8 @@ def _json(path: Path) -> Any:
         raise DvtError(f"{path}: not valid JSON: rerun the stage that writes it") from None
 
 
-def _last_top1(path: Path) -> float:
-    top1 = _json(path).get("top1")
+def _last_top1(path: Path, run: str) -> float:
+    top1 = _json(path).get(run, {}).get("top1")  # (the budget stage files it under the run's name)
     if not isinstance(top1, dict) or not top1:
         raise DvtError(f"{path}: holds no top1 per exit: rerun that run's budget stage")
     return float(top1[f"exit{len(top1)}"])
@@ -120,7 +120,7 @@ def read_point(folder: Path) -> Point:
         raise DvtError(f"{report / 'findings.json'}: names no DVT cascade and no finest one-exit model: "
                        "a budget study needs both (runs with one grid and a cascade)")
     seeds = tuple(config.seeds)
-    top1 = {run: {s: _last_top1(runs / run / f"seed{s}" / "metrics.json") for s in seeds}
+    top1 = {run: {s: _last_top1(runs / run / f"seed{s}" / "metrics.json", run) for s in seeds}
             for run in config.runs}
     margin = {s: round(top1[dvt_run][s] - top1[finest][s], 2) for s in seeds}
 

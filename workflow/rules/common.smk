@@ -133,11 +133,15 @@ from dvt.reporting.compare import assign_roles
 from dvt.reporting.inputs import run_files
 
 _roles = assign_roles(run_files(CFG))
-SINGLES = [r.name for r in _roles.singles]
-BASELINES = [r.name for r in _roles.baselines]
-DVT_RUN = [_roles.dvt.name] if _roles.dvt else []
-ABLATION = [r.name for r in _roles.ablation.values() if r is not None]
-FAMILY = [r.name for r in _roles.family]
+_parts = _roles.run_names  # every cascade's view, each run once
+TABLE1 = [r.name for r in _roles.singles]  # the paper's DVT's grid family
+SINGLES = sorted(set(TABLE1 + _parts["singles"]))
+BASELINES = _parts["baselines"]
+CASCADES = _parts["cascades"]  # the paper's DVT first, then every other cascade
+DVT_RUN = CASCADES[:1]  # the paper's DVT: the figures' gallery and exit policies, the index's gallery
+LEADS = _parts["leads"]  # the cascades the findings are about (their logits: where images exit)
+ABLATION = _parts["ablation"]
+FAMILY = _parts["family"]
 
 
 def files_of(runs: list[str], *names: str) -> list[str]:
@@ -148,24 +152,24 @@ def files_of(runs: list[str], *names: str) -> list[str]:
 
 # The findings read what Tables 1-3 and the ablation read, DVT's logits (where images exit) and the
 # family of depths (Fig. 6).
-_FINDINGS_INPUTS = (files_of(DVT_RUN + SINGLES, "eval.json", "budget.csv", "speed.json")
+_FINDINGS_INPUTS = (files_of(CASCADES + SINGLES, "eval.json", "budget.csv", "speed.json")
                     + files_of(BASELINES + FAMILY, "eval.json")
-                    + files_of(ABLATION, "eval.json", "budget.csv") + files_of(DVT_RUN, "logits.parquet"))
+                    + files_of(ABLATION, "eval.json", "budget.csv") + files_of(LEADS, "logits.parquet"))
 
 # part -> (output under report.dir, the run files it reads, its section in `snakemake --report`)
 REPORT_PARTS = {
-    "table1": ("table1.md", files_of(SINGLES + BASELINES, "eval.json", "flops.json"), "Tables"),
-    "table2": ("table2.md", files_of(DVT_RUN + SINGLES, "eval.json", "budget.csv", "speed.json"), "Tables"),
-    "table3": ("table3.md", files_of(DVT_RUN + SINGLES, "eval.json", "budget.csv"), "Tables"),
+    "table1": ("table1.md", files_of(TABLE1 + BASELINES, "eval.json", "flops.json"), "Tables"),
+    "table2": ("table2.md", files_of(CASCADES + SINGLES, "eval.json", "budget.csv", "speed.json"), "Tables"),
+    "table3": ("table3.md", files_of(CASCADES + SINGLES, "eval.json", "budget.csv"), "Tables"),
     "ablation": ("ablation.md", files_of(ABLATION, "eval.json", "budget.csv"), "Tables"),
     "figures": ("figures", files_of(RUNS, "eval.json", "budget.csv", "train_log.csv")
                 + files_of(DVT_RUN, "logits.parquet", "policies.csv", "policies.json"), "Figures"),
     "findings": ("findings.md", _FINDINGS_INPUTS, "Findings"),
     "findings_json": ("findings.json", _FINDINGS_INPUTS, "Findings"),
-    "comparisons": ("comparisons.json", files_of(DVT_RUN + SINGLES, "eval.json", "budget.csv", "speed.json")
+    "comparisons": ("comparisons.json", files_of(CASCADES + SINGLES, "eval.json", "budget.csv", "speed.json")
                     + files_of(ABLATION, "eval.json", "budget.csv") + files_of(FAMILY, "eval.json"), "Data"),
-    "policies": ("policies.md", files_of(DVT_RUN, "policies.json"), "Tables"),
-    "policies_json": ("policies.json", files_of(DVT_RUN, "policies.json"), "Data"),
+    "policies": ("policies.md", files_of(CASCADES, "policies.json"), "Tables"),
+    "policies_json": ("policies.json", files_of(CASCADES, "policies.json"), "Data"),
     # One CSV per chart of DVC's top-level plots (every run in it) and the page they are drawn in.
     "plots": ("plots", files_of(RUNS, "eval.json", "budget.csv", "train_log.csv"), "Data"),
     # The headline counts the findings that hold, so it reads what they read (and every run's top-1, and
