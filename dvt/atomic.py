@@ -103,12 +103,25 @@ def _said_in_one_line(path: Path) -> Iterator[None]:
                        "any, is unchanged)") from None
 
 
+def _make_parent(path: Path) -> None:
+    """Create the folder `path` goes in. A broken link or a file where a folder must be (e.g. `data`
+    linked to a disk that is not mounted) is one DvtError, not mkdir's FileExistsError traceback."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in reversed(path.parents) if (p.exists() or p.is_symlink()) and not p.is_dir()),
+                       path.parent)
+        what = f"a broken link to {os.readlink(blocker)}" if blocker.is_symlink() else "a file"
+        raise DvtError(f"{path}: cannot be written: {blocker} is {what}, not a folder; "
+                       "fix or remove it, then run again") from None
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, *, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
     path = Path(path)
     with _said_in_one_line(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _make_parent(path)
         sweep(path)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_prefix(path), suffix=suffix + ".tmp")
         os.close(fd)
@@ -126,7 +139,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary folder beside `path`; it replaces `path` only if the block succeeds."""
     path = Path(path)
     with _said_in_one_line(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _make_parent(path)
         sweep(path)
         tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=_prefix(path), suffix=".tmp"))
         os.chmod(tmp, 0o777 & ~_umask())

@@ -11,6 +11,7 @@ import pytest
 
 from dvt import atomic
 from dvt.atomic import atomic_dir, atomic_path, sweep, write_text
+from dvt.errors import DvtError
 
 
 def dead_pid() -> int:
@@ -118,3 +119,29 @@ def test_a_full_disk_is_one_line_naming_the_output_and_leaves_the_old_one(tmp_pa
     assert out.returncode == 2 and len(lines) == 1, out.stderr
     assert lines[0].startswith(f"dvt fetch: error: {tmp_path / 'data'}") and "cannot be written" in lines[0]
     assert not list(tmp_path.glob("data/**/*.tmp"))
+
+
+def test_a_broken_data_link_is_one_line_and_left_alone(tmp_path, capsys):
+    """`data` linked to a disk that is not mounted used to end `dvt fetch` in mkdir's FileExistsError."""
+    from dvt.cli import main
+    from tests.conftest import write_params_file
+
+    data, target = tmp_path / "data", tmp_path / "unmounted" / "data"
+    data.symlink_to(target)
+    params = write_params_file(tmp_path, {"data": {"dataset": "synthetic", "calibration_size": 10,
+                                                   "synthetic": {"train_size": 50, "test_size": 10}},
+                                          "train": {"batch_size": 8}, "runs": {"single": {"grids": [2]}}})
+    assert main(["fetch", "--params", str(params)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"{data} is a broken link to {target}, not a folder; fix or remove it" in err, err
+    assert data.is_symlink() and not target.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "params.yaml"]
+
+
+@pytest.mark.parametrize("write", [atomic_dir, atomic_path])
+def test_a_file_where_a_folder_goes_is_one_line_naming_it(tmp_path, write):
+    (tmp_path / "a").write_text("in the way")
+    with pytest.raises(DvtError, match=f"{tmp_path / 'a'} is a file, not a folder; fix or remove it"):
+        with write(tmp_path / "a" / "b" / "out"):
+            pass
+    assert (tmp_path / "a").read_text() == "in the way"

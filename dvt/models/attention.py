@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from dvt.models import cpu_paths
 
+
 def softmax_rows(x: Tensor) -> Tensor:
     """softmax over the last dim; on the CPU (fast paths on), rows shorter than SOFTMAX_SHORT_ROW by hand."""
     if not cpu_paths.applies(x) or x.shape[-1] >= cpu_paths.SOFTMAX_SHORT_ROW:
