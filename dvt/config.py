@@ -89,7 +89,8 @@ class DataConfig:
     source: str | None = None
     download: bool = True
     calibration_size: int = 3000
-    # Side of the square images fed to the model; null keeps the native size (28, 32, 224).
+    # Side of the square images fed to the model; null: the dataset's own size
+    # (28 or 32; image folders and ImageNet are resized to 224).
     image_size: int | None = None
     num_workers: int = 0
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)

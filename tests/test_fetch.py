@@ -298,7 +298,7 @@ def write_folder(root: Path, *, classes: list[str], test: str = "val", per_class
 
 @pytest.mark.parametrize("classes, test", [(["cat", "dog", "fish"], "val"), ([f"species_{i:02d}" for i in range(37)],
                                                                               "test")])
-def test_a_folder_of_ones_own_images_is_a_dataset(tmp_path, classes, test):
+def test_a_folder_of_ones_own_images_is_a_dataset(tmp_path, capsys, classes, test):
     """data.dataset: folder (issue #18, item 3): any number of classes, any sizes, val/ or test/; the
     same index, manifest, calibration split and transforms as ImageNet, at data.image_size."""
     from dvt.data.info import dataset_info
@@ -309,6 +309,8 @@ def test_a_folder_of_ones_own_images_is_a_dataset(tmp_path, classes, test):
     info = dataset_info(config.data)
     assert (info.num_classes, info.channels, info.image_size) == (len(classes), 3, 32)
     manifest = fetch.run(config)
+    # the index keeps each image's own size; fetch says which size the model will read them at
+    assert "3 channels, stored at their own sizes, read at 32x32" in capsys.readouterr().out
     n = 3 * len(classes)
     assert manifest["classes"] == sorted(classes) and manifest["format"] == "imagefolder-index"
     assert manifest["image_size"] is None  # the images keep their sizes; the loaders resize them

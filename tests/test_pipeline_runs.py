@@ -271,7 +271,7 @@ def test_snakemake_end_to_end(finished, tmp_path):
 
 def test_dvc_plots_show_draws_every_run_offline(finished, tmp_path):
     """Issue #16, item 5: `dvc plots show` draws one chart per quantity with every run in it, on a page
-    that needs no network (Vega inline instead of from a CDN)."""
+    that needs no network (Vega from the report's copies instead of a CDN)."""
     root = copy_of(finished, "dvc", tmp_path)
     charts = json.loads(sh(root, str(BIN / "dvc"), "plots", "show", "--json").stdout)["data"]
     series = {chart: {r["series"] for r in charts[f"reports/plots/{chart}.csv"][0]["content"]["data"]["values"]}
@@ -279,15 +279,23 @@ def test_dvc_plots_show_draws_every_run_offline(finished, tmp_path):
     assert series == {"accuracy_vs_gmacs": {"single", "dvt", "cnn"},
                       "calibration_top1": {"single", "dvt exit 1", "dvt exit 2", "cnn"},
                       "exit_shares": {"dvt exit 1 (2x2)", "dvt exit 2 (4x4)"}}
-    sh(root, str(BIN / "dvc"), "plots", "show", "-o", "shown")
-    html = (root / "shown" / "index.html").read_text()
-    assert html.count("vegaEmbed('#") == 3 and "global.vegaEmbed =" in html
-    assert not re.findall(r"<script[^>]+src=", html) and "cdn." not in html
+    sh(root, str(BIN / "dvc"), "plots", "show")
+    html = (root / "dvc_plots" / "index.html").read_text()
+    # Vega from the report's copies, nothing from the network: each script resolves to a file beside the page
+    sources = re.findall(r"<script[^>]+src=\"([^\"]+)\"", html)
+    assert html.count("vegaEmbed('#") == 3 and "cdn." not in html and len(sources) == 3
+    assert all("global.vega" in (root / "dvc_plots" / src).resolve().read_text() for src in sources), sources
     for figure in ("accuracy_vs_gmacs", "training_curves", "exit_fractions"):
-        assert (root / "shown" / "static" / f"workspace_reports_figures_{figure}.png").is_file()
+        assert (root / "dvc_plots" / "static" / f"workspace_reports_figures_{figure}.png").is_file()
     # The report's own figure puts the reference CNN beside the one-exit runs and DVT's curve too.
     svg = (root / "reports" / "figures" / "accuracy_vs_gmacs.svg").read_text()
     assert ">cnn (reference CNN)</text>" in svg and ">dvt (DVT, grids 2-4)</text>" in svg
+    # Before the report exists (a fresh clone, nothing pulled) the page says what to run, and DVC no
+    # longer stops with "HTML template has to contain '{plot_divs}'".
+    shutil.rmtree(root / "reports")
+    shown = sh(root, str(BIN / "dvc"), "plots", "show")
+    assert "has to contain" not in shown.stdout + shown.stderr
+    assert "Run <code>dvc pull</code> (or <code>dvc repro</code>)" in (root / "dvc_plots" / "index.html").read_text()
 
 
 def due(root: Path, engine: str) -> set[str]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -28,6 +29,7 @@ from dvt import checkpoint
 from dvt.cli import main
 from dvt.config import Config, load_config
 from dvt.logits import LogitsWriter
+from dvt.reporting import overlays
 from dvt.reporting.compare import VsCost
 from dvt.reporting.findings import CascadeShape
 from dvt.reporting.pages import FILTERS
@@ -320,7 +322,7 @@ def test_plot_tables_hold_every_run_as_its_files_say(rendered):
     config, _ = rendered
     plots = Path(config.report.dir) / "plots"
     assert sorted(p.name for p in plots.iterdir()) == ["accuracy_vs_gmacs.csv", "calibration_top1.csv",
-                                                       "exit_shares.csv", "page.html"]
+                                                       "exit_shares.csv", "vega-embed.js", "vega-lite.js", "vega.js"]
     acc = pd.read_csv(plots / "accuracy_vs_gmacs.csv")
     top1 = pd.read_csv(plots / "calibration_top1.csv")
     shares = pd.read_csv(plots / "exit_shares.csv")
@@ -352,12 +354,17 @@ def test_plot_tables_hold_every_run_as_its_files_say(rendered):
             assert tsv.step.tolist() == log.epoch.tolist()
             assert tsv[f"top1_exit{k + 1}"].to_numpy() == pytest.approx(log[f"top1_exit{k + 1}"].to_numpy(), rel=1e-5)
     assert not shares.series.str.startswith(tuple(n + " " for n, s in config.runs.items() if s.num_exits == 1)).any()
-    page_html = (plots / "page.html").read_text()
-    # DVC fills the one placeholder; Vega comes inline, nothing from the network
-    assert page_html.count("{plot_divs}") == 1 and "{scripts}" not in page_html
-    assert "<script src" not in page_html and "cdn." not in page_html
-    for name in ("vega", "vegaLite", "vegaEmbed"):  # each UMD build defines its global
-        assert f"global.{name} =" in page_html, name
+    # The Vega libraries DVC's page loads (nothing from the network): each UMD build defines its global.
+    for file, name in (("vega.js", "vega"), ("vega-lite.js", "vegaLite"), ("vega-embed.js", "vegaEmbed")):
+        assert f"global.{name} =" in (plots / file).read_text(), name
+    # DVC's page is in git, so a fresh clone has it; it is the one the code writes, and loads exactly
+    # those files from where DVC puts its output (dvc_plots/ beside reports/).
+    page_html = (REPO / ".dvc" / "plots" / "page.html").read_text()
+    assert page_html == overlays.page()
+    assert page_html.count("{plot_divs}") == 1 and "{scripts}" not in page_html and "cdn." not in page_html
+    assert re.findall(r'<script src="([^"]+)">', page_html) == [f"../reports/plots/{f}" for f in
+                                                                 ("vega.js", "vega-lite.js", "vega-embed.js")]
+    assert "html_template = plots/page.html" in (REPO / ".dvc" / "config").read_text()
 
 
 def test_table1_numbers_are_the_one_exit_runs_outputs(rendered):
@@ -642,7 +649,7 @@ def test_without_the_ablation_runs_the_section_says_which_are_missing(runs, tmp_
     capsys.readouterr()
     assert main(["report", "--params", str(params)]) == 0
     assert ("dvt report: table1.md, table2.md, table3.md, ablation.md, findings.md, findings.json, figures/ (8 files), "
-            "comparisons.json, metrics.json, plots/ (4 files), policies.md, policies.json, index.md"
+            "comparisons.json, metrics.json, plots/ (6 files), policies.md, policies.json, index.md"
             in capsys.readouterr().out)
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
@@ -919,17 +926,18 @@ def test_headline_metrics_are_few_numbers_recomputed_from_the_stage_outputs(rend
     resplits = own["risk_controlled"]["resplits"]
     assert head["policies"]["risk_held_share"] == round(resplits["held"] / resplits["draws"], 2)
 
-    # Each run's own headline, written by `dvt budget` next to eval.json.
+    # Each run's own headline, written by `dvt budget` next to eval.json, under the run's name.
     for run in ("dvt", "tokens_8x8"):
-        own = json.loads((config.run_dir(run) / "metrics.json").read_text())
-        ev = stage_outputs(config, run)["eval"]
+        file = json.loads((config.run_dir(run) / "metrics.json").read_text())
+        assert list(file) == [run]
+        own, ev = file[run], stage_outputs(config, run)["eval"]
         assert own["top1"] == {k: round(v, 2) for k, v in ev["top1"].items()}
         assert own["gmacs"] == pytest.approx(per_exit(ev, "gmacs")[-1], rel=1e-3)
     budget = pd.read_csv(config.run_dir("dvt") / "budget.csv").set_index("budget")
-    own = json.loads((config.run_dir("dvt") / "metrics.json").read_text())
+    own = json.loads((config.run_dir("dvt") / "metrics.json").read_text())["dvt"]
     assert set(own["budget"]) == {"p10", "p20"}  # this config has 20 budgets: p30 does not exist
     assert own["budget"]["p10"]["top1"] == round(budget.at[10, "accuracy"], 2)
-    assert "budget" not in json.loads((config.run_dir("tokens_8x8") / "metrics.json").read_text())
+    assert "budget" not in json.loads((config.run_dir("tokens_8x8") / "metrics.json").read_text())["tokens_8x8"]
 
 
 def test_object_scale_finding_reads_where_images_leave(rendered, tmp_path):

@@ -5,9 +5,10 @@ dvc.yaml cannot loop over the runs of params.yaml outside `stages`, so instead o
 run file the report writes one long table per chart, with a `series` column naming the line
 (a run, or a run's exit); the template .dvc/plots/series.json colours by `series` and dashes by DVC's
 `rev`, so `dvc plots diff` overlays experiments on the same axes. Numbers are means over the seeds,
-as everywhere in the report. page.html is the HTML page `dvc plots show` fills (.dvc/config
-`plots.html_template`): DVC's own page loads Vega from a CDN and stays blank offline; this one
-carries the Vega, Vega-Lite and Vega-Embed builds that Snakemake ships for its reports.
+as everywhere in the report. `page()` is the HTML page `dvc plots show` fills (.dvc/plots/page.html,
+in git; .dvc/config `plots.html_template`): DVC's own page loads Vega from a CDN and stays blank
+offline; this one loads the Vega, Vega-Lite and Vega-Embed builds that Snakemake ships for its
+reports, which the report copies into plots/.
 """
 
 from __future__ import annotations
@@ -70,29 +71,45 @@ TABLES = {"accuracy_vs_gmacs.csv": accuracy_vs_gmacs, "calibration_top1.csv": ca
           "exit_shares.csv": exit_shares}
 
 
-def page() -> str:
-    """DVC's plots page with the Vega libraries inline (`{plot_divs}` is where DVC puts the charts)."""
+# Where DVC's page (.dvc/plots/page.html) finds the report's copies of Vega: relative to the page DVC
+# writes, dvc_plots/index.html in the repository (`dvc plots show` run there, without -o).
+PAGE_SCRIPTS = "../reports/plots"
+
+
+def vega_scripts() -> dict[str, str]:
+    """The Vega libraries, by the file name the report gives each in plots/."""
     assets = pipeline_module("snakemake.assets", needed_for="the plots page (its Vega libraries)")
     folder = Path(assets.__file__).parent / "data"
-    scripts = []
+    scripts = {}
     for name in VEGA_SCRIPTS:
         path = folder / name
         if not path.is_file():
             raise DvtError(f"{path} is missing: the installed Snakemake lacks its report assets; reinstall it "
                            "(`make install`)")
-        code = path.read_text(encoding="utf-8")
-        if "</script" in code or "{plot_divs}" in code:  # would end the inline script / take DVC's charts
-            raise DvtError(f"{path} cannot be inlined into an HTML page")
-        scripts.append(f"<script>\n{code}\n</script>")
+        scripts[Path(name).name] = path.read_text(encoding="utf-8")
+    return scripts
+
+
+def page() -> str:
+    """DVC's plots page (.dvc/plots/page.html, in git, so that `dvc plots show` on a fresh clone finds it):
+    Vega from the report's plots/ folder, and a line saying what to run where that folder is not there
+    yet. `{plot_divs}` is where DVC puts the charts."""
+    tags = "\n".join(f'<script src="{PAGE_SCRIPTS}/{Path(name).name}"></script>' for name in VEGA_SCRIPTS)
     return ("<!DOCTYPE html>\n<html>\n<head>\n<meta charset=\"utf-8\">\n<title>DVT: dvc plots</title>\n"
-            + "\n".join(scripts)
-            + "\n<style>body { font-family: sans-serif; } table { border-spacing: 15px; }</style>\n</head>\n"
-            "<body>\n{plot_divs}\n</body>\n</html>\n")
+            "<!-- written by dvt.reporting.overlays.page(); DVC's own page loads Vega from a CDN -->\n"
+            f"{tags}\n"
+            "<style>body { font-family: sans-serif; } table { border-spacing: 15px; }</style>\n</head>\n<body>\n"
+            '<p id="no-vega" hidden>No charts: the Vega libraries come with the report (reports/plots/*.js). '
+            "Run <code>dvc pull</code> (or <code>dvc repro</code>), then <code>dvc plots show</code> again.</p>\n"
+            '<script>if (typeof vegaEmbed === "undefined") document.getElementById("no-vega").hidden = false;</script>\n'
+            "{plot_divs}\n</body>\n</html>\n")
 
 
 def write(folder: Path, runs: Sequence[RunFiles]) -> list[str]:
-    """Every table and the page into `folder`; returns the file names."""
+    """Every table and the Vega libraries into `folder`; returns the file names."""
     for name, table in TABLES.items():
         write_text(folder / name, table(runs).to_csv(index=False, float_format="%.6g"))
-    write_text(folder / "page.html", page())
-    return [*TABLES, "page.html"]
+    scripts = vega_scripts()
+    for name, code in scripts.items():
+        write_text(folder / name, code)
+    return [*TABLES, *scripts]

@@ -99,7 +99,7 @@ def _write_split(model: Cascade, source: SplitSource, out: LogitsWriter, *, conf
                          num_workers=config.data.num_workers)
     correct = np.zeros(model.num_exits, dtype=np.int64)
     start = 0
-    bar.set_postfix(split=source.name)
+    bar.set_postfix(split=source.name, refresh=False)  # (see dvt.progress: one log line per interval)
     for x, y in loader:
         n = len(y)
         rows = pad_rows(torch.arange(n))  # (B',) B' >= B: see dvt.inference.pad_rows

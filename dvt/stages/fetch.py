@@ -16,7 +16,7 @@ from pathlib import Path
 
 from dvt.atomic import atomic_dir, sweep
 from dvt.config import Config
-from dvt.data.info import FOLDER_DATASETS
+from dvt.data.info import FOLDER_DATASETS, dataset_info
 from dvt.data.manifest import (
     Manifest,
     file_checksums,
@@ -57,7 +57,9 @@ def run(config: Config) -> Manifest:
         manifest = write_manifest(tmp, {"dataset": data.dataset, **body, "params": fp,
                                         "calibration_seed": CALIBRATION_SEED, "files": file_checksums(tmp)})
     side = manifest["image_size"]
-    shape = f"{side}x{side}x{manifest['channels']}" if side else f"{manifest['channels']} channels, sizes as found"
+    seen = dataset_info(data).image_size  # what the model gets: an index's images are resized when read
+    shape = (f"{side}x{side}x{manifest['channels']}" if side else
+             f"{manifest['channels']} channels, stored at their own sizes, read at {seen}x{seen}")
     print(f"dvt fetch: {data.dataset} -> {out}: {_counts(manifest)}, {len(manifest['classes'])} classes, {shape} "
           f"({time.perf_counter() - start:.1f} s)")
     return manifest

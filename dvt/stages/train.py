@@ -441,8 +441,9 @@ def train_one_epoch(trainer: Trainer, *, epoch: int, config: Config, run: str) -
         t.scheduler.step_update(epoch * steps + step + 1)
         seen += len(x) * dist.world
         if dist.main and step % LOG_EVERY == 0:
+            # refresh=False: shown at the bar's next own refresh, so a log file still gets one line per interval
             bar.set_postfix(loss=f"{global_losses.sum().item():.3f}",
-                            img_s=f"{seen / (time.perf_counter() - tic):.0f}")
+                            img_s=f"{seen / (time.perf_counter() - tic):.0f}", refresh=False)
     assert loss_sums is not None  # (a loader has at least one batch: batch_size <= the split)
     return loss_sums.cpu(), seen
 
