@@ -124,7 +124,7 @@ def test_a_full_disk_is_one_line_naming_the_output_and_leaves_the_old_one(tmp_pa
 def test_a_broken_data_link_is_one_line_and_left_alone(tmp_path, capsys):
     """`data` linked to a disk that is not mounted used to end `dvt fetch` in mkdir's FileExistsError."""
     from dvt.cli import main
-    from tests.conftest import write_params_file
+    from tests.helpers import write_params_file
 
     data, target = tmp_path / "data", tmp_path / "unmounted" / "data"
     data.symlink_to(target)

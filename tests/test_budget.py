@@ -15,7 +15,7 @@ from dvt.cli import main
 from dvt.config import load_config
 from dvt.logits import read_logits
 from dvt.stages.budget import run as budget
-from tests.conftest import copy_pipeline
+from tests.helpers import copy_pipeline
 
 # Trains models or builds a pipeline: not in `make test-fast`.
 pytestmark = pytest.mark.slow
@@ -171,7 +171,7 @@ def test_official_rounding_gives_the_authors_thresholds(pipeline):
     search, run literally on the stored calibration logits; exact stays the default."""
     import torch
 
-    from tests.test_thresholds import authors_find_threshold
+    from tests.helpers import authors_find_threshold
 
     config = load_config(pipeline, ["eval.rounding=official"])
     budget(config, run="dvt")

@@ -18,8 +18,7 @@ from dvt.config import load_config, read_params
 from dvt.errors import ConfigError
 from dvt.stages import fetch
 from dvt.stages.check import CHECKED, check
-from tests.conftest import REPO, make_config
-from tests.test_fetch import write_fashion
+from tests.helpers import REPO, make_config, write_fashion
 
 
 @pytest.mark.parametrize("sections, message", [

@@ -18,7 +18,7 @@ import torch
 
 from dvt import checkpoint
 from dvt.cli import main
-from dvt.config import Config, load_config
+from dvt.config import load_config
 from dvt.data.loading import load_split
 from dvt.flops import count_cascade
 from dvt.logits import read_logits, read_metadata
@@ -27,45 +27,10 @@ from dvt.stages import fetch
 from dvt.stages.collect import run as collect
 from dvt.stages.train import run as train
 from dvt.weights import load_weights
-from tests.conftest import copy_pipeline, write_params_file
+from tests.helpers import copy_pipeline, save_random_checkpoint, write_pipeline_params
 
 # Trains models or builds a pipeline: not in `make test-fast`.
 pytestmark = pytest.mark.slow
-
-PARAMS = {
-    "data": {"dataset": "synthetic", "calibration_size": 100,
-             "synthetic": {"train_size": 420, "test_size": 100, "image_size": 16}},
-    "model": {"backbone": "vit_micro", "drop_path": 0.0},
-    "runs": {"dvt": {"grids": [2, 4, 8]}, "single": {"grids": [4]}, "untrained": {"grids": [8]}},
-    "train": {"epochs": 1, "warmup_epochs": 0, "batch_size": 32, "lr": 0.003, "threads": 1},
-    "eval": {"batch_size": 64, "num_budgets": 20, "q_step": 0.1},
-    "speed": {"batch_size": 32, "warmup": 0, "repeats": 1, "budgets": [5, 10]},
-}
-
-
-def write_params(root: Path, **changes) -> Path:
-    return write_params_file(root, PARAMS, **changes)
-
-
-def build_pipeline(root: Path, *, runs: tuple[str, ...] = ("dvt", "single"), **changes) -> Path:
-    """Fetch, train and collect `runs` under root; returns the params file."""
-    params = write_params(root, **changes)
-    config = load_config(params)
-    fetch.run(config)
-    for name in runs:
-        train(config, run=name)
-        collect(config, run=name)
-    return params
-
-
-def save_random_checkpoint(config: Config, run: str, *, seed: int = 0) -> Path:
-    """An untrained model saved as a finished run: collect, budget and speed accept it."""
-    torch.manual_seed(seed)
-    model = model_for_run(config, run)
-    path = config.run_dir(run) / "checkpoint.pt"
-    checkpoint.save(path, {"model": model.state_dict(), "config": checkpoint.run_fingerprint(config, run),
-                           "epoch": config.train.epochs, "log": []})
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +85,7 @@ def test_collect_is_deterministic_and_independent_of_batch_size_and_threads(pipe
 
 
 def test_train_augmented_split_is_a_fixed_subset_through_the_training_transform(tmp_path):
-    params = write_params(tmp_path, eval__threshold_split="train-augmented", seeds=[3])
+    params = write_pipeline_params(tmp_path, eval__threshold_split="train-augmented", seeds=[3])
     config = load_config(params)
     fetch.run(config)
     save_random_checkpoint(config, "dvt")
@@ -162,7 +127,7 @@ def test_official_checkpoint_is_collected_and_budgeted_without_training(tmp_path
     source = create_model("vit_micro", grids=(7, 10, 14), img_size=28, in_chans=1, num_classes=10).eval()
     weights = tmp_path / "DVT_vit_micro.pth.tar"
     torch.save({"model_state_dict": to_official_state_dict(source), "flops": [0.0, 0.0, 0.0]}, weights)
-    params = write_params(tmp_path, data__synthetic={"train_size": 120, "test_size": 48, "image_size": 28},
+    params = write_pipeline_params(tmp_path, data__synthetic={"train_size": 120, "test_size": 48, "image_size": 28},
                           data__calibration_size=40,
                           runs={"official": {"grids": [7, 10, 14], "checkpoint": str(weights)}},
                           eval__num_budgets=10)

@@ -13,7 +13,7 @@ from dvt.cli import main
 from dvt.config import Config, from_dict, load_config, read_params, to_dict
 from dvt.errors import ConfigError
 from dvt.progress import progress
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def test_default_params_load_and_round_trip():
@@ -202,7 +202,7 @@ def test_a_bar_in_a_log_ends_its_line_before_an_error(monkeypatch):
                                      ("a/b", False), ("-x", False), ("", False)])
 def test_a_run_name_is_a_word_that_folders_stages_and_commands_all_take(tmp_path, run, ok):
     """A space split `dvt train --run my run` in two, and DVC failed after the check had passed."""
-    from tests.conftest import make_config
+    from tests.helpers import make_config
 
     settings = {"data": {"dataset": "synthetic", "calibration_size": 20}, "runs": {run: {"grids": [4]}}}
     if ok:

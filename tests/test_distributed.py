@@ -32,7 +32,7 @@ from dvt.lock import exclusive
 from dvt.run_models import model_for_run
 from dvt.stages import fetch
 from dvt.stages.train import run as train
-from tests.conftest import write_params_file
+from tests.helpers import write_params_file
 
 PARAMS = {
     "data": {"dataset": "synthetic", "calibration_size": 64,

@@ -21,20 +21,7 @@ from dvt.data.loading import load_split, load_splits, make_loader
 from dvt.data.sources import FASHION_FILES, calibration_split
 from dvt.errors import DvtError
 from dvt.stages import fetch
-from tests.conftest import make_config, random_images
-
-
-def write_fashion(folder: Path, rng, n_train=120, n_test=30) -> dict[str, np.ndarray]:
-    folder.mkdir(parents=True)
-    arrays = {}
-    for split, n in (("train", n_train), ("test", n_test)):
-        x = random_images(rng, n, 28, 1)[..., 0]
-        y = rng.integers(0, 10, n).astype(np.uint8)
-        images_file, labels_file = FASHION_FILES[split]
-        idx.write_idx(folder / images_file, x)
-        idx.write_idx(folder / labels_file, y)
-        arrays[split] = x
-    return arrays
+from tests.helpers import make_config, random_images, write_fashion, write_folder
 
 
 def test_idx_round_trip_and_truncation(tmp_path):
@@ -280,20 +267,6 @@ def test_empty_imagenet_and_unreadable_images(tmp_path):
             (root / split / f"n{c:08d}" / "x.JPEG").write_bytes(b"not a jpeg")
     with pytest.raises(DvtError, match="unreadable image"):
         fetch.run(config)
-
-
-def write_folder(root: Path, *, classes: list[str], test: str = "val", per_class: int = 3) -> None:
-    """An image tree of the user's own: PNGs and JPEGs of varied sizes and modes, one folder per class."""
-    rng = np.random.default_rng(0)
-    for split in ("train", test):
-        for c, name in enumerate(classes):
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for i in range(per_class):
-                w, h = (int(v) for v in rng.integers(12, 60, size=2))
-                mode, ext = [("RGB", "jpg"), ("L", "png"), ("RGBA", "png")][i % 3]
-                Image.new(mode, (w, h), c * 7 % 256).save(folder / f"{split}_{i}.{ext}")
-            (folder / "notes.txt").write_text("not an image")  # skipped, as ImageFolder skips it
 
 
 @pytest.mark.parametrize("classes, test", [(["cat", "dog", "fish"], "val"), ([f"species_{i:02d}" for i in range(37)],

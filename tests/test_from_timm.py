@@ -99,7 +99,7 @@ def test_a_run_of_timm_exits_goes_through_every_stage(tmp_path, capsys):
     from dvt.cli import main
     from dvt.config import load_config
     from dvt.run_models import model_for_run
-    from tests.conftest import write_params_file
+    from tests.helpers import write_params_file
 
     torch.manual_seed(4)
     vit = timm.create_model("test_vit", img_size=16, patch_size=4, in_chans=1, num_classes=4)
@@ -166,7 +166,7 @@ def test_the_mindspore_release_config_builds_its_four_cascades_and_trains_one_st
     from dvt.config import load_config
     from dvt.run_models import model_for_run
     from dvt.stages.check import check
-    from tests.conftest import REPO
+    from tests.helpers import REPO
 
     config = load_config(REPO / "configs" / "imagenet-deit-ms.yaml", [
         "data.dataset=synthetic", "data.synthetic={train_size: 2048, test_size: 8, image_size: 224, channels: 3, "

@@ -15,7 +15,7 @@ from dvt.data import folder
 from dvt.data.images import open_image
 from dvt.errors import DvtError
 from dvt.stages.predict import image_paths
-from tests.test_fetch import write_folder
+from tests.helpers import write_folder
 
 
 @pytest.fixture(autouse=True)

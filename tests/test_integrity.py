@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ from PIL import Image
 
 from dvt.cli import main
 from dvt.config import load_config
-from tests.conftest import copy_pipeline
+from tests.helpers import copy_pipeline, flip_a_weight_bit
 
 # Trains models or builds a pipeline: not in `make test-fast`.
 pytestmark = pytest.mark.slow
@@ -30,17 +29,6 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def finished(finished_pipeline, tmp_path_factory) -> Path:
     return copy_pipeline(finished_pipeline, tmp_path_factory.mktemp("integrity"))
-
-
-def flip_a_weight_bit(path: Path) -> None:
-    """One bit of the largest tensor's bytes: torch still loads the file (it checks no CRC), with one
-    weight changed."""
-    with zipfile.ZipFile(path) as archive:
-        entry = max((i for i in archive.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
-    data = bytearray(path.read_bytes())
-    start = entry.header_offset + 30 + len(entry.filename.encode()) + len(entry.extra)
-    data[start + entry.file_size // 2] ^= 0x10
-    path.write_bytes(bytes(data))
 
 
 def hashes(root: Path) -> dict[str, str]:

@@ -11,7 +11,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 LINE = re.compile(r"^([A-Za-z0-9._-]+)==(\S+)$")
 

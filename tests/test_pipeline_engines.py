@@ -6,25 +6,16 @@ runs of both engines on a tiny config are in test_pipeline_runs.py.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import yaml
 
 from dvt.schema import params_schema
 from dvt.stages.report import PARTS
-from tests.conftest import REPO
-
-BIN = Path(sys.executable).parent
-
-
-def engine_env() -> dict[str, str]:
-    """The environment the engines' jobs need: this venv's `dvt`, `dvc` and `snakemake` first on PATH."""
-    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+from tests.helpers import BIN, REPO, engine_env
 
 
 def dvc_jobs(root: Path) -> dict[str, str]:

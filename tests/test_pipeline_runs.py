@@ -10,7 +10,6 @@ clone every output; `snakemake --report` embeds the tables and figures.
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import re
@@ -22,77 +21,19 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO
-from tests.test_pipeline_engines import BIN, engine_env
+from tests.helpers import BIN, GIT, TIMED, engine_env, sh, tiny_repo, tree_hashes
 
 pytestmark = pytest.mark.slow
 
-# DVC wants every declared param present in params.yaml, so the tiny config is the shipped file with
-# small values in place (and the runs replaced).
-TINY_CHANGES = {
-    "data": {"dataset": "synthetic", "calibration_size": 40,
-             "synthetic": {"train_size": 160, "test_size": 40, "image_size": 8, "channels": 1, "classes": 4}},
-    "model": {"backbone": "vit_micro", "drop_path": 0.0},
-    # Two training threads, while Snakemake below gets one core: the weights must follow params.yaml,
-    # not the engine.
-    "train": {"epochs": 1, "warmup_epochs": 0, "batch_size": 32, "threads": 2},
-    "eval": {"num_budgets": 5, "batch_size": 64},
-    "speed": {"batch_size": 16, "warmup": 0, "repeats": 1, "budgets": [2], "threads": 1},
-    "report": {"gallery_size": 2},
-}
 
-
-def tiny_params() -> dict:
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    for section, values in TINY_CHANGES.items():
-        params[section].update(values)
-    params["runs"] = {"single": {"grids": [4]}, "dvt": {"grids": [2, 4], "relation_reuse": True},
-                      "cnn": {"baseline": "resnet18_w16"}}
-    return params
-
-
-GIT = [str(shutil.which("git")), "-c", "user.name=t", "-c", "user.email=t@t"]
 REPORTS = ["table1.md", "table2.md", "table3.md", "ablation.md", "findings.md", "findings.json", "comparisons.json",
            "metrics.json", "policies.md", "policies.json", "index.md", "figures", "plots"]
-
-
-def sh(root: Path, *cmd: str) -> subprocess.CompletedProcess:
-    out = subprocess.run(list(cmd), cwd=root, capture_output=True, text=True, env=engine_env())
-    assert out.returncode == 0, f"{' '.join(cmd)} failed:\n{out.stdout}\n{out.stderr}"
-    return out
-
-
-def tiny_repo(root: Path) -> Path:
-    """A git repo at root holding the workflow files of this one and the tiny params.yaml."""
-    root.mkdir(parents=True)
-    for name in ("dvc.yaml", ".dvcignore"):
-        shutil.copy(REPO / name, root / name)
-    shutil.copytree(REPO / "workflow", root / "workflow")
-    shutil.copytree(REPO / "reports" / "templates", root / "reports" / "templates")
-    shutil.copy(REPO / ".gitignore", root / ".gitignore")
-    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
-    sh(root, *GIT, "init", "-q")
-    sh(root, str(BIN / "dvc"), "init", "-q")
-    # the project's DVC settings (the offline plots page) and plot template
-    shutil.copy(REPO / ".dvc" / "config", root / ".dvc" / "config")
-    shutil.copytree(REPO / ".dvc" / "plots", root / ".dvc" / "plots")
-    sh(root, *GIT, "add", "-A")
-    sh(root, *GIT, "commit", "-qm", "tiny")
-    return root
 
 
 def set_param(root: Path, section: str, key: str, value) -> None:
     params = yaml.safe_load((root / "params.yaml").read_text())
     params.setdefault(section, {})[key] = value
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-
-
-def tree_hashes(root: Path, folders: tuple[str, ...] = ("runs", "reports")) -> dict[str, str]:
-    """sha256 of every file under `folders`, less hidden bookkeeping (train locks, Snakemake's
-    timestamps in folder outputs)."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for folder in folders for p in sorted((root / folder).rglob("*"))
-            if p.is_file() and not p.name.startswith(".")}
 
 
 def assert_typos_stop_before_any_job(root: Path, engine: list[str]) -> None:
@@ -161,13 +102,6 @@ def finished(tmp_path_factory) -> dict[str, Path]:
 def copy_of(finished: dict[str, Path], engine: str, tmp_path: Path) -> Path:
     """A private copy of a finished repo (mtimes kept, so Snakemake sees nothing new)."""
     return Path(shutil.copytree(finished[engine], tmp_path / engine, symlinks=True))
-
-
-# Wall-clock measurements, which no two runs share: train.json / train_log.csv keep the seconds per
-# epoch (the checkpoint keeps the same log without them, and is compared), speed.json the timings,
-# and the report parts that show them (Table 2, the speed finding, the measured speed-up).
-TIMED = re.compile(r"^runs/.*/(train\.json|train_log\.csv|speed\.json)$"
-                   r"|^reports/(table2\.md|findings\.(md|json)|comparisons\.json|metrics\.json)$")
 
 
 def test_both_engines_write_the_same_bytes(finished):
@@ -466,7 +400,7 @@ def test_check_verify_finds_what_dvc_restored_from_a_damaged_cache(finished, tmp
     """Issue #31, item 1: DVC re-hashes nothing it restores, so a damaged cache object is checked out and
     reported up to date; `dvt check --verify` names it and says what restores it, and after that advice
     everything verifies again."""
-    from tests.test_integrity import flip_a_weight_bit
+    from tests.helpers import flip_a_weight_bit
 
     root = copy_of(finished, "dvc", tmp_path)
     dvc, dvt = str(BIN / "dvc"), str(BIN / "dvt")

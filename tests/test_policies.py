@@ -16,7 +16,7 @@ from dvt.config import load_config
 from dvt.logits import read_logits
 from dvt.stages.budget import run as budget
 from dvt.stages.policies import run as policy_stage
-from tests.conftest import copy_pipeline
+from tests.helpers import copy_pipeline
 
 # Trains models or builds a pipeline: not in `make test-fast`.
 pytestmark = pytest.mark.slow

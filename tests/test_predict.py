@@ -14,7 +14,7 @@ from dvt.cli import main
 from dvt.config import load_config
 from dvt.logits import read_logits
 from dvt.thresholds import EVERYBODY_EXITS, assign_exits
-from tests.conftest import copy_pipeline
+from tests.helpers import copy_pipeline
 
 # Trains models or builds a pipeline: not in `make test-fast`.
 pytestmark = pytest.mark.slow

@@ -28,7 +28,6 @@ from PIL import Image
 from dvt import checkpoint
 from dvt.cli import main
 from dvt.config import Config, load_config
-from dvt.logits import LogitsWriter
 from dvt.reporting import overlays
 from dvt.reporting.compare import VsCost
 from dvt.reporting.findings import CascadeShape
@@ -42,7 +41,13 @@ from dvt.stages.policies import run as exit_policies
 from dvt.stages.report import run as report
 from dvt.stages.speed import run as speed
 from dvt.stages.train import run as train
-from tests.conftest import REPO, write_params_file
+from tests.helpers import (
+    REPO,
+    REPORT_PARAMS,
+    copy_templates,
+    write_logits,
+    write_params_file,
+)
 
 # Trains models or builds a pipeline: not in `make test-fast`.
 pytestmark = pytest.mark.slow
@@ -57,16 +62,7 @@ RUNS = {
 # Designed top-1 (%) of each exit: later exits right on a superset of the images earlier ones get right.
 ACCURACY = {"tokens_2x2": [55], "tokens_4x4": [70], "tokens_8x8": [82], "dvt": [58, 74, 86],
             "dvt_no_reuse": [55, 70, 80], "dvt_feature_reuse": [56, 72, 83], "dvt_relation_reuse": [57, 71, 84]}
-PARAMS = {
-    "data": {"dataset": "synthetic", "calibration_size": 100,
-             "synthetic": {"train_size": 420, "test_size": 100, "image_size": 16}},
-    "model": {"backbone": "vit_micro", "drop_path": 0.0},
-    "runs": RUNS,
-    "train": {"epochs": 2, "warmup_epochs": 0, "batch_size": 32, "subset": 32, "lr": 0.003, "threads": 1},
-    "eval": {"batch_size": 100, "num_budgets": 20, "q_step": 0.1},
-    "speed": {"batch_size": 32, "warmup": 0, "repeats": 1, "budgets": [5, 10]},
-    "report": {"gallery_size": 4},
-}
+PARAMS = {**REPORT_PARAMS, "runs": RUNS}
 # Timed by `dvt speed`: every one-exit run, DVT and one other cascade (Table 2 has a section per cascade,
 # and names the two left untimed).
 TIMED = ("tokens_2x2", "tokens_4x4", "tokens_8x8", "dvt", "dvt_no_reuse")
@@ -90,36 +86,6 @@ def params_beside(params: Path, root: Path, **changes) -> Path:
     path = write_params_file(root, base, **changes)
     copy_templates(load_config(path))
     return path
-
-
-def copy_templates(config: Config) -> None:
-    shutil.copytree(REPO / "reports" / "templates", Path(config.report.dir) / "templates", dirs_exist_ok=True)
-
-
-def designed_logits(labels: np.ndarray, accuracy: list[float], num_classes: int, seed: int) -> np.ndarray:
-    """(K, n, C) logits: exit k is right on images with difficulty below its accuracy, more confident the
-    easier the image; wrong exits are unsure."""
-    rng = np.random.default_rng(seed)
-    n = len(labels)
-    difficulty = rng.permutation(n) / n  # (n,) in [0, 1), exact accuracies
-    out = np.zeros((len(accuracy), n, num_classes), dtype=np.float32)
-    for k, acc in enumerate(accuracy):
-        right = difficulty < acc / 100
-        said = np.where(right, labels, (labels + 1 + k) % num_classes)
-        margin = np.where(right, 2.0 + 8.0 * (acc / 100 - difficulty), 0.5 + 0.5 * difficulty)
-        out[k, np.arange(n), said] = margin + rng.uniform(0, 1e-3, n)
-    return out
-
-
-def write_logits(config: Config, run: str, labels: dict[str, np.ndarray], num_classes: int,
-                 accuracy: list[float], *, seed: int = 0) -> None:
-    folder = config.run_dir(run)
-    gmacs = [e["cumulative_gmacs"] for e in json.loads(config.flops_path(run).read_text())["exits"]]
-    with LogitsWriter(folder / "logits.parquet", grids=config.run(run).grids, cumulative_gmacs=gmacs,
-                      config=checkpoint.run_fingerprint(config, run),
-                      checkpoint_sha256=checkpoint.sha256(folder / "checkpoint.pt")) as out:
-        for split, y in labels.items():
-            out.add(split, np.arange(len(y)), y, designed_logits(y, accuracy, num_classes, seed))
 
 
 def build_runs(root: Path) -> Path:

@@ -28,9 +28,16 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import REPO
-from tests.test_pipeline_engines import BIN, engine_env
-from tests.test_pipeline_runs import TIMED, sh, tiny_params, tiny_repo, tree_hashes
+from tests.helpers import (
+    BIN,
+    REPO,
+    TIMED,
+    engine_env,
+    sh,
+    tiny_params,
+    tiny_repo,
+    tree_hashes,
+)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

@@ -25,8 +25,7 @@ from dvt.stages.speed import BATCH_SEED
 from dvt.stages.speed import run as speed
 from dvt.thresholds import assign_exits
 from dvt.weights import load_weights
-from tests.conftest import copy_pipeline
-from tests.test_collect import save_random_checkpoint, write_params
+from tests.helpers import copy_pipeline, save_random_checkpoint, write_pipeline_params
 
 # Trains models or builds a pipeline: not in `make test-fast`.
 pytestmark = pytest.mark.slow
@@ -108,7 +107,7 @@ def test_real_early_exit_equals_simulated_with_random_thresholds(pipeline):
 
 @pytest.mark.parametrize("feature_reuse,relation_reuse", [(True, False), (False, True), (False, False)])
 def test_real_early_exit_equals_simulated_for_every_reuse_setting(tmp_path, feature_reuse, relation_reuse):
-    params = write_params(tmp_path, runs={"v": {"grids": [2, 4, 8], "feature_reuse": feature_reuse,
+    params = write_pipeline_params(tmp_path, runs={"v": {"grids": [2, 4, 8], "feature_reuse": feature_reuse,
                                                "relation_reuse": relation_reuse}})
     config = load_config(params)
     fetch.run(config)

@@ -21,6 +21,7 @@ from dvt.thresholds import (
     thresholds_for_accuracy,
     thresholds_for_gmacs,
 )
+from tests.helpers import authors_find_threshold
 
 T2T12_GMACS = np.array([0.472, 1.46, 3.50])  # spec §6, cumulative F_1 / F_2 / F_3
 
@@ -271,35 +272,6 @@ def test_input_errors() -> None:
         budget_fractions(0)
     with pytest.raises(DvtError, match="curve"):
         accuracy_at_gmacs([1.0, 2.0], [70.0], 1.5)
-
-
-def authors_find_threshold(logits, p: int, q_step: float = 0.05) -> list[float]:
-    """The authors' search (MSDNet's `find_threshold` as DVT's inference.py uses it), line for line in
-    torch: float32 shares, floor of the float32 product, confidence = max of torch's softmax.
-    logits: a torch tensor (K, n, C), their layout."""
-    import torch
-
-    n_stage, n_sample, _ = logits.size()
-    _p = torch.FloatTensor(1).fill_(p * q_step)
-    probs = torch.exp(torch.log(_p) * torch.arange(1, n_stage + 1, dtype=torch.float32))
-    probs /= probs.sum()
-    max_preds, _ = torch.softmax(logits, dim=2).max(dim=2, keepdim=False)
-    _, sorted_idx = max_preds.sort(dim=1, descending=True)
-    filtered = torch.zeros(n_sample)
-    T = torch.Tensor(n_stage).fill_(1e8)
-    for k in range(n_stage - 1):
-        count = 0
-        out_n = math.floor(n_sample * probs[k])
-        for i in range(n_sample):
-            ori_idx = sorted_idx[k][i]
-            if filtered[ori_idx] == 0:
-                count += 1
-                if count == out_n:
-                    T[k] = max_preds[k][ori_idx]
-                    break
-        filtered.add_(max_preds[k].ge(T[k]).type_as(filtered))
-    T[n_stage - 1] = -1e8
-    return T.tolist()
 
 
 @pytest.mark.parametrize("n, p, official, exact", [(139, 6, [99, 29], [100, 30]), (37, 15, [16, 11], [16, 12])])

@@ -22,7 +22,7 @@ from dvt.config import load_config
 from dvt.errors import DvtError
 from dvt.stages import fetch
 from dvt.stages.train import run as train
-from tests.conftest import write_params_file
+from tests.helpers import write_params_file
 
 # Trains models or builds a pipeline: not in `make test-fast`.
 pytestmark = pytest.mark.slow

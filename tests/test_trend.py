@@ -23,8 +23,7 @@ from dvt.stages.policies import run as exit_policies
 from dvt.stages.report import run as report
 from dvt.stages.speed import run as speed
 from dvt.stages.train import run as train
-from tests.conftest import write_params_file
-from tests.test_report import PARAMS, copy_templates, write_logits
+from tests.helpers import REPORT_PARAMS, copy_templates, write_logits, write_params_file
 
 # Trains models or builds a pipeline: not in `make test-fast`.
 pytestmark = pytest.mark.slow
@@ -43,7 +42,7 @@ def accuracy(margin: int) -> dict[str, list[float]]:
 def build(root: Path, *, epochs: int, margin: int, data: Path) -> Path:
     """A finished pipeline in root (params.yaml, runs/, reports/), everything relative to root as in a study."""
     root.mkdir()
-    params = write_params_file(root, PARAMS, runs=RUNS, train__epochs=epochs, train__subset=SUBSET,
+    params = write_params_file(root, REPORT_PARAMS, runs=RUNS, train__epochs=epochs, train__subset=SUBSET,
                                data__root=str(data), runs_dir="runs", report__dir="reports")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)  # runs/ and reports/ are relative to the pipeline's folder
