@@ -16,6 +16,7 @@ import pytest
 
 from dvt.cli import main
 from dvt.config import load_config
+from dvt.errors import DvtError
 from dvt.stages import fetch
 from dvt.stages.budget import run as budget
 from dvt.stages.flops import run as flops
@@ -120,3 +121,15 @@ def test_a_bad_study_is_one_line_and_leaves_the_old_trend(study, tmp_path, capsy
     err = capsys.readouterr().err
     assert err.startswith("dvt trend: error: ") and err.count("\n") == 1, err
     assert {p.name: p.read_text() for p in out.iterdir()} == {"trend.md": "the old page\n"}
+
+
+def test_a_runs_top1_is_read_from_either_metrics_layout(tmp_path):
+    """metrics.json holds a run's numbers under its name; a study begun before that holds them at the top."""
+    from dvt.stages.trend import _last_top1
+
+    (tmp_path / "new.json").write_text(json.dumps({"dvt": {"top1": {"exit1": 60.0, "exit2": 70.5}}}))
+    (tmp_path / "old.json").write_text(json.dumps({"top1": {"exit1": 60.0, "exit2": 70.5}}))
+    assert _last_top1(tmp_path / "new.json", "dvt") == _last_top1(tmp_path / "old.json", "dvt") == 70.5
+    (tmp_path / "none.json").write_text(json.dumps({"dvt": {"gmacs": 1.0}}))
+    with pytest.raises(DvtError, match="holds no top1 per exit"):
+        _last_top1(tmp_path / "none.json", "dvt")

@@ -76,7 +76,11 @@ def _json(path: Path) -> Any:
 
 
 def _last_top1(path: Path, run: str) -> float:
-    top1 = _json(path).get(run, {}).get("top1")  # (the budget stage files it under the run's name)
+    data = _json(path)
+    # The budget stage files the numbers under the run's name; a pipeline it ran before that (an older
+    # study) has them at the top.
+    own = data.get(run) if isinstance(data.get(run), dict) else data
+    top1 = own.get("top1")
     if not isinstance(top1, dict) or not top1:
         raise DvtError(f"{path}: holds no top1 per exit: rerun that run's budget stage")
     return float(top1[f"exit{len(top1)}"])
