@@ -140,12 +140,12 @@ def read_budget_thresholds(config: Config, run: str, num_exits: int) -> pd.DataF
 
 
 def budget_rows(config: Config, run: str, budgets: tuple[int, ...] | list[int], num_exits: int, *,
-                name: str) -> pd.DataFrame:
-    """The rows of budgets p (each in budget.csv, else one DvtError line naming `name`, the setting or
-    flag that asked for it)."""
+                asked_by: str) -> pd.DataFrame:
+    """The rows of budgets p (each in budget.csv, else one DvtError line naming `asked_by`, the setting or
+    flag that asked for it, e.g. "speed.budgets")."""
     frame = read_budget_thresholds(config, run, num_exits)
     missing = [p for p in budgets if p not in frame.index]
     if missing:
-        raise DvtError(f"{name} {missing[0]}: {config.run_dir(run) / 'budget.csv'} holds budgets "
-                       f"{frame.index.min()}..{frame.index.max()} (eval.num_budgets); choose from those")
+        raise DvtError(f"{asked_by} asks for budget p = {missing[0]}, but {config.run_dir(run) / 'budget.csv'} holds "
+                       f"budgets {frame.index.min()}..{frame.index.max()} (eval.num_budgets); choose from those")
     return frame.loc[list(budgets)]

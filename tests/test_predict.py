@@ -128,7 +128,7 @@ def test_a_damaged_stage_output_is_one_line(finished, capsys, name, damage, mess
 
 @pytest.mark.parametrize("args, message", [
     (["--run", "dvt", "missing.png"], "missing.png: no such file or folder"),
-    (["--run", "dvt", "--budget", "99", "IMAGES"], "--budget 99"),
+    (["--run", "dvt", "--budget", "99", "IMAGES"], "--budget asks for budget p = 99, but "),
     (["--run", "dvt", "--budget", "2", "--target-gmacs", "0.1", "IMAGES"], "not both"),
     (["--run", "nope", "IMAGES"], "unknown run 'nope'"),
     (["--run", "dvt", "NOTES"], "unreadable image"),

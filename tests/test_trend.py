@@ -81,6 +81,8 @@ def test_trend_reads_each_pipeline_and_the_slope_per_doubling(study, tmp_path, c
     assert main(["trend", *map(str, reversed(study)), "--out", str(out), "--templates",
                  str(study[0] / "reports" / "templates")]) == 0
     data = json.loads((out / "trend.json").read_text())
+    # the line drawn beside our cost share: the released DVT-T2T-ViT-12 against T2T-ViT-12 (paper: 0.57-0.63)
+    assert 0.57 <= data["paper_cost_share"] <= 0.63
     points = data["points"]
     assert [p["folder"] for p in points] == [f.name for f in study]
     assert [p["images_per_model"] for p in points] == [e * SUBSET for e in EPOCHS]

@@ -60,7 +60,7 @@ def _thresholds(config: Config, run: str, *, budget: int | None, target_gmacs: f
         return point.thresholds, {"rule": "target_gmacs", "target_gmacs": target_gmacs,
                                   "expected_gmacs": point.gmacs}
     p = budget if budget is not None else (config.eval.num_budgets + 1) // 2
-    row = budget_rows(config, run, [p], num_exits, name="--budget").loc[p]
+    row = budget_rows(config, run, [p], num_exits, asked_by="--budget").loc[p]
     return (row[[f"threshold_{k}" for k in range(num_exits)]].to_numpy(np.float64),
             {"rule": "budget", "budget": int(p), "expected_gmacs": float(row["gmacs"])})
 

@@ -102,7 +102,7 @@ def run(config: Config, *, run: str) -> dict[str, Any]:
     F = np.asarray(meta["cumulative_gmacs"], dtype=np.float64)  # (K,)
     model = model_for_run(config, run)
     K = model.num_exits
-    rows = budget_rows(config, run, config.speed.budgets, K, name="speed.budgets has p =") if K > 1 else None
+    rows = budget_rows(config, run, config.speed.budgets, K, asked_by="speed.budgets") if K > 1 else None
     load_weights(model, ckpt, strict=True)
     standalone = None
     if K > 1:

@@ -28,6 +28,8 @@ import pandas as pd
 
 from dvt.config import Config, load_config
 from dvt.errors import DvtError
+from dvt.reporting.findings import CascadeShape
+from dvt.reporting.reference import load as load_reference
 
 # The quantities the table and figure follow (key in trend.json -> what it is), each from the report's
 # seed means.
@@ -58,7 +60,6 @@ class Point:
     quantities: dict[str, float | None]
     margin_per_seed: dict[int, float]
     top1_per_seed: dict[str, dict[int, float]]  # run -> seed -> last exit's test top-1
-    paper_cost_share: float | None  # the paper's, as the findings page gives it
 
     @property
     def margin_std(self) -> float | None:
@@ -155,7 +156,7 @@ def read_point(folder: Path) -> Point:
     return Point(folder=str(folder), epochs=config.train.epochs, images_per_model=images, seeds=seeds,
                  train_seconds=round(float(sum(log["seconds"].sum() for log in logs.values())), 1),
                  findings={name: f.get("holds") for name, f in findings.items()}, quantities=quantities,
-                 margin_per_seed=margin, top1_per_seed=top1, paper_cost_share=cost.get("paper_cost_share"))
+                 margin_per_seed=margin, top1_per_seed=top1)
 
 
 def _figure(out: Path, points: Sequence[Point], *, paper_cost_share: float | None) -> list[str]:
@@ -210,13 +211,22 @@ def slopes(points: Sequence[Point]) -> dict[str, float | None]:
     return out
 
 
+def paper_cost_share() -> float | None:
+    """The released DVT's share of T2T-ViT-12's GFLOPs at its top-1 (ImageNet; dvt/reference/paper.yaml),
+    the line the figure draws beside ours."""
+    paper = CascadeShape.of_paper(load_reference())
+    if paper is None or paper.margin_share is None:
+        return None
+    return round(paper.cost_share_at(paper.margin_share), 3)
+
+
 def _table(points: Sequence[Point]) -> dict[str, Any]:
     names = list(dict.fromkeys(name for p in points for name in p.findings))
     return {
         "points": [{**asdict(p), "margin_std": p.margin_std, "folder": Path(p.folder).name} for p in points],
         "quantities": QUANTITIES,
         "slopes": slopes(points),
-        "paper_cost_share": next((p.paper_cost_share for p in points if p.paper_cost_share is not None), None),
+        "paper_cost_share": paper_cost_share(),
         "findings": [{"name": n, "holds": [p.findings.get(n) for p in points]} for n in names],
     }
 
@@ -234,7 +244,7 @@ def run(folders: Sequence[str], *, out: str, templates: str = "reports/templates
     page = pages.render(env, "trend.md", context)
     with atomic_dir(out) as tmp:
         write_json(tmp / "trend.json", {"quantities": QUANTITIES, "per_doubling": context["slopes"],
-                                         "points": context["points"]})
+                                         "paper_cost_share": context["paper_cost_share"], "points": context["points"]})
         write_text(tmp / "trend.md", page)
         _figure(tmp, points, paper_cost_share=context["paper_cost_share"])
     print(f"dvt trend: {len(points)} pipelines -> {out}/trend.md, trend.json, trend.png, trend.svg")
