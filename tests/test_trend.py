@@ -127,11 +127,11 @@ def test_a_bad_study_is_one_line_and_leaves_the_old_trend(study, tmp_path, capsy
 
 def test_a_runs_top1_is_read_from_either_metrics_layout(tmp_path):
     """metrics.json holds a run's numbers under its name; a study begun before that holds them at the top."""
-    from dvt.stages.trend import _last_top1
+    from dvt.reporting.trend import last_top1
 
     (tmp_path / "new.json").write_text(json.dumps({"dvt": {"top1": {"exit1": 60.0, "exit2": 70.5}}}))
     (tmp_path / "old.json").write_text(json.dumps({"top1": {"exit1": 60.0, "exit2": 70.5}}))
-    assert _last_top1(tmp_path / "new.json", "dvt") == _last_top1(tmp_path / "old.json", "dvt") == 70.5
+    assert last_top1(tmp_path / "new.json", "dvt") == last_top1(tmp_path / "old.json", "dvt") == 70.5
     (tmp_path / "none.json").write_text(json.dumps({"dvt": {"gmacs": 1.0}}))
     with pytest.raises(DvtError, match="holds no top1 per exit"):
-        _last_top1(tmp_path / "none.json", "dvt")
+        last_top1(tmp_path / "none.json", "dvt")
