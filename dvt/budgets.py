@@ -6,18 +6,17 @@ budget.csv. Shared by the budget, policies, speed and predict stages.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from dvt import checkpoint, layout, thresholds
 from dvt.config import Config
-from dvt.errors import DvtError
+from dvt.errors import DvtError, damaged
 from dvt.logits import SplitLogits, check_matches, read_logits, read_metadata
 from dvt.thresholds import OperatingPoint
 
@@ -112,16 +111,6 @@ def print_target(stage: str, run: str, kind: str, found: dict[str, Any]) -> None
     shown = ", ".join(f"{t:.6g}" for t in found["thresholds"])
     print(f"dvt {stage}: {run}: target {found['target']:g} {unit} -> thresholds [{shown}] "
           f"(test: {found['test']['gmacs']:.4g} GMACs, {found['test']['accuracy']:.2f}% top-1)")
-
-
-@contextlib.contextmanager
-def damaged(path: Path, rerun: str) -> Iterator[None]:
-    """A stage output that does not parse as what its stage writes: one DvtError line naming it."""
-    try:
-        yield
-    except (ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError, pd.errors.ParserError) as err:
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
-        raise DvtError(f"{path} is damaged ({reason}); rerun `{rerun}`") from None
 
 
 def read_budget_thresholds(config: Config, run: str, num_exits: int) -> pd.DataFrame:

@@ -21,11 +21,11 @@ import numpy as np
 import pandas as pd
 
 from dvt import checkpoint, thresholds
-from dvt.budgets import budget_rows, damaged, read_run_logits
+from dvt.budgets import budget_rows, read_run_logits
 from dvt.config import Config
 from dvt.data.folder import EXTENSIONS
 from dvt.data.images import is_regular_file, open_image
-from dvt.errors import DvtError
+from dvt.errors import DvtError, damaged
 
 
 def image_paths(items: Sequence[str]) -> list[Path]:
