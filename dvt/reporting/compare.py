@@ -10,8 +10,11 @@
 * Matched throughput (Table 2): the same on measured speed: DVT's curve is its timed early-exit budgets
   (speed.json, accuracy from budget.csv) plus the static first exit and whole cascade (everyone leaves
   at exit 1 / at the last exit), read in seconds per image.
-* Ablation: the cascades on the same grids as the main DVT run, one per (feature reuse, relation
+* Ablation: a cascade's reuse siblings (the same model and grids), one per (feature reuse, relation
   reuse) setting, compared at a few named costs inside the range all of them cover.
+
+Every comparison is made for every cascade of params.yaml, each against the runs of its own view
+(`Roles`); "DVT" below is whichever cascade a comparison is about.
 """
 
 from __future__ import annotations
