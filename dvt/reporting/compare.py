@@ -77,8 +77,11 @@ class Roles:
         own set; for another set, its first cascade with both reuses, else its first)."""
         out: list[Roles] = []
         for view in self.views:
-            if not any(_siblings(view.dvt, lead.dvt) for lead in out):
+            i = next((i for i, lead in enumerate(out) if _siblings(view.dvt, lead.dvt)), None)
+            if i is None:
                 out.append(view)
+            elif i > 0 and _both(view.dvt) and not _both(out[i].dvt):  # (the paper's DVT stays its set's lead)
+                out[i] = view
         return tuple(out)
 
     @property
@@ -95,6 +98,10 @@ class Roles:
         return {k: list(dict.fromkeys(v)) for k, v in parts.items()}
 
 
+def _both(run: RunFiles) -> bool:
+    return run.spec.feature_reuse and run.spec.relation_reuse
+
+
 def _siblings(a: RunFiles, b: RunFiles) -> bool:
     """The same cascade but for its two reuse switches (and where its weights start from)."""
     def model(r: RunFiles) -> tuple:
@@ -106,7 +113,7 @@ def _siblings(a: RunFiles, b: RunFiles) -> bool:
 def assign_roles(runs: dict[str, RunFiles]) -> Roles:
     """From params.yaml alone: no file is read."""
     cascades = [r for r in runs.values() if r.is_cascade]
-    both = [r for r in cascades if r.spec.feature_reuse and r.spec.relation_reuse]
+    both = [r for r in cascades if _both(r)]
     dvt = (both or cascades or [None])[0]
     baselines = tuple(r for r in runs.values() if r.is_baseline)
     if dvt is None:
