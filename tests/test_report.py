@@ -594,6 +594,25 @@ def test_every_cascade_has_its_rows_in_every_table_about_cascades(two_sets):
                "and relation reuse." in page(config, part), part
 
 
+@pytest.mark.parametrize("kept, parts", [
+    # Snakemake renders each part from its own inputs, in whatever order the jobs finish: the headline and
+    # the figures read the paper's DVT's policies.json alone, the comparisons and findings none.
+    (("dvt",), ("metrics", "figures")),
+    ((), ("comparisons", "findings_json", "findings", "table2", "table3", "ablation")),
+])
+def test_a_part_needs_no_policies_json_but_its_own(two_sets, tmp_path, kept, parts):
+    runs = tmp_path / "runs"
+    shutil.copytree(two_sets.runs_dir, runs)
+    removed = [p for p in runs.glob("*/seed*/policies.json") if p.parts[-3] not in kept]
+    assert len(removed) == 6 - len(kept)
+    for path in removed:
+        path.unlink()
+    params = params_beside(Path(two_sets.report.dir).parent / "params.yaml", tmp_path, runs_dir=str(runs),
+                           report__gallery_size=0)
+    for part in parts:
+        assert main(["report", "--params", str(params), "--part", part]) == 0, part
+
+
 def test_without_the_ablation_runs_the_section_says_which_are_missing(runs, tmp_path, capsys):
     subset = {k: v for k, v in RUNS.items() if k in ("tokens_2x2", "tokens_8x8", "dvt")}
     params = params_beside(runs, tmp_path, runs=subset, report__gallery_size=0)

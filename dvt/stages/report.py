@@ -118,8 +118,15 @@ class Report:
 
     @cached_property
     def policies(self) -> dict[str, exit_policies.PolicyComparison]:
+        """Every cascade's (the policies part)."""
         found = {v.dvt.name: exit_policies.compare_policies(v.dvt) for v in self.roles.views}
         return {name: p for name, p in found.items() if p is not None}
+
+    @cached_property
+    def main_policies(self) -> exit_policies.PolicyComparison | None:
+        """The paper's DVT's alone: the figures and the headline read no other cascade's policies.json
+        (Snakemake may render them before the other cascades' policies exist)."""
+        return exit_policies.compare_policies(self.dvt)
 
     @cached_property
     def picks(self) -> gallery.Picks | None:
@@ -201,14 +208,17 @@ class Report:
             found = {name: v for name, v in values.items() if name != main}
             return {"other_cascades": found} if found else {}
 
-        policies = {name: p.to_dict() for name, p in self.policies.items()}
+        def policies() -> dict[str, Any]:  # (read only for its own part: the others do not depend on it)
+            every = {name: p.to_dict() for name, p in self.policies.items()}
+            return {"dataset": dataset, **every.get(main, {"run": None}), **others(every)}
+
         return {
             "comparisons": lambda: compare.comparisons(dataset=dataset, seeds=len(self.config.seeds), roles=self.roles,
                                                        costs=self.costs, speeds=self.speeds,
                                                        ablation=self.ablation, family=self.family),
-            "metrics": lambda: findings.headline(list(self.runs.values()), self.verdicts, self.policies.get(main),
+            "metrics": lambda: findings.headline(list(self.runs.values()), self.verdicts, self.main_policies,
                                                  others=self.other_verdicts),
-            "policies_json": lambda: {"dataset": dataset, **policies.get(main, {"run": None}), **others(policies)},
+            "policies_json": policies,
             "findings_json": lambda: {"dataset": dataset, "dvt_run": main or None,
                                       "findings": [f.to_dict() for f in self.verdicts],
                                       **others({name: [f.to_dict() for f in v]
@@ -226,8 +236,8 @@ class Report:
                                           paper_table1=self.paper_table1, title=title, family=self.family.get(main))
         drawn += figures.training_curves(folder, list(self.runs.values()))
         drawn += figures.exit_fractions(folder, cascades, q_step=self.config.eval.q_step)
-        if main in self.policies:
-            drawn += figures.policies(folder, self.dvt, self.policies[main])
+        if self.main_policies is not None:
+            drawn += figures.policies(folder, self.dvt, self.main_policies)
         if pictures is not None:
             drawn += gallery.draw(folder, pictures)
         return drawn
