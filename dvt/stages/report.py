@@ -88,6 +88,7 @@ class Report:
         self.runs = run_files(config)
         self.roles = compare.assign_roles(self.runs)
         self.dvt = self.roles.dvt
+        self.main = self.dvt.name if self.dvt else ""  # the key of the paper's DVT in the per-cascade dicts
         self.env = pages.environment(self.out / "templates")  # unreadable templates stop it before any input
         self.ref = reference.load()
         self.setting = reference.Setting(dataset=config.data.dataset, backbone=config.model.backbone,
@@ -118,8 +119,9 @@ class Report:
 
     @cached_property
     def policies(self) -> dict[str, exit_policies.PolicyComparison]:
-        """Every cascade's (the policies part)."""
-        found = {v.dvt.name: exit_policies.compare_policies(v.dvt) for v in self.roles.views}
+        """Every cascade's (the policies part), the paper's DVT's first and read once (main_policies)."""
+        found = {v.dvt.name: self.main_policies if v.dvt is self.dvt else exit_policies.compare_policies(v.dvt)
+                 for v in self.roles.views}
         return {name: p for name, p in found.items() if p is not None}
 
     @cached_property
@@ -183,8 +185,7 @@ class Report:
         return per_seed, budget
 
     def page(self, part: str) -> str:
-        ref, roles, setting = self.ref, self.roles, self.setting
-        main = self.dvt.name if self.dvt else ""
+        ref, roles, setting, main = self.ref, self.roles, self.setting, self.main
         context = {
             "table1": lambda: pages.table1(ref, setting, roles.singles, roles.baselines),
             "table2": lambda: pages.table2(ref, roles, self.speeds),
@@ -202,7 +203,7 @@ class Report:
     def data(self, part: str) -> dict[str, Any]:
         """The content of a JSON part (one of JSON_PARTS). The paper's DVT's numbers sit at the top level
         as they always have; every other cascade's under "other_cascades" (only when there is one)."""
-        dataset, main = self.config.data.dataset, self.dvt.name if self.dvt else ""
+        dataset, main = self.config.data.dataset, self.main
 
         def others(values: dict[str, Any]) -> dict[str, Any]:
             found = {name: v for name, v in values.items() if name != main}
@@ -230,10 +231,9 @@ class Report:
         cascades = [r for r in self.runs.values() if r.is_cascade]
         pictures = gallery.prepare(self.config, self.picks) if self.picks is not None else None
         title = f"{pages.DATASET_NAMES[self.config.data.dataset]}, {self.config.model.backbone}"
-        main = self.dvt.name if self.dvt else ""
         drawn = figures.accuracy_vs_gmacs(folder, cascades=cascades, singles=self.roles.singles,
                                           baselines=self.roles.baselines, paper_curves=self.paper_curves,
-                                          paper_table1=self.paper_table1, title=title, family=self.family.get(main))
+                                          paper_table1=self.paper_table1, title=title, family=self.family.get(self.main))
         drawn += figures.training_curves(folder, list(self.runs.values()))
         drawn += figures.exit_fractions(folder, cascades, q_step=self.config.eval.q_step)
         if self.main_policies is not None:
