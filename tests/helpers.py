@@ -159,8 +159,9 @@ TINY_CHANGES = {
 }
 
 
-def tiny_params() -> dict:
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
+def tiny_params(repo: Path = REPO) -> dict:
+    """The tiny config on the params.yaml of `repo` (this repository, or an older revision's tree)."""
+    params = yaml.safe_load((repo / "params.yaml").read_text())
     for section, values in TINY_CHANGES.items():
         params[section].update(values)
     params["runs"] = {"single": {"grids": [4]}, "dvt": {"grids": [2, 4], "relation_reuse": True},
