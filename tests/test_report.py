@@ -554,7 +554,7 @@ def test_every_cascade_has_its_rows_in_every_table_about_cascades(two_sets):
         assert [r["run"] for r in rows] == (["tokens_mini_8x8"] if mini else ["tokens_2x2", "tokens_4x4", "tokens_8x8"])
         stored = comparisons if name == "dvt" else comparisons["other_cascades"][name]
         assert set(stored["matched_gmacs"]) == {r["run"] for r in rows}
-    assert "## `dvt_mini` (2x2 → 4x4 → 8x8, `vit_mini`, both reuses)" in text
+    assert "## `dvt_mini` (2x2 → 4x4 → 8x8, `vit_mini`, feature and relation reuse)" in text
     # Table 2: the timed vit_mini cascades have their own sections.
     text2 = page(config, "table2.md")
     for name in ("dvt_mini", "dvt_mini_no_reuse"):

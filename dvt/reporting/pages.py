@@ -115,8 +115,8 @@ def pick_note(roles: Roles) -> str:
 
 def describe(run: RunFiles) -> str:
     """A cascade in a few words: its grids, its backbone and its reuse."""
-    reuse = {(True, True): "both reuses", (True, False): "feature reuse only", (False, True): "relation reuse only",
-             (False, False): "no reuse"}[(run.spec.feature_reuse, run.spec.relation_reuse)]
+    switches = (run.spec.feature_reuse, run.spec.relation_reuse)
+    reuse = next(words for _, words, *setting in compare.REUSE_SETTINGS if tuple(setting) == switches)
     return f"{grid_name(run.grids)}, `{run.backbone}`, {reuse}"
 
 
