@@ -17,6 +17,7 @@ import pytest
 from dvt.cli import main
 from dvt.config import load_config
 from dvt.errors import DvtError
+from dvt.reporting.trend import QUANTITIES, Point, never_reached
 from dvt.stages import fetch
 from dvt.stages.budget import run as budget
 from dvt.stages.flops import run as flops
@@ -135,3 +136,15 @@ def test_a_runs_top1_is_read_from_either_metrics_layout(tmp_path):
     (tmp_path / "none.json").write_text(json.dumps({"dvt": {"gmacs": 1.0}}))
     with pytest.raises(DvtError, match="holds no top1 per exit"):
         last_top1(tmp_path / "none.json", "dvt")
+
+
+def test_a_cost_share_dvt_never_reaches_is_marked_apart_from_one_it_cannot_tell():
+    def point(images: int, share: float | None, holds: bool | None) -> Point:
+        return Point(folder=f"b{images}", epochs=1, images_per_model=images, seeds=(42,), train_seconds=1.0,
+                     findings={"dvt_is_cheaper_at_equal_accuracy": holds},
+                     quantities={key: None for key in QUANTITIES} | {"cost_share": share},
+                     margin_per_seed={42: 0.0}, top1_per_seed={})
+    # reached (0.9), never reached (the finding fails), cannot tell (no such run: the finding cannot tell)
+    points = [point(32, 0.9, False), point(64, None, False), point(128, None, None)]
+    assert never_reached(points, "cost_share") == [64]
+    assert never_reached(points, "margin") == []

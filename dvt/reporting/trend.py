@@ -36,6 +36,12 @@ QUANTITIES = {
     "measured_speedup": "measured speed-up at the finest model's top-1 (CPU, batch 128)",
 }
 
+# The quantities that are None when DVT's budgeted curve never reaches the model's top-1, and the finding
+# that then fails.
+NEVER_REACHED = {"cost_share": "dvt_is_cheaper_at_equal_accuracy",
+                 "family_cost_share": "dvt_is_cheaper_than_the_family",
+                 "measured_speedup": "dvt_is_faster_at_equal_accuracy"}
+
 
 @dataclass(frozen=True)
 class Point:
@@ -171,7 +177,13 @@ def figure(out: Path, points: Sequence[Point], *, paper_cost_share: float | None
             ys = [p.quantities[key] for p in points]
             shown = [(xi, yi) for xi, yi in zip(x, ys) if yi is not None]
             if shown:
-                ax.plot(*zip(*shown), marker="o", label=label)
+                color = ax.plot(*zip(*shown), marker="o", label=label)[0].get_color()
+            # A share or speed-up that is missing because DVT's curve never reaches the model's top-1 is
+            # a failure, not a gap: an x at the top of the panel says so.
+            never = never_reached(points, key)
+            if never:
+                ax.scatter(never, [0.95] * len(never), marker="x", s=40, color=color if shown else "black",
+                           transform=ax.get_xaxis_transform(), label=f"{label}: never reached", zorder=4)
         if series[0][0] == "margin":  # each seed as a small dot under the mean
             for p in points:
                 ax.scatter([p.images_per_model] * len(p.margin_per_seed), list(p.margin_per_seed.values()),
@@ -183,11 +195,21 @@ def figure(out: Path, points: Sequence[Point], *, paper_cost_share: float | None
         ax.set_title(title, fontsize=8)
         ax.set_ylabel(ylabel)
         ax.set_xscale("log", base=2)
-        if ax.get_legend_handles_labels()[1]:
-            ax.legend(fontsize=7)
+        labels = ax.get_legend_handles_labels()[1]
+        if labels:
+            # (the x of "never reached" sits at the top right, where the legend would go)
+            ax.legend(fontsize=7, loc="center right" if any("never" in t for t in labels) else "best")
     for ax in axes[-1]:
         ax.set_xlabel("images seen per model")
     return save(fig, out, "trend")
+
+
+def never_reached(points: Sequence[Point], key: str) -> list[int]:
+    """Images seen of the budgets where `key` is missing because DVT never reaches the model's top-1
+    (its finding fails), as opposed to a quantity the pipeline cannot tell (no such run)."""
+    finding = NEVER_REACHED.get(key)
+    return [p.images_per_model for p in points
+            if finding and p.quantities[key] is None and p.findings.get(finding) is False]
 
 
 def slopes(points: Sequence[Point]) -> dict[str, float | None]:
