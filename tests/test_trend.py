@@ -17,7 +17,7 @@ import pytest
 from dvt.cli import main
 from dvt.config import load_config
 from dvt.errors import DvtError
-from dvt.reporting.trend import QUANTITIES, Point, never_reached
+from dvt.reporting.trend import QUANTITIES, Point, never_reached, table
 from dvt.stages import fetch
 from dvt.stages.budget import run as budget
 from dvt.stages.flops import run as flops
@@ -148,3 +148,5 @@ def test_a_cost_share_dvt_never_reaches_is_marked_apart_from_one_it_cannot_tell(
     points = [point(32, 0.9, False), point(64, None, False), point(128, None, None)]
     assert never_reached(points, "cost_share") == [64]
     assert never_reached(points, "margin") == []
+    rows = [p["never_reached"] for p in table(points)["points"]]
+    assert rows == [[], ["cost_share"], []]

@@ -235,7 +235,9 @@ def paper_cost_share() -> float | None:
 def table(points: Sequence[Point]) -> dict[str, Any]:
     names = list(dict.fromkeys(name for p in points for name in p.findings))
     return {
-        "points": [{**asdict(p), "margin_std": p.margin_std, "folder": Path(p.folder).name} for p in points],
+        "points": [{**asdict(p), "margin_std": p.margin_std, "folder": Path(p.folder).name,
+                    "never_reached": [key for key in QUANTITIES if p.images_per_model in never_reached([p], key)]}
+                   for p in points],
         "quantities": QUANTITIES,
         "slopes": slopes(points),
         "paper_cost_share": paper_cost_share(),
