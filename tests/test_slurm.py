@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
@@ -92,6 +93,16 @@ def sacct(since: str) -> list[dict[str, str]]:
     out = subprocess.run(["sacct", "-X", "-n", "-P", "-S", since, "-o", ",".join(fields)],
                          capture_output=True, text=True, check=True).stdout
     return [dict(zip(fields, line.split("|"))) for line in out.splitlines() if line]
+
+
+def sacct_until(since: str, wanted: Callable[[dict[str, str]], bool], timeout: float = 60) -> list[dict[str, str]]:
+    """The jobs of `sacct(since)` that are `wanted`, waiting up to `timeout` s for the first to appear:
+    slurmctld hands job records to slurmdbd asynchronously, and on a loaded machine a job that is already
+    running can take seconds to reach the accounting database."""
+    deadline = time.monotonic() + timeout
+    while not (jobs := [j for j in sacct(since) if wanted(j)]) and time.monotonic() < deadline:
+        time.sleep(1)
+    return jobs
 
 
 def megabytes(size: str) -> int:
@@ -228,7 +239,7 @@ def test_a_cancelled_two_gpu_training_job_resumes_to_the_uninterrupted_weights(s
     subprocess.run(["scancel", "--name", run_id(root)], check=True)
     # --set-resources train:gpu=2 changed the GPUs (and so the processes and CPUs per GPU) and kept the
     # rest of resources.yaml: partition, memory, time limit
-    (train,) = [j for j in sacct(since) if j["JobName"] == run_id(root) and "rule_train" in j["Comment"]]
+    (train,) = sacct_until(since, lambda j: j["JobName"] == run_id(root) and "rule_train" in j["Comment"])
     assert (train["Partition"], int(train["AllocCPUS"]), megabytes(train["ReqMem"]), train["Timelimit"], gpus(train)) \
         == ("gpu", 16, 64000, "3-00:00:00", 2)
     first = job.communicate()[0]
