@@ -1,13 +1,14 @@
-"""Shared fixtures: a tiny config, and the tiny pipeline built once per session (helpers live in helpers.py)."""
+"""Shared fixtures: a tiny config, and the tiny pipelines built once per session (helpers live in helpers.py)."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from dvt.config import Config
-from tests.helpers import make_config
+from tests.helpers import BIN, engine_env, make_config, tiny_repo
 
 
 @pytest.fixture
@@ -31,3 +32,22 @@ def finished_pipeline(tmp_path_factory) -> Path:
         budget(config, run=run)
         flops(config, run=run)
     return params
+
+
+@pytest.fixture(scope="session")
+def finished_engines(tmp_path_factory) -> dict[str, Path]:
+    """The tiny pipeline of helpers.tiny_repo run to the end once by each engine, each in its own repo, once
+    per session (test_pipeline_runs and test_before_after; tests copy them or only read)."""
+    base = tmp_path_factory.mktemp("engines")
+    dvc_root, snake_root = tiny_repo(base / "dvc"), tiny_repo(base / "snakemake")
+    # Side by side, in two repos: most of each run is starting Python and importing torch, one core
+    # each (about 70 s instead of 130 s for the two in turn).
+    jobs = {name: subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                   env=engine_env())
+            for name, root, cmd in (("dvc", dvc_root, [str(BIN / "dvc"), "repro"]),
+                                    ("snakemake", snake_root, [str(BIN / "snakemake"), "--cores", "1"]))}
+    said = {name: job.communicate()[0] for name, job in jobs.items()}
+    for name, job in jobs.items():
+        assert job.returncode == 0, f"{name} failed:\n{said[name]}"
+    assert "standalone resnet18_w16" in said["dvc"]  # the CNN's speed line names the CNN, not a token grid
+    return {"dvc": dvc_root, "snakemake": snake_root}

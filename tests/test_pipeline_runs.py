@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import BIN, GIT, TIMED, engine_env, sh, tiny_repo, tree_hashes
+from tests.helpers import BIN, GIT, TIMED, engine_env, sh, tree_hashes
 
 pytestmark = pytest.mark.slow
 
@@ -82,21 +82,8 @@ def assert_typos_stop_before_any_job(root: Path, engine: list[str]) -> None:
     (root / "params.yaml").write_text(good)
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory) -> dict[str, Path]:
-    """The tiny pipeline run to the end once by each engine, each in its own repo (tests copy them)."""
-    base = tmp_path_factory.mktemp("engines")
-    dvc_root, snake_root = tiny_repo(base / "dvc"), tiny_repo(base / "snakemake")
-    # Side by side, in two repos: most of each run is starting Python and importing torch, one core
-    # each (about 70 s instead of 130 s for the two in turn).
-    jobs = {name: subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                   env=engine_env())
-            for name, root, cmd in (("dvc", dvc_root, [str(BIN / "dvc"), "repro"]),
-                                    ("snakemake", snake_root, [str(BIN / "snakemake"), "--cores", "1"]))}
-    said = {name: job.communicate()[0] for name, job in jobs.items()}
-    for name, job in jobs.items():
-        assert job.returncode == 0, f"{name} failed:\n{said[name]}"
-    assert "standalone resnet18_w16" in said["dvc"]  # the CNN's speed line names the CNN, not a token grid
-    return {"dvc": dvc_root, "snakemake": snake_root}
+def finished(finished_engines) -> dict[str, Path]:
+    return finished_engines
 
 
 def copy_of(finished: dict[str, Path], engine: str, tmp_path: Path) -> Path:
