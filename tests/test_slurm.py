@@ -236,10 +236,11 @@ def test_a_cancelled_two_gpu_training_job_resumes_to_the_uninterrupted_weights(s
         time.sleep(0.2)
     assert resume.exists(), job.communicate()[0]
     since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 600))
-    subprocess.run(["scancel", "--name", run_id(root)], check=True)
+    name = run_id(root)
+    subprocess.run(["scancel", "--name", name], check=True)
     # --set-resources train:gpu=2 changed the GPUs (and so the processes and CPUs per GPU) and kept the
     # rest of resources.yaml: partition, memory, time limit
-    (train,) = sacct_until(since, lambda j: j["JobName"] == run_id(root) and "rule_train" in j["Comment"])
+    (train,) = sacct_until(since, lambda j: j["JobName"] == name and "rule_train" in j["Comment"])
     assert (train["Partition"], int(train["AllocCPUS"]), megabytes(train["ReqMem"]), train["Timelimit"], gpus(train)) \
         == ("gpu", 16, 64000, "3-00:00:00", 2)
     first = job.communicate()[0]

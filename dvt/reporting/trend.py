@@ -204,12 +204,16 @@ def figure(out: Path, points: Sequence[Point], *, paper_cost_share: float | None
     return save(fig, out, "trend")
 
 
-def never_reached(points: Sequence[Point], key: str) -> list[int]:
-    """Images seen of the budgets where `key` is missing because DVT never reaches the model's top-1
-    (its finding fails), as opposed to a quantity the pipeline cannot tell (no such run)."""
+def _never(p: Point, key: str) -> bool:
+    """`key` is missing at this budget because DVT never reaches the model's top-1 (its finding fails),
+    as opposed to a quantity the pipeline cannot tell (no such run)."""
     finding = NEVER_REACHED.get(key)
-    return [p.images_per_model for p in points
-            if finding and p.quantities[key] is None and p.findings.get(finding) is False]
+    return finding is not None and p.quantities[key] is None and p.findings.get(finding) is False
+
+
+def never_reached(points: Sequence[Point], key: str) -> list[int]:
+    """Images seen of the budgets where DVT never reaches what `key` measures against."""
+    return [p.images_per_model for p in points if _never(p, key)]
 
 
 def slopes(points: Sequence[Point]) -> dict[str, float | None]:
@@ -236,7 +240,7 @@ def table(points: Sequence[Point]) -> dict[str, Any]:
     names = list(dict.fromkeys(name for p in points for name in p.findings))
     return {
         "points": [{**asdict(p), "margin_std": p.margin_std, "folder": Path(p.folder).name,
-                    "never_reached": [key for key in QUANTITIES if p.images_per_model in never_reached([p], key)]}
+                    "never_reached": [key for key in QUANTITIES if _never(p, key)]}
                    for p in points],
         "quantities": QUANTITIES,
         "slopes": slopes(points),
