@@ -179,11 +179,11 @@ def figure(out: Path, points: Sequence[Point], *, paper_cost_share: float | None
             if shown:
                 color = ax.plot(*zip(*shown), marker="o", label=label)[0].get_color()
             # A share or speed-up that is missing because DVT's curve never reaches the model's top-1 is
-            # a failure, not a gap: an x at the top of the panel says so.
+            # a failure, not a gap: an x near the top of the panel says so (its colour names the series).
             never = never_reached(points, key)
             if never:
-                ax.scatter(never, [0.95] * len(never), marker="x", s=40, color=color if shown else "black",
-                           transform=ax.get_xaxis_transform(), label=f"{label}: never reached", zorder=4)
+                ax.scatter(never, [0.92] * len(never), marker="x", s=40, color=color if shown else "black",
+                           transform=ax.get_xaxis_transform(), label="never reached", zorder=4)
         if series[0][0] == "margin":  # each seed as a small dot under the mean
             for p in points:
                 ax.scatter([p.images_per_model] * len(p.margin_per_seed), list(p.margin_per_seed.values()),
@@ -195,10 +195,8 @@ def figure(out: Path, points: Sequence[Point], *, paper_cost_share: float | None
         ax.set_title(title, fontsize=8)
         ax.set_ylabel(ylabel)
         ax.set_xscale("log", base=2)
-        labels = ax.get_legend_handles_labels()[1]
-        if labels:
-            # (the x of "never reached" sits at the top right, where the legend would go)
-            ax.legend(fontsize=7, loc="center right" if any("never" in t for t in labels) else "best")
+        if ax.get_legend_handles_labels()[1]:
+            ax.legend(fontsize=7, loc="best")
     for ax in axes[-1]:
         ax.set_xlabel("images seen per model")
     return save(fig, out, "trend")
