@@ -81,19 +81,14 @@ def assert_typos_stop_before_any_job(root: Path, engine: list[str]) -> None:
         assert (root / "reports" / "metrics.json").read_bytes() == metrics
     (root / "params.yaml").write_text(good)
 
-@pytest.fixture(scope="module")
-def finished(finished_engines) -> dict[str, Path]:
-    return finished_engines
-
-
-def copy_of(finished: dict[str, Path], engine: str, tmp_path: Path) -> Path:
+def copy_of(finished_engines: dict[str, Path], engine: str, tmp_path: Path) -> Path:
     """A private copy of a finished repo (mtimes kept, so Snakemake sees nothing new)."""
-    return Path(shutil.copytree(finished[engine], tmp_path / engine, symlinks=True))
+    return Path(shutil.copytree(finished_engines[engine], tmp_path / engine, symlinks=True))
 
 
-def test_both_engines_write_the_same_bytes(finished):
+def test_both_engines_write_the_same_bytes(finished_engines):
     """Same params.yaml, same checkpoints, logits, budgets and reports, whatever the engine and its cores."""
-    dvc, snake = tree_hashes(finished["dvc"]), tree_hashes(finished["snakemake"])
+    dvc, snake = tree_hashes(finished_engines["dvc"]), tree_hashes(finished_engines["snakemake"])
     assert set(dvc) - set(snake) == {"runs/params.ok"}  # DVC's own check stage
     assert set(snake) <= set(dvc)
     compared = sorted(p for p in snake if not TIMED.search(p))
@@ -105,8 +100,8 @@ def test_both_engines_write_the_same_bytes(finished):
     assert not differ, f"the engines wrote different bytes: {differ}"
 
 
-def test_dvc_end_to_end(finished, tmp_path):
-    root = copy_of(finished, "dvc", tmp_path)
+def test_dvc_end_to_end(finished_engines, tmp_path):
+    root = copy_of(finished_engines, "dvc", tmp_path)
     for name in REPORTS:
         assert (root / "reports" / name).exists(), name
     # The reference CNN trained through every stage and stands in Table 1 and the findings.
@@ -146,8 +141,8 @@ def test_dvc_end_to_end(finished, tmp_path):
                            for run in ("single", "dvt", "cnn")} | {"check", "report"}
 
 
-def test_snakemake_end_to_end(finished, tmp_path):
-    root = copy_of(finished, "snakemake", tmp_path)
+def test_snakemake_end_to_end(finished_engines, tmp_path):
+    root = copy_of(finished_engines, "snakemake", tmp_path)
     for name in REPORTS:
         assert (root / "reports" / name).exists(), name
     assert "Nothing to be done" in sh(root, str(BIN / "snakemake"), "-n").stdout
@@ -190,10 +185,10 @@ def test_snakemake_end_to_end(finished, tmp_path):
                 and "speed.json" not in line]
 
 
-def test_dvc_plots_show_draws_every_run_offline(finished, tmp_path):
+def test_dvc_plots_show_draws_every_run_offline(finished_engines, tmp_path):
     """Issue #16, item 5: `dvc plots show` draws one chart per quantity with every run in it, on a page
     that needs no network (Vega from the report's copies instead of a CDN)."""
-    root = copy_of(finished, "dvc", tmp_path)
+    root = copy_of(finished_engines, "dvc", tmp_path)
     charts = json.loads(sh(root, str(BIN / "dvc"), "plots", "show", "--json").stdout)["data"]
     series = {chart: {r["series"] for r in charts[f"reports/plots/{chart}.csv"][0]["content"]["data"]["values"]}
               for chart in ("accuracy_vs_gmacs", "calibration_top1", "exit_shares")}
@@ -229,8 +224,8 @@ def due(root: Path, engine: str) -> set[str]:
 
 
 @pytest.mark.parametrize("engine", ["dvc", "snakemake"])
-def test_an_edit_reruns_exactly_the_stages_whose_results_it_changes(finished, tmp_path, engine):
-    root = copy_of(finished, engine, tmp_path)
+def test_an_edit_reruns_exactly_the_stages_whose_results_it_changes(finished_engines, tmp_path, engine):
+    root = copy_of(finished_engines, engine, tmp_path)
     before = tree_hashes(root)
     # Speed only (logits do not depend on the batch size, tests/test_collect.py): nothing re-runs.
     set_param(root, "eval", "batch_size", 13)
@@ -295,10 +290,10 @@ def csv_rows(path: Path) -> list[tuple[str, str]]:
     return sorted((row[header.index("series")], row[header.index("top1")]) for row in (line.split(",") for line in lines[1:]))
 
 
-def test_experiments_carry_their_numbers(finished, tmp_path):
+def test_experiments_carry_their_numbers(finished_engines, tmp_path):
     """Issue #16, item 1: every experiment commit holds its metrics, the diff commands read them, and
     applying an experiment leaves a workspace that DVC finds up to date."""
-    root = copy_of(finished, "dvc", tmp_path)
+    root = copy_of(finished_engines, "dvc", tmp_path)
     dvc = str(BIN / "dvc")
     sh(root, *GIT, "add", "-A")
     tracked = set(sh(root, *GIT, "ls-files").stdout.split())
@@ -365,10 +360,10 @@ def test_experiments_carry_their_numbers(finished, tmp_path):
     assert metrics_diff["reports/metrics.json"]["top1.dvt"]["new"] == applied["top1"]["dvt"]
 
 
-def test_a_pushed_pipeline_pulls_into_a_fresh_clone_where_nothing_reruns(finished, tmp_path):
+def test_a_pushed_pipeline_pulls_into_a_fresh_clone_where_nothing_reruns(finished_engines, tmp_path):
     """Issue #16, item 6: trained checkpoints and every output reach a collaborator through a DVC remote
     (a local folder here; S3, SSH or GCS in the README), and their clone has nothing to recompute."""
-    root = copy_of(finished, "dvc", tmp_path)
+    root = copy_of(finished_engines, "dvc", tmp_path)
     dvc = str(BIN / "dvc")
     sh(root, dvc, "remote", "add", "-d", "shared", str(tmp_path / "remote"))
     sh(root, *GIT, "add", "-A")
@@ -383,13 +378,13 @@ def test_a_pushed_pipeline_pulls_into_a_fresh_clone_where_nothing_reruns(finishe
     assert "Running stage" not in sh(clone, dvc, "repro").stdout
 
 
-def test_check_verify_finds_what_dvc_restored_from_a_damaged_cache(finished, tmp_path):
+def test_check_verify_finds_what_dvc_restored_from_a_damaged_cache(finished_engines, tmp_path):
     """Issue #31, item 1: DVC re-hashes nothing it restores, so a damaged cache object is checked out and
     reported up to date; `dvt check --verify` names it and says what restores it, and after that advice
     everything verifies again."""
     from tests.helpers import flip_a_weight_bit
 
-    root = copy_of(finished, "dvc", tmp_path)
+    root = copy_of(finished_engines, "dvc", tmp_path)
     dvc, dvt = str(BIN / "dvc"), str(BIN / "dvt")
     ckpt = "runs/dvt/seed42/checkpoint.pt"
     oid = next(o["md5"] for s in yaml.safe_load((root / "dvc.lock").read_text())["stages"].values()
