@@ -175,9 +175,10 @@ def figure(out: Path, points: Sequence[Point], *, paper_cost_share: float | None
     for ax, (ylabel, title, series, line) in zip(axes.flat, panels):
         for key, label in series:
             ys = [p.quantities[key] for p in points]
-            shown = [(xi, yi) for xi, yi in zip(x, ys) if yi is not None]
-            if shown:
-                color = ax.plot(*zip(*shown), marker="o", label=label)[0].get_color()
+            shown = any(y is not None for y in ys)
+            if shown:  # a missing budget is NaN, which breaks the line there instead of bridging it
+                color = ax.plot(x, [math.nan if y is None else y for y in ys], marker="o",
+                                label=label)[0].get_color()
             # A share or speed-up that is missing because DVT's curve never reaches the model's top-1 is
             # a failure, not a gap: an x near the top of the panel says so (its colour names the series).
             never = never_reached(points, key)
