@@ -81,6 +81,7 @@ def assert_typos_stop_before_any_job(root: Path, engine: list[str]) -> None:
         assert (root / "reports" / "metrics.json").read_bytes() == metrics
     (root / "params.yaml").write_text(good)
 
+
 def copy_of(finished_engines: dict[str, Path], engine: str, tmp_path: Path) -> Path:
     """A private copy of a finished repo (mtimes kept, so Snakemake sees nothing new)."""
     return Path(shutil.copytree(finished_engines[engine], tmp_path / engine, symlinks=True))

@@ -17,6 +17,7 @@ import pytest
 from dvt.cli import main
 from dvt.config import load_config
 from dvt.errors import DvtError
+from dvt.reporting import trend
 from dvt.reporting.trend import QUANTITIES, Point, never_reached, table
 from dvt.stages import fetch
 from dvt.stages.budget import run as budget
@@ -138,15 +139,41 @@ def test_a_runs_top1_is_read_from_either_metrics_layout(tmp_path):
         last_top1(tmp_path / "none.json", "dvt")
 
 
+def share_point(images: int, share: float | None, holds: bool | None) -> Point:
+    """A budget whose only number is the Table 3 cost share (None: missing) with its finding's verdict."""
+    return Point(folder=f"b{images}", epochs=1, images_per_model=images, seeds=(42,), train_seconds=1.0,
+                 findings={"dvt_is_cheaper_at_equal_accuracy": holds},
+                 quantities={key: None for key in QUANTITIES} | {"cost_share": share},
+                 margin_per_seed={42: 0.0}, top1_per_seed={})
+
+
 def test_a_cost_share_dvt_never_reaches_is_marked_apart_from_one_it_cannot_tell():
-    def point(images: int, share: float | None, holds: bool | None) -> Point:
-        return Point(folder=f"b{images}", epochs=1, images_per_model=images, seeds=(42,), train_seconds=1.0,
-                     findings={"dvt_is_cheaper_at_equal_accuracy": holds},
-                     quantities={key: None for key in QUANTITIES} | {"cost_share": share},
-                     margin_per_seed={42: 0.0}, top1_per_seed={})
     # reached (0.9), never reached (the finding fails), cannot tell (no such run: the finding cannot tell)
-    points = [point(32, 0.9, False), point(64, None, False), point(128, None, None)]
+    points = [share_point(32, 0.9, False), share_point(64, None, False), share_point(128, None, None)]
     assert never_reached(points, "cost_share") == [64]
     assert never_reached(points, "margin") == []
     rows = [p["never_reached"] for p in table(points)["points"]]
     assert rows == [[], ["cost_share"], []]
+
+
+def test_the_figure_breaks_a_line_where_a_budget_has_no_number(tmp_path, monkeypatch):
+    """A missing budget is a gap in its series' line (never a segment from its neighbours), and one that DVT
+    never reaches also gets an x; a series with no number at all draws nothing."""
+    drawn = {}
+
+    def keep(fig, folder, stem):  # instead of writing the files
+        drawn["fig"] = fig
+        return []
+
+    monkeypatch.setattr("dvt.reporting.figures.save", keep)
+    points = [share_point(32, 0.9, False), share_point(64, None, False), share_point(128, 0.8, False)]
+    trend.figure(tmp_path, points, paper_cost_share=0.6)
+    panel = next(ax for ax in drawn["fig"].axes if ax.get_title().startswith("cost to reach"))
+    lines = {line.get_label(): line for line in panel.get_lines()}
+    assert "vs the depth family" not in lines  # family_cost_share is None everywhere
+    share = lines["vs the finest grid"]
+    assert list(share.get_xdata()) == [32, 64, 128]
+    ys = share.get_ydata()
+    assert ys[0] == 0.9 and np.isnan(ys[1]) and ys[2] == 0.8
+    crosses = [c for c in panel.collections if c.get_label() == "never reached"]
+    assert len(crosses) == 1 and crosses[0].get_offsets()[:, 0].tolist() == [64]
